@@ -1,0 +1,68 @@
+import createError from '@fastify/error'
+
+/**
+ * Every error fastify-handoff throws carries one of these codes, so applications can branch on `err.code`
+ * and Fastify answers with the status code attached.
+ */
+
+/** The repository (Redis) did not answer within the command timeout, is disconnected, or is paused. */
+export const UnavailableError = createError<'FST_HANDOFF_UNAVAILABLE', 503, [string?]>(
+  'FST_HANDOFF_UNAVAILABLE',
+  'Session store unavailable: %s',
+  503
+)
+
+/** Compare-and-set lost to concurrent writers more often than the retry budget allows. */
+export const ConflictError = createError<'FST_HANDOFF_CONFLICT', 409, [string, number]>(
+  'FST_HANDOFF_CONFLICT',
+  'Update of "%s" kept conflicting with concurrent writers (%d attempts); retry the request',
+  409
+)
+
+/** An entry could not be opened: wrong key ring, copied to another key, truncated or not ours. */
+export const CorruptEntryError = createError<'FST_HANDOFF_CORRUPT_ENTRY', 500, [string, string]>(
+  'FST_HANDOFF_CORRUPT_ENTRY',
+  'Entry "%s" could not be opened: %s',
+  500
+)
+
+/** A value is larger than the configured limit. */
+export const TooLargeError = createError<'FST_HANDOFF_TOO_LARGE', 413, [string, number, number]>(
+  'FST_HANDOFF_TOO_LARGE',
+  '%s is too large: %d bytes, the limit is %d',
+  413
+)
+
+/** Request input the plugins refuse (malformed body field, raw card number, unknown state). */
+export const BadInputError = createError<'FST_HANDOFF_BAD_INPUT', 400, [string]>(
+  'FST_HANDOFF_BAD_INPUT',
+  'Bad input: %s',
+  400
+)
+
+/** An option passed at registration or construction is invalid. Thrown before anything starts. */
+export const InvalidOptionError = createError<'FST_HANDOFF_INVALID_OPTION', 500, [string, string]>(
+  'FST_HANDOFF_INVALID_OPTION',
+  'Invalid option "%s": %s',
+  500
+)
+
+/** A write was stored on the primary but not confirmed by the requested number of replicas in time. */
+export const DurabilityError = createError<'FST_HANDOFF_DURABILITY', 503, [number, number]>(
+  'FST_HANDOFF_DURABILITY',
+  'Write acknowledged by %d of %d required replicas; it may be lost on failover',
+  503
+)
+
+/** The store or plugin was used after close(). */
+export const ClosedError = createError<'FST_HANDOFF_CLOSED', 503, [string]>(
+  'FST_HANDOFF_CLOSED',
+  '%s is closed',
+  503
+)
+
+export function isHandoffError (err: unknown, code?: string): err is Error & { code: string, statusCode?: number } {
+  if (err === null || typeof err !== 'object') return false
+  const c = (err as { code?: unknown }).code
+  return typeof c === 'string' && c.startsWith('FST_HANDOFF_') && (code === undefined || c === code)
+}

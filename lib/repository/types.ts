@@ -1,0 +1,73 @@
+/**
+ * The Repository is the shared, authoritative tier: Redis in production, an in-process map when no Redis is
+ * configured. It stores opaque bytes (sealed by the TieredStore) under a version that grows by one per write.
+ * Every mutating operation is atomic and publishes an invalidation for its partition (see coherence.ts).
+ *
+ * Keys are full names built by `partitions.ts` (`<prefix>{p<n>}:<id>:<kind>`); the `{p<n>}` hash tag names the
+ * partition, so an entry, its partition's sequence counter and its invalidation channel share one Cluster slot.
+ */
+
+/** What the repository holds under a key. `value === null` is a tombstone left by `delete` or `take`. */
+export interface StoredEntry {
+  value: Buffer | null
+  /** Integer, +1 per write, delete or take; never reused while the key (or its tombstone) exists. */
+  version: number
+  /** Absolute expiry, milliseconds since the epoch. */
+  expiresAt: number
+}
+
+export type CasResult =
+  | { ok: true, version: number, expiresAt: number }
+  /** The write was refused; `current` is what the key holds now (null: absent), saving the caller a read. */
+  | { ok: false, current: StoredEntry | null }
+
+/** Published after every write, delete and take, in the same atomic step as the write itself. */
+export interface Invalidation {
+  key: string
+  /** The version the key holds after the write (a tombstone's version after delete/take). */
+  version: number
+  partition: number
+  /** Per-partition sequence number, +1 per published invalidation: a gap means a lost message. */
+  sequence: number
+}
+
+export interface InvalidationListener {
+  onInvalidation: (msg: Invalidation) => void
+  /**
+   * The subscription was (re)established, or messages may have been lost (reconnect, failover): every local copy
+   * of the listed partitions (all when undefined) must be treated as stale.
+   */
+  onResync: (partitions?: readonly number[]) => void
+  /** Proof of life: every invalidation sent before this heartbeat has been delivered. */
+  onHeartbeat?: () => void
+}
+
+export interface Subscription {
+  close: () => Promise<void>
+}
+
+export interface Repository {
+  /** A short name for logs and metrics: 'memory', 'redis', 'redis-cluster', ... */
+  readonly kind: string
+  /** Resolves once the repository can take commands. Safe to call more than once. */
+  connect: () => Promise<void>
+  get: (key: string) => Promise<StoredEntry | null>
+  /**
+   * Store `value` as version `expectedVersion + 1` if the key is at `expectedVersion` now (a tombstone counts, its
+   * version included; an absent key is version 0). `expectedVersion === null` means "create if absent": it writes
+   * version 1 when nothing (not even a tombstone) is there, and otherwise returns the current entry unchanged.
+   */
+  compareAndSet: (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number) => Promise<CasResult>
+  /** Read and delete atomically; leaves a tombstone (version + 1) for `tombstoneTtlMs`. Null when absent. */
+  take: (key: string, tombstoneTtlMs: number) => Promise<StoredEntry | null>
+  /**
+   * Replace whatever is there by a tombstone with the next version, kept `tombstoneTtlMs`, so that a write still in
+   * flight (it expects the old version) fails instead of bringing the entry back. Returns the tombstone's version.
+   */
+  delete: (key: string, tombstoneTtlMs: number) => Promise<number>
+  /** Extend the expiry of a live entry without rewriting it or changing its version. False when absent. */
+  touch: (key: string, ttlMs: number) => Promise<boolean>
+  /** Follow invalidations for every partition. */
+  subscribe: (listener: InvalidationListener) => Promise<Subscription>
+  close: () => Promise<void>
+}
