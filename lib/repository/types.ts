@@ -34,15 +34,26 @@ export interface Invalidation {
 export interface InvalidationListener {
   onInvalidation: (msg: Invalidation) => void
   /**
-   * The subscription was (re)established, or messages may have been lost (reconnect, failover): every local copy
-   * of the listed partitions (all when undefined) must be treated as stale.
+   * The subscription was (re)established or lost, or messages may have been lost (reconnect, failover): every local
+   * copy of the listed partitions (all when undefined) must be treated as stale, and the lease is void until the
+   * next heartbeat.
    */
   onResync: (partitions?: readonly number[]) => void
-  /** Proof of life: every invalidation sent before this heartbeat has been delivered. */
-  onHeartbeat?: () => void
+  /**
+   * Proof of life: every invalidation published before the heartbeat sent at `sentAt` (performance.now() of this
+   * process) has been delivered.
+   */
+  onHeartbeat?: (sentAt: number) => void
+}
+
+export interface SubscriptionScope {
+  prefix: string
+  partitions: number
 }
 
 export interface Subscription {
+  /** True when delivery cannot be lost or delayed (in-process): readers need no lease. */
+  readonly reliable: boolean
   close: () => Promise<void>
 }
 
@@ -67,7 +78,14 @@ export interface Repository {
   delete: (key: string, tombstoneTtlMs: number) => Promise<number>
   /** Extend the expiry of a live entry without rewriting it or changing its version. False when absent. */
   touch: (key: string, ttlMs: number) => Promise<boolean>
-  /** Follow invalidations for every partition. */
-  subscribe: (listener: InvalidationListener) => Promise<Subscription>
+  /**
+   * Optional: wait until `replicas` replicas acknowledged every write made so far on the connection that owns
+   * `key`, at most `timeoutMs`. Returns how many did. Repositories without replication leave it undefined.
+   */
+  waitForReplicas?: (key: string, replicas: number, timeoutMs: number) => Promise<number>
+  /** Optional: problems with the server's configuration worth a warning at start (eviction policy, version). */
+  checkServer?: () => Promise<string[]>
+  /** Follow the invalidations of every partition of `scope` (the channels named by partitions.ts). */
+  subscribe: (scope: SubscriptionScope, listener: InvalidationListener) => Promise<Subscription>
   close: () => Promise<void>
 }

@@ -1,0 +1,101 @@
+import type { Redis, Cluster } from 'ioredis'
+import { channelName, partitionOfChannel } from '../partitions.js'
+import type { InvalidationListener, SubscriptionScope } from './types.js'
+
+export interface RedisSubscriberOptions {
+  /** PING the subscriber connection this often, in ms; each answer renews the reader's lease. Default: 50. */
+  heartbeatIntervalMs?: number
+  onEvent?: (e: { type: 'error', error: Error }) => void
+}
+
+/**
+ * Follows the invalidation shard channels of every partition on a dedicated RESP2 connection (ioredis 6 speaks
+ * RESP3 by default and drops push messages it does not expect; RESP2 is the known-good setting). ioredis
+ * re-subscribes after a reconnect, but what was published during the gap is gone: every close or reconnect is
+ * reported as a resync. A PING answered on this connection proves every message published before it was delivered,
+ * which is what the reader's lease is built on.
+ */
+export class RedisSubscriber {
+  private conn: Redis | undefined
+  private timer: NodeJS.Timeout | undefined
+  private pingInFlight = false
+  private started = false
+  private closed = false
+  private readonly heartbeatIntervalMs: number
+
+  constructor (
+    private readonly client: Redis | Cluster,
+    private readonly scope: SubscriptionScope,
+    private readonly listener: InvalidationListener,
+    private readonly opts: RedisSubscriberOptions = {}
+  ) {
+    this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 50
+  }
+
+  async start (): Promise<void> {
+    if (!('duplicate' in this.client) || typeof this.client.duplicate !== 'function') {
+      throw new Error('cluster subscriptions are handled by ClusterSubscriber')
+    }
+    const conn = (this.client as Redis).duplicate({
+      protocol: 2,
+      enableOfflineQueue: true,
+      maxRetriesPerRequest: null,
+      autoResubscribe: true,
+      lazyConnect: true,
+      connectionName: 'fastify-handoff:subscriber'
+    })
+    this.conn = conn
+    conn.on('error', (error: Error) => this.opts.onEvent?.({ type: 'error', error }))
+    conn.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel.toString(), message.toString()))
+    conn.on('close', () => { if (this.started && !this.closed) this.listener.onResync() })
+    conn.on('ready', () => {
+      // ioredis re-subscribes from its ready handler; a later PING proves the subscriptions are active again.
+      if (this.started && !this.closed) this.listener.onResync()
+    })
+    await conn.connect()
+    const channels: string[] = []
+    for (let p = 0; p < this.scope.partitions; p++) channels.push(channelName(this.scope.prefix, p))
+    for (let i = 0; i < channels.length; i += 256) await conn.ssubscribe(...channels.slice(i, i + 256))
+    this.started = true
+    this.listener.onResync()
+    this.beat()
+    this.timer = setInterval(() => this.beat(), this.heartbeatIntervalMs)
+    this.timer.unref()
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.timer !== undefined) clearInterval(this.timer)
+    // disconnect, not quit: a blackholed connection would never answer QUIT.
+    this.conn?.disconnect()
+  }
+
+  /** Kill the subscriber connection (for fault-injection tests); ioredis reconnects by itself. */
+  get connection (): Redis | undefined { return this.conn }
+
+  private beat (): void {
+    const conn = this.conn
+    // One PING at a time: behind a silent network they would only pile up.
+    if (conn === undefined || this.pingInFlight || conn.status !== 'ready') return
+    this.pingInFlight = true
+    const sentAt = performance.now()
+    conn.ping().then(
+      () => { this.pingInFlight = false; if (!this.closed) this.listener.onHeartbeat?.(sentAt) },
+      () => { this.pingInFlight = false }
+    )
+  }
+
+  private onMessage (channel: string, message: string): void {
+    // "<version> <sequence> <key>", written by the Lua scripts
+    const a = message.indexOf(' ')
+    const b = message.indexOf(' ', a + 1)
+    if (a < 0 || b < 0) return
+    const version = Number(message.slice(0, a))
+    const sequence = Number(message.slice(a + 1, b))
+    const key = message.slice(b + 1)
+    const partition = partitionOfChannel(channel)
+    if (!Number.isSafeInteger(version) || !Number.isSafeInteger(sequence) || partition < 0) return
+    this.listener.onInvalidation({ key, version, partition, sequence })
+  }
+}

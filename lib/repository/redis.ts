@@ -1,0 +1,311 @@
+import { readFileSync } from 'node:fs'
+import { Redis, Cluster, type RedisOptions } from 'ioredis'
+import clusterKeySlot from 'cluster-key-slot'
+import { CorruptEntryError, UnavailableError, ClosedError } from '../errors.js'
+import { channelOf, sequenceKeyOf } from '../partitions.js'
+import { CommandGuard } from './deadline.js'
+import type { CasResult, InvalidationListener, Repository, StoredEntry, Subscription, SubscriptionScope } from './types.js'
+import { RedisSubscriber } from './redis-subscriber.js'
+
+const lua = (name: string): string => readFileSync(new URL(`./${name}.lua`, import.meta.url), 'utf8')
+const SCRIPTS = { cas: lua('cas'), remove: lua('remove'), touch: lua('touch') }
+
+type Reply = Array<number | Buffer | null>
+
+/** The commands defineCommand adds; ioredis cannot type them itself. */
+interface Scripted {
+  handoffCasBuffer: (entry: string, seq: string, expected: string, data: Buffer, ttl: number, now: number, channel: string, publish: string) => Promise<Reply>
+  handoffRemoveBuffer: (entry: string, seq: string, ttl: number, now: number, channel: string, publish: string, returnOld: string) => Promise<Reply>
+  handoffTouch: (entry: string, ttl: number, now: number) => Promise<number>
+}
+
+export type RedisClient = Redis | Cluster
+
+export interface RedisRepositoryOptions {
+  /**
+   * An ioredis client (Redis, including Sentinel, or Cluster) you created. It is used as is and not closed by
+   * close(). Its offline queue should be off (`enableOfflineQueue: false`) so that commands fail fast while it is
+   * disconnected; the command timeout bounds them either way.
+   */
+  client?: RedisClient
+  /** A redis:// or rediss:// URL for a connection this repository creates. Default: redis://127.0.0.1:6379. */
+  url?: string
+  /** ioredis options for the connections this repository creates (e.g. `sentinels` and `name` for Sentinel). */
+  redisOptions?: RedisOptions
+  /**
+   * Every command fails with FST_HANDOFF_UNAVAILABLE when Redis has not answered within this many ms, also when
+   * Redis accepted the command and then froze. Default: 1000.
+   */
+  commandTimeoutMs?: number
+  /** While tripped by a timeout, probe Redis with a PING this often, in ms. Default: 100. */
+  probeIntervalMs?: number
+  /** How long connect() waits for the first ready connection, in ms. Default: 10000. */
+  connectTimeoutMs?: number
+  /** Publish an invalidation per write (needed for coherence between instances). Default: true. */
+  publishInvalidations?: boolean
+  /** Called on state changes worth a log line (tripped, recovered). Never given a secret. */
+  onEvent?: (event: RepositoryEvent) => void
+}
+
+export type RepositoryEvent =
+  | { type: 'unavailable', reason: string }
+  | { type: 'recovered' }
+  | { type: 'error', error: Error }
+
+function isReplyError (err: unknown): err is Error {
+  return err instanceof Error && err.name === 'ReplyError'
+}
+
+/**
+ * The repository on Redis (standalone, Sentinel or Cluster through ioredis). Every mutation is one Lua script:
+ * compare-and-set on the version, store value and expiry, bump the partition's sequence counter and SPUBLISH the
+ * invalidation on the partition's shard channel. Entry, counter and channel share the partition's hash tag, so the
+ * script stays in one Cluster slot.
+ */
+export class RedisRepository implements Repository {
+  readonly kind: string
+  readonly client: RedisClient
+  private readonly scripted: Scripted
+  private readonly ownsClient: boolean
+  private readonly guard: CommandGuard
+  private readonly probeIntervalMs: number
+  private readonly connectTimeoutMs: number
+  private readonly publish: string
+  private readonly onEvent: ((e: RepositoryEvent) => void) | undefined
+  private probeTimer: NodeJS.Timeout | undefined
+  private probing = false
+  private closed = false
+  private readonly subscribers = new Set<RedisSubscriber>()
+
+  constructor (opts: RedisRepositoryOptions = {}) {
+    this.onEvent = opts.onEvent
+    this.probeIntervalMs = opts.probeIntervalMs ?? 100
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 10_000
+    this.publish = opts.publishInvalidations === false ? '0' : '1'
+    const base: RedisOptions = {
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: (times: number) => Math.min(50 * times, 500),
+      ...opts.redisOptions
+    }
+    if (opts.client !== undefined) {
+      this.client = opts.client
+      this.ownsClient = false
+    } else {
+      this.client = opts.url !== undefined ? new Redis(opts.url, base) : new Redis(base)
+      this.ownsClient = true
+    }
+    this.kind = this.client instanceof Cluster ? 'redis-cluster' : 'redis'
+    this.client.defineCommand('handoffCas', { numberOfKeys: 2, lua: SCRIPTS.cas })
+    this.client.defineCommand('handoffRemove', { numberOfKeys: 2, lua: SCRIPTS.remove })
+    this.client.defineCommand('handoffTouch', { numberOfKeys: 1, lua: SCRIPTS.touch })
+    this.scripted = this.client as unknown as Scripted
+    // Without an error listener ioredis errors crash the process (measured on the peer stack).
+    this.client.on('error', (error: Error) => this.onEvent?.({ type: 'error', error }))
+    this.client.on('ready', () => this.recover())
+    this.guard = new CommandGuard({
+      timeoutMs: opts.commandTimeoutMs ?? 1000,
+      onTrip: reason => {
+        this.onEvent?.({ type: 'unavailable', reason })
+        this.startProbing()
+      }
+    })
+  }
+
+  /** True while commands fail fast after a timeout, until a probe is answered. */
+  get unavailable (): boolean { return this.guard.tripped }
+
+  async connect (): Promise<void> {
+    this.assertOpen()
+    if (this.client.status === 'ready') return
+    if (this.client.status === 'wait') this.client.connect().catch(() => {})
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.client.off('ready', onReady)
+        reject(new UnavailableError(`Redis not ready within ${this.connectTimeoutMs} ms (status ${this.client.status})`))
+      }, this.connectTimeoutMs)
+      const onReady = (): void => { clearTimeout(timer); resolve() }
+      this.client.once('ready', onReady)
+    })
+  }
+
+  async get (key: string): Promise<StoredEntry | null> {
+    const r = await this.run(key, () => this.client.hmgetBuffer(key, 'v', 'd', 'e'))
+    return parseEntry(key, r[0] ?? null, r[1] ?? null, r[2] ?? null)
+  }
+
+  async compareAndSet (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number): Promise<CasResult> {
+    const r = await this.run(key, () => this.scripted.handoffCasBuffer(
+      key, sequenceKeyOf(key), expectedVersion === null ? '' : String(expectedVersion), value, ttlMs, Date.now(),
+      channelOf(key), this.publish))
+    if (r[0] === 1) return { ok: true, version: Number(r[1]), expiresAt: Number(r[2]) }
+    const version = Number(r[1])
+    if (version === 0) return { ok: false, current: null }
+    return { ok: false, current: { version, value: bufferOrNull(r[2]), expiresAt: Number(r[3]) } }
+  }
+
+  async take (key: string, tombstoneTtlMs: number): Promise<StoredEntry | null> {
+    const r = await this.run(key, () => this.scripted.handoffRemoveBuffer(
+      key, sequenceKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), this.publish, '1'))
+    const value = bufferOrNull(r[2])
+    if (value === null) return null
+    return { value, version: Number(r[1]), expiresAt: Number(r[3]) }
+  }
+
+  async delete (key: string, tombstoneTtlMs: number): Promise<number> {
+    const r = await this.run(key, () => this.scripted.handoffRemoveBuffer(
+      key, sequenceKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), this.publish, '0'))
+    return Number(r[0])
+  }
+
+  async touch (key: string, ttlMs: number): Promise<boolean> {
+    const r = await this.run(key, () => this.scripted.handoffTouch(key, ttlMs, Date.now()))
+    return r === 1
+  }
+
+  async subscribe (scope: SubscriptionScope, listener: InvalidationListener): Promise<Subscription> {
+    this.assertOpen()
+    const sub = new RedisSubscriber(this.client, scope, listener, {
+      onEvent: e => this.onEvent?.(e)
+    })
+    this.subscribers.add(sub)
+    await sub.start()
+    return {
+      reliable: false,
+      close: async () => {
+        this.subscribers.delete(sub)
+        await sub.close()
+      }
+    }
+  }
+
+  /** WAIT on the connection that made the writes: how many replicas acknowledged them within `timeoutMs`. */
+  async waitForReplicas (key: string, replicas: number, timeoutMs: number): Promise<number> {
+    return await this.run(key, async () => {
+      if (this.client instanceof Cluster) return await waitOnClusterNode(this.client, key, replicas, timeoutMs)
+      return await this.client.wait(replicas, timeoutMs)
+    })
+  }
+
+  /**
+   * Redis >= 7 is required (SPUBLISH in the write scripts). Any eviction policy but noeviction may drop entries
+   * before they expire: every entry has a TTL, so volatile-* policies evict them too, silently ending a session or
+   * emptying a cart. Returns the warnings; throws when the server cannot work at all.
+   */
+  async checkServer (): Promise<string[]> {
+    const nodes: Array<Redis> = this.client instanceof Cluster ? this.client.nodes('master') : [this.client]
+    const warnings: string[] = []
+    for (const node of nodes) {
+      const info = await this.run('(info)', async () => await node.info('server'))
+      const mem = await this.run('(info)', async () => await node.info('memory'))
+      const version = /redis_version:(\S+)/.exec(info)?.[1] ?? '0'
+      const major = Number(version.split('.')[0])
+      const where = `${node.options.host ?? '?'}:${node.options.port ?? '?'}`
+      if (!(major >= 7)) {
+        throw new UnavailableError(`Redis ${version} at ${where} is too old: fastify-handoff needs Redis >= 7 (SPUBLISH)`)
+      }
+      const policy = /maxmemory_policy:(\S+)/.exec(mem)?.[1] ?? 'noeviction'
+      const maxmemory = Number(/maxmemory:(\d+)/.exec(mem)?.[1] ?? '0')
+      if (policy !== 'noeviction') {
+        warnings.push(`Redis at ${where} has maxmemory-policy ${policy}` +
+          (maxmemory === 0 ? ' (no maxmemory set yet)' : '') +
+          ': when memory fills, sessions and carts can be evicted before they expire. Use noeviction; ' +
+          'writes then fail with FST_HANDOFF_UNAVAILABLE instead of data silently disappearing.')
+      }
+    }
+    return warnings
+  }
+
+  /** Run a raw command under the same timeout (for INFO, WAIT, CONFIG GET and tests). */
+  async command<T> (work: (client: RedisClient) => Promise<T>): Promise<T> {
+    return await this.run('(command)', () => work(this.client))
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.probeTimer !== undefined) clearInterval(this.probeTimer)
+    await Promise.all([...this.subscribers].map(async s => await s.close()))
+    this.subscribers.clear()
+    this.guard.failAll('repository closed')
+    if (this.ownsClient) {
+      try {
+        await this.client.quit()
+      } catch {
+        this.client.disconnect()
+      }
+    }
+  }
+
+  private async run<T> (key: string, work: () => Promise<T>): Promise<T> {
+    if (this.closed) throw new ClosedError('RedisRepository')
+    try {
+      return await this.guard.run(work)
+    } catch (err) {
+      throw mapError(key, err)
+    }
+  }
+
+  private startProbing (): void {
+    if (this.probeTimer !== undefined || this.closed) return
+    this.probeTimer = setInterval(() => {
+      if (this.probing) return
+      this.probing = true
+      this.guard.bound(async () => await this.client.ping())
+        .then(() => this.recover(), () => {})
+        .finally(() => { this.probing = false })
+    }, this.probeIntervalMs)
+    this.probeTimer.unref()
+  }
+
+  private recover (): void {
+    if (this.probeTimer !== undefined) {
+      clearInterval(this.probeTimer)
+      this.probeTimer = undefined
+    }
+    if (this.guard.tripped) {
+      this.guard.reset()
+      this.onEvent?.({ type: 'recovered' })
+    }
+  }
+
+  private assertOpen (): void {
+    if (this.closed) throw new ClosedError('RedisRepository')
+  }
+}
+
+async function waitOnClusterNode (cluster: Cluster, key: string, replicas: number, timeoutMs: number): Promise<number> {
+  // WAIT has no key, so ioredis would send it anywhere: send it to the primary that owns the key's slot.
+  const slot = clusterKeySlot(key)
+  const owners = (cluster as unknown as { slots: string[][] }).slots[slot]
+  const nodeKey = owners?.[0]
+  const node = cluster.nodes('master').find(n => `${n.options.host ?? ''}:${n.options.port ?? ''}` === nodeKey)
+  if (node === undefined) throw new UnavailableError(`no primary known for slot ${slot}`)
+  return await node.wait(replicas, timeoutMs)
+}
+
+function bufferOrNull (x: number | Buffer | null | undefined): Buffer | null {
+  return Buffer.isBuffer(x) ? x : null
+}
+
+function parseEntry (key: string, v: Buffer | null, d: Buffer | null, e: Buffer | null): StoredEntry | null {
+  if (v === null) return null
+  const version = Number(v.toString())
+  if (!Number.isSafeInteger(version) || version < 1) {
+    throw new CorruptEntryError(key, 'the version field is not a positive integer: not a fastify-handoff entry')
+  }
+  return { version, value: d, expiresAt: e === null ? 0 : Number(e.toString()) }
+}
+
+function mapError (key: string, err: unknown): Error {
+  if (typeof err === 'object' && err !== null && typeof (err as { code?: unknown }).code === 'string' &&
+    (err as { code: string }).code.startsWith('FST_HANDOFF_')) return err as Error
+  if (isReplyError(err)) {
+    if (err.message.startsWith('WRONGTYPE')) {
+      return new CorruptEntryError(key, 'Redis holds another data type under this key: not a fastify-handoff entry')
+    }
+    return new UnavailableError(`Redis refused the command: ${err.message}`)
+  }
+  const msg = err instanceof Error ? err.message : String(err)
+  return new UnavailableError(msg)
+}

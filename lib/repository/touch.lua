@@ -1,0 +1,9 @@
+-- Extend a live entry's expiry without rewriting its value or changing its version (no invalidation: the value
+-- did not change; other instances' local copies simply expire earlier and are fetched again).
+-- KEYS[1] entry   ARGV[1] ttl ms   ARGV[2] now ms
+-- Returns 1 when extended, 0 when absent or a tombstone.
+if redis.call('HEXISTS', KEYS[1], 'd') == 0 then return 0 end
+local ttl = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'e', tonumber(ARGV[2]) + ttl)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1

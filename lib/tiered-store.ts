@@ -1,0 +1,555 @@
+import { LRUCache } from 'lru-cache'
+import { Coherence, type CoherenceCounters, type LocalTier } from './coherence.js'
+import { ConflictError, DurabilityError, InvalidOptionError, TooLargeError, isHandoffError } from './errors.js'
+import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfKey } from './partitions.js'
+import type { Repository, StoredEntry, Subscription } from './repository/types.js'
+import { KeyRing, Sealer, entryAad, entryLabel, type SecretInput } from './seal.js'
+
+/** A JSON value as the store keeps it. Values handed out are deeply frozen: they are shared with the local tier. */
+export type StoreValue = null | boolean | number | string | readonly StoreValue[] | { readonly [k: string]: StoreValue | undefined }
+
+export interface StoreEntry<T> {
+  value: T
+  version: number
+  /** Absolute expiry, ms since the epoch. */
+  expiresAt: number
+  /** 'local': answered by this instance's local tier; 'repository': read from Redis (or the embedded repository). */
+  source: 'local' | 'repository'
+  /** True when the repository was unreachable and a local copy was served anyway (it may be stale). */
+  degraded: boolean
+}
+
+export interface UpdateInfo {
+  /** The version `current` was read at; 0 when the key never existed (or expired). */
+  version: number
+  /** True when the key holds a tombstone: it was deleted (logout, take) and must not silently come back. */
+  deleted: boolean
+  /** Which attempt this is, from 0: mutate runs again after every lost compare-and-set. */
+  attempt: number
+}
+
+/** Return the new value, or undefined to write nothing. Must not modify `current` (it is frozen) and must be pure. */
+export type Mutator<T> = (current: T | undefined, info: UpdateInfo) => T | undefined
+
+export interface UpdateOptions {
+  /** Time to live of the written entry, ms. Default: the store's defaultTtlMs. */
+  ttlMs?: number
+  /** Do not start from a local copy older than this version (the client's version floor). */
+  minVersion?: number
+}
+
+export interface UpdateResult<T> {
+  value: T | undefined
+  version: number
+  /** False when mutate returned undefined: nothing was written. */
+  written: boolean
+  /** How many compare-and-set attempts were lost before this one won. */
+  conflicts: number
+}
+
+export interface Logger {
+  warn: (obj: object, msg?: string) => void
+  info?: (obj: object, msg?: string) => void
+  error?: (obj: object, msg?: string) => void
+}
+
+export interface Durability {
+  /** Replicas that must acknowledge a write before update/delete resolve. */
+  replicas: number
+  /** How long to wait for them, ms. Default: 100. */
+  timeoutMs?: number
+}
+
+export interface TieredStoreOptions {
+  /** Where entries live: a RedisRepository or the embedded MemoryRepository. */
+  repository: Repository
+  /** Cluster secret (or key ring, newest first) sealing every entry at rest. Same on every instance. */
+  secret: SecretInput | KeyRing
+  /** Prefix of every key. No braces. Default: 'handoff:'. */
+  prefix?: string
+  /** Partitions (power of two, 1..16384): one Redis Cluster slot and one invalidation channel each. Default: 1024. */
+  partitions?: number
+  /** Local tier stripes (power of two, at most `partitions`), each an LRU with its share of maxLocalBytes. Default: 16. */
+  stripes?: number
+  /** Upper bound of the local tier, in bytes (sealed size + key + bookkeeping). 0 disables the local tier. Default: 64 MiB. */
+  maxLocalBytes?: number
+  /**
+   * How long a local copy may answer without asking the repository, ms. With coherence on, invalidations keep copies
+   * fresh and this only bounds memory held by idle entries. Default: 300000 with coherence, 1000 without.
+   */
+  localTtlMs?: number
+  /**
+   * Follow invalidations from the repository (other instances' writes). `leaseMs`: local reads are suspended when
+   * the subscriber has not been heard from within it. Default: { leaseMs: 250 }.
+   */
+  coherence?: false | { leaseMs?: number }
+  /** Default entry TTL for update, ms. Default: 86400000 (24 h). */
+  defaultTtlMs?: number
+  /** How long tombstones left by delete/take stay, ms. Default: 60000. */
+  tombstoneTtlMs?: number
+  /** Compare-and-set attempts before update gives up with FST_HANDOFF_CONFLICT. Default: 64. */
+  maxAttempts?: number
+  /** Largest serialized value, bytes; larger updates fail with FST_HANDOFF_TOO_LARGE (413). Default: 1 MiB. */
+  maxValueBytes?: number
+  /** Wait for Redis replicas before a write counts as done. Default: none. */
+  durability?: Durability
+  /** Structured logger (fastify.log fits). Default: none. */
+  logger?: Logger
+  /** Clock for entry expiry, for tests. Default: Date.now. */
+  now?: () => number
+}
+
+export interface StoreCounters extends CoherenceCounters {
+  localHits: number
+  localMisses: number
+  repositoryReads: number
+  repositoryHits: number
+  writes: number
+  conflicts: number
+  conflictsExhausted: number
+  repositoryErrors: number
+  corrupt: number
+  degradedReads: number
+  takes: number
+  deletes: number
+  touches: number
+  durabilityFailures: number
+}
+
+interface LocalCopy {
+  value: StoreValue | undefined
+  version: number
+  expiresAt: number
+  size: number
+}
+
+const KEY_OVERHEAD = 96
+
+function deepFreeze<T> (v: T): T {
+  if (v !== null && typeof v === 'object' && !Object.isFrozen(v)) {
+    Object.freeze(v)
+    for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k])
+  }
+  return v
+}
+
+function positiveInt (name: string, v: number | undefined, dflt: number, min = 1): number {
+  if (v === undefined) return dflt
+  if (!Number.isSafeInteger(v) || v < min) throw new InvalidOptionError(name, `must be an integer >= ${min}, got ${String(v)}`)
+  return v
+}
+
+/**
+ * The one primitive every plugin uses: a bounded local tier per instance (lru-cache, striped by partition) in front
+ * of a shared Repository, with sealed values, optimistic compare-and-set updates and coherence between instances.
+ * Nothing in the plugins talks to Redis except through this.
+ */
+export class TieredStore<T extends StoreValue = StoreValue> {
+  readonly repository: Repository
+  readonly prefix: string
+  readonly partitions: number
+  readonly counters: StoreCounters
+  readonly coherence: Coherence | undefined
+  readonly keyRing: KeyRing
+  private readonly sealer: Sealer
+  private readonly stripes: Array<LRUCache<string, LocalCopy>>
+  private readonly stripeMask: number
+  private readonly localTtlMs: number
+  private readonly defaultTtlMs: number
+  private readonly tombstoneTtlMs: number
+  private readonly maxAttempts: number
+  private readonly maxValueBytes: number
+  private readonly durability: Required<Durability> | undefined
+  private readonly logger: Logger | undefined
+  private readonly now: () => number
+  private subscription: Subscription | undefined
+  private started: Promise<void> | undefined
+  private unavailableLogged = false
+
+  constructor (opts: TieredStoreOptions) {
+    if (opts === null || typeof opts !== 'object' || opts.repository === undefined) {
+      throw new InvalidOptionError('repository', 'a Repository (RedisRepository or MemoryRepository) is required')
+    }
+    this.repository = opts.repository
+    this.prefix = opts.prefix ?? 'handoff:'
+    assertPrefix(this.prefix)
+    this.partitions = opts.partitions ?? 1024
+    assertPartitionCount(this.partitions)
+    const stripes = opts.stripes ?? Math.min(16, this.partitions)
+    if (!Number.isSafeInteger(stripes) || stripes < 1 || (stripes & (stripes - 1)) !== 0 || stripes > this.partitions) {
+      throw new InvalidOptionError('stripes', `must be a power of two between 1 and partitions (${this.partitions}), got ${String(stripes)}`)
+    }
+    this.stripeMask = stripes - 1
+    const maxLocalBytes = positiveInt('maxLocalBytes', opts.maxLocalBytes, 64 * 1024 * 1024, 0)
+    const coherenceOn = opts.coherence !== false
+    this.localTtlMs = positiveInt('localTtlMs', opts.localTtlMs, coherenceOn ? 300_000 : 1000, 0)
+    this.defaultTtlMs = positiveInt('defaultTtlMs', opts.defaultTtlMs, 86_400_000)
+    this.tombstoneTtlMs = positiveInt('tombstoneTtlMs', opts.tombstoneTtlMs, 60_000)
+    this.maxAttempts = positiveInt('maxAttempts', opts.maxAttempts, 64)
+    this.maxValueBytes = positiveInt('maxValueBytes', opts.maxValueBytes, 1024 * 1024)
+    if (opts.durability !== undefined) {
+      const replicas = positiveInt('durability.replicas', opts.durability.replicas, 1)
+      this.durability = { replicas, timeoutMs: positiveInt('durability.timeoutMs', opts.durability.timeoutMs, 100) }
+      if (this.repository.waitForReplicas === undefined) {
+        throw new InvalidOptionError('durability', `the ${this.repository.kind} repository has no replicas to wait for`)
+      }
+    }
+    this.keyRing = opts.secret instanceof KeyRing ? opts.secret : new KeyRing(opts.secret)
+    this.sealer = new Sealer(this.keyRing, 'entry')
+    this.logger = opts.logger
+    this.now = opts.now ?? Date.now
+    const perStripe = Math.floor(maxLocalBytes / stripes)
+    this.stripes = []
+    for (let i = 0; i < stripes; i++) {
+      this.stripes.push(new LRUCache<string, LocalCopy>({
+        maxSize: Math.max(1, perStripe),
+        sizeCalculation: c => c.size,
+        ttl: this.localTtlMs > 0 ? this.localTtlMs : 1,
+        ttlAutopurge: false,
+        updateAgeOnGet: false
+      }))
+    }
+    if (maxLocalBytes === 0 || this.localTtlMs === 0) this.stripes.length = 0
+    this.counters = {
+      localHits: 0,
+      localMisses: 0,
+      repositoryReads: 0,
+      repositoryHits: 0,
+      writes: 0,
+      conflicts: 0,
+      conflictsExhausted: 0,
+      repositoryErrors: 0,
+      corrupt: 0,
+      degradedReads: 0,
+      takes: 0,
+      deletes: 0,
+      touches: 0,
+      durabilityFailures: 0,
+      invalidations: 0,
+      gapsRepaired: 0,
+      resyncs: 0,
+      leaseSuspensions: 0,
+      fillsSkipped: 0
+    }
+    if (coherenceOn) {
+      const leaseMs = positiveInt('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250)
+      // Until start() knows whether delivery is reliable, assume it is not: no local reads before the first heartbeat.
+      this.coherence = new Coherence({ partitions: this.partitions, leaseMs, reliable: this.repository.kind === 'memory' })
+      this.coherence.attach(this.localTier())
+      this.counters = Object.assign(this.coherence.counters, this.counters)
+    }
+  }
+
+  /** Connects the repository, checks the server and subscribes to invalidations. Idempotent. */
+  async start (): Promise<void> {
+    this.started ??= this.doStart()
+    await this.started
+  }
+
+  private async doStart (): Promise<void> {
+    await this.repository.connect()
+    if (this.repository.checkServer !== undefined) {
+      for (const w of await this.repository.checkServer()) this.logger?.warn({ repository: this.repository.kind }, w)
+    }
+    if (this.coherence !== undefined) {
+      this.subscription = await this.repository.subscribe({ prefix: this.prefix, partitions: this.partitions }, this.coherence)
+    }
+  }
+
+  /** The full key of `id` (server-generated, random) for `kind`; all kinds of one id share a partition. */
+  key (id: string, kind: string): string {
+    return entryKey(this.prefix, partitionOf(id, this.partitions), id, kind)
+  }
+
+  async get (key: string, opts?: { minVersion?: number }): Promise<StoreEntry<T> | undefined> {
+    const minVersion = opts?.minVersion ?? 0
+    const partition = this.partitionOf(key)
+    const stripe = this.stripeOf(partition)
+    const local = stripe?.get(key)
+    const now = this.now()
+    if (local !== undefined && local.value !== undefined && local.version >= minVersion && local.expiresAt > now &&
+      (this.coherence === undefined || this.coherence.readable())) {
+      this.counters.localHits++
+      return { value: local.value as T, version: local.version, expiresAt: local.expiresAt, source: 'local', degraded: false }
+    }
+    this.counters.localMisses++
+    const ticket = this.coherence?.open(key, partition)
+    let stored: StoredEntry | null
+    try {
+      this.counters.repositoryReads++
+      stored = await this.repository.get(key)
+    } catch (err) {
+      if (ticket !== undefined) this.coherence?.close(ticket, Number.MAX_SAFE_INTEGER)
+      if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) {
+        this.corrupt(key, err)
+        return undefined
+      }
+      this.repositoryError(err)
+      // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor.
+      const known = local
+      if (known !== undefined && known.value !== undefined && known.version >= minVersion && known.expiresAt > this.now()) {
+        this.counters.degradedReads++
+        return { value: known.value as T, version: known.version, expiresAt: known.expiresAt, source: 'local', degraded: true }
+      }
+      throw err
+    }
+    this.repositoryOk()
+    const decoded = stored === null ? undefined : this.decode(key, stored)
+    const version = stored?.version ?? 0
+    const fill = ticket === undefined || this.coherence === undefined || this.coherence.close(ticket, version)
+    if (stored === null || stored.value === null || decoded === undefined) {
+      if (fill) stripe?.delete(key)
+      return undefined
+    }
+    this.counters.repositoryHits++
+    if (fill) this.fill(stripe, key, decoded, stored.version, stored.expiresAt, stored.value.length)
+    return { value: decoded, version: stored.version, expiresAt: stored.expiresAt, source: 'repository', degraded: false }
+  }
+
+  /**
+   * Optimistic read-modify-write: `mutate` runs on the current value and its result is stored if nobody wrote in
+   * between (compare-and-set on the version); otherwise `mutate` runs again on the newer value, with jittered
+   * backoff, up to maxAttempts. Starting from a local copy, an uncontended update is one round trip.
+   */
+  async update (key: string, mutate: Mutator<T>, opts?: UpdateOptions): Promise<UpdateResult<T>> {
+    const ttlMs = opts?.ttlMs ?? this.defaultTtlMs
+    if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new InvalidOptionError('ttlMs', `must be a positive integer, got ${String(ttlMs)}`)
+    const partition = this.partitionOf(key)
+    const stripe = this.stripeOf(partition)
+    const local = stripe?.get(key)
+    // base === undefined: unknown, try "create if absent", which returns the current entry when there is one.
+    let base: { value: T | undefined, version: number, deleted: boolean } | undefined
+    if (local !== undefined && local.version >= (opts?.minVersion ?? 0) && local.expiresAt > this.now() &&
+      (this.coherence === undefined || this.coherence.readable())) {
+      base = { value: local.value as T | undefined, version: local.version, deleted: local.value === undefined }
+    }
+    let conflicts = 0
+    for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
+      const next = mutate(base?.value, { version: base?.version ?? 0, deleted: base?.deleted ?? false, attempt })
+      if (next === undefined) {
+        if (base !== undefined) return { value: base.value, version: base.version, written: false, conflicts }
+        // Declined to create from nothing: learn what is really there, then ask again.
+        base = await this.readBase(key)
+        continue
+      }
+      const plain = Buffer.from(JSON.stringify(next))
+      if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value', plain.length, this.maxValueBytes)
+      const expected = base === undefined ? null : base.version
+      const version = (expected ?? 0) + 1
+      const sealed = this.sealer.seal(plain, entryAad(key, version))
+      const ticket = this.coherence?.open(key, partition)
+      let res
+      try {
+        res = await this.repository.compareAndSet(key, expected, sealed, ttlMs)
+      } catch (err) {
+        if (ticket !== undefined) this.coherence?.close(ticket, Number.MAX_SAFE_INTEGER)
+        stripe?.delete(key)
+        if (!isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.repositoryError(err)
+        throw err
+      }
+      this.repositoryOk()
+      if (res.ok) {
+        const fill = ticket === undefined || this.coherence === undefined || this.coherence.close(ticket, res.version)
+        this.counters.writes++
+        const frozen = deepFreeze(next)
+        if (fill) this.fill(stripe, key, frozen, res.version, res.expiresAt, sealed.length)
+        await this.awaitReplicas(key)
+        return { value: frozen, version: res.version, written: true, conflicts }
+      }
+      if (ticket !== undefined) this.coherence?.close(ticket, Number.MAX_SAFE_INTEGER)
+      conflicts++
+      this.counters.conflicts++
+      stripe?.delete(key)
+      base = res.current === null
+        ? { value: undefined, version: 0, deleted: false }
+        : { value: this.decode(key, res.current), version: res.current.version, deleted: res.current.value === null }
+      if (attempt >= 1) await backoff(attempt)
+    }
+    this.counters.conflictsExhausted++
+    throw new ConflictError(entryLabel(key), this.maxAttempts)
+  }
+
+  /** Read and delete atomically (single-use values). Leaves a tombstone. */
+  async take (key: string): Promise<StoreEntry<T> | undefined> {
+    const partition = this.partitionOf(key)
+    this.stripeOf(partition)?.delete(key)
+    let stored: StoredEntry | null
+    try {
+      stored = await this.repository.take(key, this.tombstoneTtlMs)
+    } catch (err) {
+      if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) { this.corrupt(key, err); return undefined }
+      this.repositoryError(err)
+      throw err
+    }
+    this.repositoryOk()
+    this.counters.takes++
+    if (stored === null) return undefined
+    const value = this.decode(key, stored)
+    if (value === undefined) return undefined
+    return { value, version: stored.version, expiresAt: stored.expiresAt, source: 'repository', degraded: false }
+  }
+
+  /** Delete, leaving a versioned tombstone so that a write still in flight cannot bring the entry back. */
+  async delete (key: string): Promise<number> {
+    const stripe = this.stripeOf(this.partitionOf(key))
+    stripe?.delete(key)
+    let version: number
+    try {
+      version = await this.repository.delete(key, this.tombstoneTtlMs)
+    } catch (err) {
+      this.repositoryError(err)
+      throw err
+    }
+    this.repositoryOk()
+    this.counters.deletes++
+    stripe?.delete(key)
+    await this.awaitReplicas(key)
+    return version
+  }
+
+  /** Extend an entry's expiry without rewriting it. Call it lazily (e.g. when half the idle time is used up). */
+  async touch (key: string, ttlMs: number): Promise<boolean> {
+    let ok: boolean
+    try {
+      ok = await this.repository.touch(key, ttlMs)
+    } catch (err) {
+      this.repositoryError(err)
+      throw err
+    }
+    this.repositoryOk()
+    this.counters.touches++
+    const stripe = this.stripeOf(this.partitionOf(key))
+    const local = stripe?.peek(key)
+    if (local !== undefined) {
+      if (ok) local.expiresAt = this.now() + ttlMs
+      else stripe?.delete(key)
+    }
+    return ok
+  }
+
+  /** Bytes and entries held by the local tier now. */
+  get localBytes (): number {
+    let n = 0
+    for (const s of this.stripes) n += s.calculatedSize
+    return n
+  }
+
+  get localEntries (): number {
+    let n = 0
+    for (const s of this.stripes) n += s.size
+    return n
+  }
+
+  /** Local hits / (hits + misses) since start. */
+  get localHitRatio (): number {
+    const total = this.counters.localHits + this.counters.localMisses
+    return total === 0 ? 0 : this.counters.localHits / total
+  }
+
+  /** Drop every local copy (tests, or an operator after restoring Redis from a backup). */
+  clearLocal (): void {
+    for (const s of this.stripes) s.clear()
+  }
+
+  /** Unsubscribe. The repository is left to its owner (it may be shared by several stores). */
+  async close (): Promise<void> {
+    const sub = this.subscription
+    this.subscription = undefined
+    await sub?.close()
+    this.clearLocal()
+  }
+
+  private async readBase (key: string): Promise<{ value: T | undefined, version: number, deleted: boolean }> {
+    let stored: StoredEntry | null
+    try {
+      stored = await this.repository.get(key)
+    } catch (err) {
+      if (!isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.repositoryError(err)
+      throw err
+    }
+    if (stored === null) return { value: undefined, version: 0, deleted: false }
+    return { value: this.decode(key, stored), version: stored.version, deleted: stored.value === null }
+  }
+
+  private decode (key: string, stored: StoredEntry): T | undefined {
+    if (stored.value === null) return undefined
+    try {
+      const plain = this.sealer.open(stored.value, entryAad(key, stored.version), () => entryLabel(key))
+      return deepFreeze(JSON.parse(plain.toString('utf8')) as T)
+    } catch (err) {
+      this.corrupt(key, err)
+      return undefined
+    }
+  }
+
+  private fill (stripe: LRUCache<string, LocalCopy> | undefined, key: string, value: T, version: number, expiresAt: number, bytes: number): void {
+    if (stripe === undefined) return
+    const cur = stripe.peek(key)
+    if (cur !== undefined && cur.version > version) return
+    const ttl = Math.min(this.localTtlMs, expiresAt - this.now())
+    if (ttl <= 0) { stripe.delete(key); return }
+    stripe.set(key, { value, version, expiresAt, size: bytes + key.length + KEY_OVERHEAD }, { ttl })
+  }
+
+  private corrupt (key: string, err: unknown): void {
+    this.counters.corrupt++
+    this.logger?.warn({ entry: entryLabel(key), reason: err instanceof Error ? err.message : String(err) },
+      'fastify-handoff: an entry could not be opened and is treated as absent')
+  }
+
+  private repositoryError (err: unknown): void {
+    this.counters.repositoryErrors++
+    if (!this.unavailableLogged) {
+      this.unavailableLogged = true
+      this.logger?.warn({ repository: this.repository.kind, err: err instanceof Error ? err.message : String(err) },
+        'fastify-handoff: repository unavailable; writes fail with 503 until it answers again, known local copies are still served')
+    }
+  }
+
+  private repositoryOk (): void {
+    if (this.unavailableLogged) {
+      this.unavailableLogged = false
+      this.logger?.info?.({ repository: this.repository.kind }, 'fastify-handoff: repository answers again')
+    }
+  }
+
+  private async awaitReplicas (key: string): Promise<void> {
+    const d = this.durability
+    if (d === undefined || this.repository.waitForReplicas === undefined) return
+    const acked = await this.repository.waitForReplicas(key, d.replicas, d.timeoutMs)
+    if (acked < d.replicas) {
+      this.counters.durabilityFailures++
+      throw new DurabilityError(acked, d.replicas)
+    }
+  }
+
+  private partitionOf (key: string): number {
+    const p = partitionOfKey(key)
+    if (p < 0 || p >= this.partitions) {
+      throw new InvalidOptionError('key', `not a key of this store (build keys with store.key(id, kind); ${this.partitions} partitions)`)
+    }
+    return p
+  }
+
+  private stripeOf (partition: number): LRUCache<string, LocalCopy> | undefined {
+    return this.stripes[partition & this.stripeMask]
+  }
+
+  private localTier (): LocalTier {
+    return {
+      dropOlder: (key, partition, version) => {
+        const stripe = this.stripeOf(partition)
+        const cur = stripe?.peek(key, { allowStale: true })
+        if (cur !== undefined && cur.version < version) stripe?.delete(key)
+      },
+      flushPartition: partition => { this.stripeOf(partition)?.clear() },
+      flushAll: () => { this.clearLocal() }
+    }
+  }
+}
+
+async function backoff (attempt: number): Promise<void> {
+  // Jittered, capped: measured, one plain CAS loop once starved past 1,000 retries under contention.
+  const cap = Math.min(64, 2 ** Math.min(attempt, 6))
+  await new Promise(resolve => setTimeout(resolve, Math.random() * cap))
+}
