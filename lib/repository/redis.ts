@@ -28,6 +28,8 @@ export interface RedisRepositoryOptions {
    * disconnected; the command timeout bounds them either way.
    */
   client?: RedisClient
+  /** Close `client` on close() although it was passed in (the plugins set this for clients they built). Default: false. */
+  ownsClient?: boolean
   /** A redis:// or rediss:// URL for a connection this repository creates. Default: redis://127.0.0.1:6379. */
   url?: string
   /** ioredis options for the connections this repository creates (e.g. `sentinels` and `name` for Sentinel). */
@@ -90,7 +92,7 @@ export class RedisRepository implements Repository {
     }
     if (opts.client !== undefined) {
       this.client = opts.client
-      this.ownsClient = false
+      this.ownsClient = opts.ownsClient ?? false
     } else {
       this.client = opts.url !== undefined ? new Redis(opts.url, base) : new Redis(base)
       this.ownsClient = true

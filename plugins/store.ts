@@ -1,0 +1,97 @@
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import { Redis, Cluster, type RedisOptions, type ClusterNode, type ClusterOptions } from 'ioredis'
+import { InvalidOptionError } from '../lib/errors.js'
+import { MemoryRepository } from '../lib/repository/memory.js'
+import { RedisRepository, type RedisClient } from '../lib/repository/redis.js'
+import type { Repository } from '../lib/repository/types.js'
+import { KeyRing, type SecretInput } from '../lib/seal.js'
+import { TieredStore, type TieredStoreOptions } from '../lib/tiered-store.js'
+
+/** How to reach Redis: a URL, ioredis options (Sentinel: `sentinels` + `name`), a client, or Cluster nodes. */
+export type RedisConnection =
+  | string
+  | RedisOptions
+  | RedisClient
+  | { cluster: ClusterNode[], options?: ClusterOptions }
+
+export interface HandoffStoreOptions extends Omit<TieredStoreOptions, 'repository' | 'secret' | 'logger'> {
+  /**
+   * The cluster secret: at least 32 bytes, the same on every instance, or a key ring `[{ id, secret }]` newest
+   * first for rotation. Seals every entry and derives the cookie-signing and ticket keys. Required.
+   */
+  secret: SecretInput | KeyRing
+  /** Redis to share state through. Default: none, the embedded in-process repository (one instance only). */
+  redis?: RedisConnection
+  /** A ready-made Repository (advanced; overrides `redis`). Not closed by this plugin. */
+  repository?: Repository
+  /** Command timeout for Redis, ms (see RedisRepository). Default: 1000. */
+  commandTimeoutMs?: number
+}
+
+export interface HandoffDecorator {
+  store: TieredStore
+  keyRing: KeyRing
+  repository: Repository
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    handoff: HandoffDecorator
+  }
+}
+
+function isClusterSpec (r: RedisConnection): r is { cluster: ClusterNode[], options?: ClusterOptions } {
+  return typeof r === 'object' && r !== null && Array.isArray((r as { cluster?: unknown }).cluster)
+}
+
+/** Builds the repository the options describe; `owned` tells whether closing it is ours to do. */
+export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'repository' | 'commandTimeoutMs'>,
+  onEvent?: (msg: string, fields: object) => void): { repository: Repository, owned: boolean } {
+  if (opts.repository !== undefined) return { repository: opts.repository, owned: false }
+  if (opts.redis === undefined) return { repository: new MemoryRepository(), owned: true }
+  const r = opts.redis
+  const common = {
+    commandTimeoutMs: opts.commandTimeoutMs,
+    onEvent: (e: { type: string, reason?: string, error?: Error }) => {
+      if (e.type === 'unavailable') onEvent?.('fastify-handoff: Redis unavailable', { reason: e.reason })
+      else if (e.type === 'recovered') onEvent?.('fastify-handoff: Redis available again', {})
+    }
+  }
+  if (r instanceof Redis || r instanceof Cluster) {
+    return { repository: new RedisRepository({ ...common, client: r }), owned: true }
+  }
+  if (typeof r === 'string') return { repository: new RedisRepository({ ...common, url: r }), owned: true }
+  if (isClusterSpec(r)) {
+    const client = new Cluster(r.cluster, {
+      enableOfflineQueue: false,
+      ...r.options,
+      redisOptions: { maxRetriesPerRequest: 0, ...r.options?.redisOptions }
+    })
+    return { repository: new RedisRepository({ ...common, client, ownsClient: true }), owned: true }
+  }
+  if (typeof r === 'object' && r !== null) return { repository: new RedisRepository({ ...common, redisOptions: r }), owned: true }
+  throw new InvalidOptionError('redis', 'expected a redis:// URL, ioredis options, an ioredis client or { cluster: [...] }')
+}
+
+const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: FastifyInstance, opts) => {
+  if (opts.secret === undefined) {
+    throw new InvalidOptionError('secret', 'required: the cluster secret (>= 32 bytes, identical on every instance)')
+  }
+  const { repository, owned } = createRepository(opts, (msg, fields) => fastify.log.warn(fields, msg))
+  const { redis: _r, repository: _repo, commandTimeoutMs: _t, ...storeOpts } = opts
+  const store = new TieredStore({ ...storeOpts, repository, logger: fastify.log })
+  if (repository.kind === 'memory') {
+    fastify.log.info('fastify-handoff: no Redis configured, using the embedded in-process repository (one instance only)')
+  }
+  await store.start()
+  fastify.decorate('handoff', { store, keyRing: store.keyRing, repository })
+  fastify.addHook('onClose', async () => {
+    await store.close()
+    if (owned) await repository.close()
+  })
+}
+
+/** Builds the shared TieredStore and decorates `fastify.handoff`. The other plugins depend on it. */
+export const handoffStore = fp(storePlugin, { fastify: '5.x', name: 'fastify-handoff/store' })
+export default handoffStore
