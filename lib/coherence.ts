@@ -97,12 +97,16 @@ export class Coherence implements InvalidationListener {
   onResync (partitions?: readonly number[]): void {
     this.counters.resyncs++
     if (partitions === undefined) {
-      if (!this.opts.reliable) {
-        this.leaseFrom = Number.NEGATIVE_INFINITY
-        if (!this.suspended) { this.suspended = true; this.counters.leaseSuspensions++ }
-      }
       this.lastSequence.fill(0)
-      this.flushAll()
+      if (this.opts.reliable) {
+        this.flushAll()
+        return
+      }
+      // Void the lease: local copies stop answering now and are flushed when the lease is regained. Until then they
+      // stay, so that they can still answer in degraded mode if the repository itself is down.
+      this.leaseFrom = Number.NEGATIVE_INFINITY
+      this.globalEpoch++
+      if (!this.suspended) { this.suspended = true; this.counters.leaseSuspensions++ }
       return
     }
     for (const p of partitions) {
@@ -140,14 +144,15 @@ export class Coherence implements InvalidationListener {
 
   /**
    * Call when the operation returned: true when `version` may fill the local tier, i.e. no flush happened and no
-   * newer version was notified while it was in flight, and local copies are being served at all.
+   * newer version was notified while it was in flight. A copy filled while the lease is lapsed is not served from
+   * the local tier (readable() says no) and is flushed when the lease is regained; until then it can still answer
+   * in degraded mode, when the repository itself is unreachable.
    */
   close (t: FillTicket, version: number): boolean {
     if (--t.refs === 0) this.tickets.delete(t.key)
     const ok = t.globalEpoch === this.globalEpoch &&
       t.partitionEpoch === (this.partitionEpochs[t.partition] ?? 0) &&
-      t.maxNotified <= version &&
-      (this.opts.reliable || !this.suspended)
+      t.maxNotified <= version
     if (!ok) this.counters.fillsSkipped++
     return ok
   }

@@ -253,6 +253,15 @@ export class TieredStore<T extends StoreValue = StoreValue> {
     }
     if (this.coherence !== undefined) {
       this.subscription = await this.repository.subscribe({ prefix: this.prefix, partitions: this.partitions }, this.coherence)
+      // Resolve once the first heartbeat proves the subscription live, so local copies are usable from the start.
+      const deadline = performance.now() + 10_000
+      while (!this.coherence.readable()) {
+        if (performance.now() > deadline) {
+          this.logger?.warn({ repository: this.repository.kind }, 'fastify-handoff: invalidation subscriber not live yet; local reads stay suspended until it is')
+          break
+        }
+        await new Promise(resolve => setTimeout(resolve, 5))
+      }
     }
   }
 

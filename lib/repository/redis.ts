@@ -229,14 +229,12 @@ export class RedisRepository implements Repository {
     if (this.probeTimer !== undefined) clearInterval(this.probeTimer)
     await Promise.all([...this.subscribers].map(async s => await s.close()))
     this.subscribers.clear()
-    this.guard.failAll('repository closed')
     if (this.ownsClient) {
-      try {
-        await this.client.quit()
-      } catch {
-        this.client.disconnect()
-      }
+      // QUIT lets in-flight replies arrive; bounded, since a frozen Redis would never answer it.
+      if (this.client.status === 'ready') await this.guard.bound(async () => await this.client.quit()).catch(() => {})
+      this.client.disconnect()
     }
+    this.guard.failAll('repository closed')
   }
 
   private async run<T> (key: string, work: () => Promise<T>): Promise<T> {

@@ -1,0 +1,161 @@
+import t from 'tap'
+import fc from 'fast-check'
+import { RedisRepository } from '../../lib/repository/redis.js'
+import { TieredStore, type StoreValue } from '../../lib/tiered-store.js'
+import { startRedis } from '../helpers/redis.js'
+
+const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
+interface Counter { [k: string]: StoreValue, n: number }
+const inc = (cur: StoreValue | undefined): Counter => ({ n: ((cur as Counter | undefined)?.n ?? 0) + 1 })
+const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+type Tap = typeof t
+async function makeStore (t: Tap, url: string, extra: Partial<ConstructorParameters<typeof TieredStore>[0]> = {}, timeoutMs = 1000): Promise<TieredStore> {
+  const repository = new RedisRepository({ url, commandTimeoutMs: timeoutMs })
+  const store = new TieredStore({ repository, secret: SECRET, partitions: 64, ...extra })
+  await store.start()
+  t.teardown(async () => { await store.close(); await repository.close() })
+  return store
+}
+
+t.test('property: concurrent increments from two instances on one Redis lose nothing', async t => {
+  const server = await startRedis()
+  t.teardown(async () => await server.stop())
+  const a = await makeStore(t, server.url)
+  const b = await makeStore(t, server.url)
+  let run = 0
+  await fc.assert(fc.asyncProperty(
+    fc.array(fc.boolean(), { minLength: 1, maxLength: 60 }),
+    fc.integer({ min: 1, max: 8 }),
+    async (writers, inFlight) => {
+      const k = a.key(`prop-${run++}-${Date.now()}`, 'counter')
+      // `inFlight` lanes run concurrently; each lane issues its writes in order, alternating instances as drawn.
+      const lanes = Array.from({ length: inFlight }, (_, lane) => writers.filter((_, i) => i % inFlight === lane))
+      await Promise.all(lanes.map(async lane => { for (const useA of lane) await (useA ? a : b).update(k, inc) }))
+      const final = await a.get(k, { minVersion: writers.length })
+      return final?.value !== undefined && (final.value as Counter).n === writers.length && final.version === writers.length
+    }), { numRuns: 25 })
+  t.pass('25 random interleavings, every increment kept, version = number of writes')
+})
+
+t.test('an uncontended update from a warm local copy is exactly one round trip', async t => {
+  const server = await startRedis()
+  t.teardown(async () => await server.stop())
+  const store = await makeStore(t, server.url)
+  const k = store.key('rtt', 'session')
+  await store.update(k, inc)
+  server.cli('CONFIG', 'RESETSTAT')
+  for (let i = 0; i < 10; i++) await store.update(k, inc)
+  const stats = server.cli('INFO', 'commandstats')
+  const evalsha = Number(/cmdstat_evalsha:calls=(\d+)/.exec(stats)?.[1] ?? 0)
+  const hmget = Number(/cmdstat_hmget:calls=(\d+)/.exec(stats)?.[1] ?? 0)
+  t.equal(evalsha, 10, `one script per update (${stats.replace(/\r?\n/g, ' ')})`)
+  t.equal(hmget, 10, 'no read besides the one inside each script')
+})
+
+interface Ledger { acked: Map<string, number>, errors: Map<string, number>, maxLatency: number }
+
+/** Drives increments on `keys` until stopped, recording the highest acknowledged value per key. */
+function load (store: TieredStore, keys: string[]): { stop: () => Promise<Ledger> } {
+  const ledger: Ledger = { acked: new Map(), errors: new Map(), maxLatency: 0 }
+  let running = true
+  const lanes = keys.map(async k => {
+    while (running) {
+      const started = performance.now()
+      try {
+        const r = await store.update(k, inc)
+        ledger.acked.set(k, (r.value as Counter).n)
+      } catch (err) {
+        const code = (err as { code?: string }).code ?? 'unknown'
+        ledger.errors.set(code, (ledger.errors.get(code) ?? 0) + 1)
+        await sleep(20)
+      }
+      ledger.maxLatency = Math.max(ledger.maxLatency, performance.now() - started)
+    }
+  })
+  return { stop: async () => { running = false; await Promise.all(lanes); return ledger } }
+}
+
+async function waitForWrites (store: TieredStore, k: string, deadlineMs: number): Promise<number> {
+  const started = performance.now()
+  while (performance.now() - started < deadlineMs) {
+    try { await store.update(k, inc); return performance.now() - started } catch { await sleep(25) }
+  }
+  throw new Error(`no successful write within ${deadlineMs} ms`)
+}
+
+t.test('Redis paused (SIGSTOP): fail fast, keep serving known reads, lose no acknowledged write, recover', async t => {
+  const server = await startRedis({ private: true })
+  t.teardown(async () => await server.stop())
+  const store = await makeStore(t, server.url, {}, 300)
+  const keys = Array.from({ length: 8 }, (_, i) => store.key(`pause-${i}`, 'counter'))
+  const quiet = store.key('pause-quiet', 'session')
+  await store.update(quiet, () => ({ user: 'alice' }))
+  const l = load(store, keys)
+  t.teardown(async () => { await l.stop() })
+  await sleep(300)
+  server.pause()
+  await sleep(1200)
+  const during = await store.get(quiet)
+  t.equal(during?.degraded, true, 'a known local copy is still served, flagged degraded')
+  server.resume()
+  const recovery = await waitForWrites(store, keys[0] as string, 5000)
+  await sleep(200)
+  const ledger = await l.stop()
+  t.ok((ledger.errors.get('FST_HANDOFF_UNAVAILABLE') ?? 0) > 0, 'writes failed with FST_HANDOFF_UNAVAILABLE during the freeze')
+  t.same([...ledger.errors.keys()].filter(c => c !== 'FST_HANDOFF_UNAVAILABLE'), [], 'no other error')
+  t.ok(ledger.maxLatency < 300 + 400, `no call hung past the timeout (max ${ledger.maxLatency.toFixed(0)} ms)`)
+  t.ok(recovery < 2000, `writes resumed ${recovery.toFixed(0)} ms after SIGCONT, without restarting anything`)
+  store.clearLocal()
+  for (const k of keys) {
+    const n = ((await store.get(k))?.value as Counter).n
+    t.ok(n >= (ledger.acked.get(k) ?? 0), `${k}: ${n} stored >= ${ledger.acked.get(k) ?? 0} acknowledged`)
+  }
+})
+
+t.test('Redis killed and restarted (AOF fsync always): no hang, no lost acknowledged write, recovery', async t => {
+  const server = await startRedis({ private: true, args: ['--appendonly', 'yes', '--appendfsync', 'always'] })
+  t.teardown(async () => await server.stop())
+  const store = await makeStore(t, server.url, {}, 300)
+  const keys = Array.from({ length: 8 }, (_, i) => store.key(`kill-${i}`, 'counter'))
+  const quiet = store.key('kill-quiet', 'session')
+  await store.update(quiet, () => ({ user: 'alice' }))
+  const l = load(store, keys)
+  t.teardown(async () => { await l.stop() })
+  await sleep(300)
+  await server.kill()
+  await sleep(600)
+  const during = await store.get(quiet)
+  t.equal(during?.degraded, true, 'known local copies are served while Redis is down')
+  await server.restart()
+  const recovery = await waitForWrites(store, keys[0] as string, 5000)
+  await sleep(200)
+  const ledger = await l.stop()
+  t.ok((ledger.errors.get('FST_HANDOFF_UNAVAILABLE') ?? 0) > 0, 'writes failed while Redis was down')
+  t.same([...ledger.errors.keys()].filter(c => c !== 'FST_HANDOFF_UNAVAILABLE'), [], 'no other error')
+  t.ok(ledger.maxLatency < 300 + 400, `no call hung past the timeout (max ${ledger.maxLatency.toFixed(0)} ms)`)
+  t.ok(recovery < 3000, `writes resumed ${recovery.toFixed(0)} ms after the restart`)
+  store.clearLocal()
+  for (const k of keys) {
+    const n = ((await store.get(k))?.value as Counter).n
+    t.ok(n >= (ledger.acked.get(k) ?? 0), `${k}: ${n} stored >= ${ledger.acked.get(k) ?? 0} acknowledged`)
+  }
+})
+
+t.test('corrupt bytes and a foreign seal key in Redis read as a miss, and the next write heals the entry', async t => {
+  const server = await startRedis()
+  t.teardown(async () => await server.stop())
+  const store = await makeStore(t, server.url)
+  const foreign = await makeStore(t, server.url, { secret: 'a-completely-different-cluster-secret-0123' })
+  const k = store.key('victim', 'session')
+  await foreign.update(k, () => ({ user: 'mallory' }))
+  t.equal(await store.get(k), undefined, 'foreign seal: miss')
+  server.cli('HSET', k, 'd', 'garbage-bytes')
+  t.equal(await store.get(k), undefined, 'corrupt bytes: miss')
+  server.cli('DEL', k)
+  server.cli('SET', k, 'a string where a hash belongs')
+  t.equal(await store.get(k), undefined, 'wrong Redis type: miss')
+  t.ok(store.counters.corrupt >= 3)
+  server.cli('DEL', k)
+  t.match(await store.update(k, () => ({ user: 'alice' })), { written: true, version: 1 })
+})
