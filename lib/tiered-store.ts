@@ -5,7 +5,10 @@ import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfK
 import type { Repository, StoredEntry, Subscription } from './repository/types.js'
 import { KeyRing, Sealer, entryAad, entryLabel, type SecretInput } from './seal.js'
 
-/** A JSON value as the store keeps it. Values handed out are deeply frozen: they are shared with the local tier. */
+/**
+ * A JSON value as the store keeps it (the store's type parameter may be any JSON-serializable type). Values handed
+ * out are deeply frozen: they are shared with the local tier.
+ */
 export type StoreValue = null | boolean | number | string | readonly StoreValue[] | { readonly [k: string]: StoreValue | undefined }
 
 export interface StoreEntry<T> {
@@ -117,7 +120,7 @@ export interface StoreCounters extends CoherenceCounters {
 }
 
 interface LocalCopy {
-  value: StoreValue | undefined
+  value: unknown
   version: number
   expiresAt: number
   size: number
@@ -144,7 +147,7 @@ function positiveInt (name: string, v: number | undefined, dflt: number, min = 1
  * of a shared Repository, with sealed values, optimistic compare-and-set updates and coherence between instances.
  * Nothing in the plugins talks to Redis except through this.
  */
-export class TieredStore<T extends StoreValue = StoreValue> {
+export class TieredStore<T = unknown> {
   readonly repository: Repository
   readonly prefix: string
   readonly partitions: number

@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import fc from 'fast-check'
 import { RedisRepository } from '../../lib/repository/redis.js'
 import { TieredStore, type StoreValue } from '../../lib/tiered-store.js'
@@ -6,11 +6,10 @@ import { startRedis } from '../helpers/redis.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 interface Counter { [k: string]: StoreValue, n: number }
-const inc = (cur: StoreValue | undefined): Counter => ({ n: ((cur as Counter | undefined)?.n ?? 0) + 1 })
+const inc = (cur: unknown): Counter => ({ n: ((cur as Counter | undefined)?.n ?? 0) + 1 })
 const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 
-type Tap = typeof t
-async function makeStore (t: Tap, url: string, extra: Partial<ConstructorParameters<typeof TieredStore>[0]> = {}, timeoutMs = 1000): Promise<TieredStore> {
+async function makeStore (t: Test, url: string, extra: Partial<ConstructorParameters<typeof TieredStore>[0]> = {}, timeoutMs = 1000): Promise<TieredStore> {
   const repository = new RedisRepository({ url, commandTimeoutMs: timeoutMs })
   const store = new TieredStore({ repository, secret: SECRET, partitions: 64, ...extra })
   await store.start()
@@ -58,9 +57,9 @@ interface Ledger { acked: Map<string, number>, errors: Map<string, number>, maxL
 /** Drives increments on `keys` until stopped, recording the highest acknowledged value per key. */
 function load (store: TieredStore, keys: string[]): { stop: () => Promise<Ledger> } {
   const ledger: Ledger = { acked: new Map(), errors: new Map(), maxLatency: 0 }
-  let running = true
+  const state = { running: true }
   const lanes = keys.map(async k => {
-    while (running) {
+    while (state.running) {
       const started = performance.now()
       try {
         const r = await store.update(k, inc)
@@ -73,7 +72,7 @@ function load (store: TieredStore, keys: string[]): { stop: () => Promise<Ledger
       ledger.maxLatency = Math.max(ledger.maxLatency, performance.now() - started)
     }
   })
-  return { stop: async () => { running = false; await Promise.all(lanes); return ledger } }
+  return { stop: async () => { state.running = false; await Promise.all(lanes); return ledger } }
 }
 
 async function waitForWrites (store: TieredStore, k: string, deadlineMs: number): Promise<number> {

@@ -132,7 +132,7 @@ t.test('concurrent increments through two stores lose nothing', async t => {
   const a = makeStore(repo)
   const b = makeStore(repo)
   const k = a.key('counter', 'session')
-  const inc = (cur: StoreValue | undefined): Counter => ({ n: ((cur as Counter | undefined)?.n ?? 0) + 1 })
+  const inc = (cur: unknown): Counter => ({ n: ((cur as Counter | undefined)?.n ?? 0) + 1 })
   await Promise.all(Array.from({ length: 200 }, async (_, i) => await (i % 2 === 0 ? a : b).update(k, inc)))
   t.match(await a.get(k, { minVersion: 200 }), { value: { n: 200 }, version: 200 })
 })
