@@ -1,0 +1,15 @@
+// Framework-free core: usable without Fastify (import from 'fastify-handoff/store').
+export { TieredStore } from './tiered-store.js'
+export type {
+  TieredStoreOptions, StoreEntry, StoreValue, UpdateInfo, UpdateOptions, UpdateResult, Mutator, StoreCounters, Durability, Logger
+} from './tiered-store.js'
+export { MemoryRepository } from './repository/memory.js'
+export type { MemoryRepositoryOptions } from './repository/memory.js'
+export { RedisRepository } from './repository/redis.js'
+export type { RedisRepositoryOptions, RedisClient, RepositoryEvent } from './repository/redis.js'
+export type { Repository, StoredEntry, CasResult, Invalidation, InvalidationListener, Subscription, SubscriptionScope } from './repository/types.js'
+export { KeyRing, Sealer, entryAad } from './seal.js'
+export type { SecretInput } from './seal.js'
+export { buzhash32, buzhash64 } from './buzhash.js'
+export { partitionOf, entryKey, Rendezvous } from './partitions.js'
+export * from './errors.js'
