@@ -277,10 +277,11 @@ export class TieredStore<T = unknown> {
     const minVersion = opts?.minVersion ?? 0
     const partition = this.partitionOf(key)
     const stripe = this.stripeOf(partition)
+    // readable() first: regaining the lease flushes the local tier, and a copy taken before that must not answer.
+    const readable = this.coherence === undefined || this.coherence.readable()
     const local = stripe?.get(key)
     const now = this.now()
-    if (local !== undefined && local.value !== undefined && local.version >= minVersion && local.expiresAt > now &&
-      (this.coherence === undefined || this.coherence.readable())) {
+    if (readable && local !== undefined && local.value !== undefined && local.version >= minVersion && local.expiresAt > now) {
       this.counters.localHits++
       return { value: local.value as T, version: local.version, expiresAt: local.expiresAt, source: 'local', degraded: false }
     }
@@ -328,11 +329,11 @@ export class TieredStore<T = unknown> {
     if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new InvalidOptionError('ttlMs', `must be a positive integer, got ${String(ttlMs)}`)
     const partition = this.partitionOf(key)
     const stripe = this.stripeOf(partition)
+    const readable = this.coherence === undefined || this.coherence.readable()
     const local = stripe?.get(key)
     // base === undefined: unknown, try "create if absent", which returns the current entry when there is one.
     let base: { value: T | undefined, version: number, deleted: boolean } | undefined
-    if (local !== undefined && local.version >= (opts?.minVersion ?? 0) && local.expiresAt > this.now() &&
-      (this.coherence === undefined || this.coherence.readable())) {
+    if (readable && local !== undefined && local.version >= (opts?.minVersion ?? 0) && local.expiresAt > this.now()) {
       base = { value: local.value as T | undefined, version: local.version, deleted: local.value === undefined }
     }
     let conflicts = 0

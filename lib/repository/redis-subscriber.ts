@@ -1,10 +1,17 @@
-import type { Redis, Cluster } from 'ioredis'
+import type { Redis, Cluster, RedisOptions } from 'ioredis'
 import { channelName, partitionOfChannel } from '../partitions.js'
 import type { InvalidationListener, SubscriptionScope } from './types.js'
 
 export interface RedisSubscriberOptions {
   /** PING the subscriber connection this often, in ms; each answer renews the reader's lease. Default: 50. */
-  heartbeatIntervalMs?: number
+  heartbeatIntervalMs?: number | undefined
+  /**
+   * A heartbeat unanswered this long means the connection is dead without a reset (silent network): it is
+   * dropped and re-established, which counts as a resync. Default: 3000.
+   */
+  deadAfterMs?: number | undefined
+  /** Overrides for the subscriber connection's options. */
+  redisOptions?: RedisOptions | undefined
   onEvent?: (e: { type: 'error', error: Error }) => void
 }
 
@@ -19,6 +26,7 @@ export class RedisSubscriber {
   private conn: Redis | undefined
   private timer: NodeJS.Timeout | undefined
   private pingInFlight = false
+  private pingSentAt = 0
   private started = false
   private closed = false
   private readonly heartbeatIntervalMs: number
@@ -42,7 +50,8 @@ export class RedisSubscriber {
       maxRetriesPerRequest: null,
       autoResubscribe: true,
       lazyConnect: true,
-      connectionName: 'fastify-handoff:subscriber'
+      connectionName: 'fastify-handoff:subscriber',
+      ...this.opts.redisOptions
     })
     this.conn = conn
     conn.on('error', (error: Error) => this.opts.onEvent?.({ type: 'error', error }))
@@ -76,13 +85,29 @@ export class RedisSubscriber {
 
   private beat (): void {
     const conn = this.conn
-    // One PING at a time: behind a silent network they would only pile up.
-    if (conn === undefined || this.pingInFlight || conn.status !== 'ready') return
+    if (conn === undefined || conn.status !== 'ready') return
+    // One PING at a time: behind a silent network they would only pile up. One unanswered for too long means the
+    // connection is dead without anyone having said so: drop it, ioredis reconnects and re-subscribes.
+    if (this.pingInFlight) {
+      if (performance.now() - this.pingSentAt > (this.opts.deadAfterMs ?? 3000)) {
+        this.pingInFlight = false
+        this.pingSentAt = 0
+        this.listener.onResync()
+        conn.disconnect(true)
+      }
+      return
+    }
     this.pingInFlight = true
     const sentAt = performance.now()
+    this.pingSentAt = sentAt
+    const settle = (): boolean => {
+      if (this.pingSentAt !== sentAt) return false // a ping abandoned by a reconnect
+      this.pingInFlight = false
+      return true
+    }
     conn.ping().then(
-      () => { this.pingInFlight = false; if (!this.closed) this.listener.onHeartbeat?.(sentAt) },
-      () => { this.pingInFlight = false }
+      () => { if (settle() && !this.closed) this.listener.onHeartbeat?.(sentAt) },
+      () => { settle() }
     )
   }
 

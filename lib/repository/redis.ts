@@ -43,6 +43,13 @@ export interface RedisRepositoryOptions {
   probeIntervalMs?: number
   /** How long connect() waits for the first ready connection, in ms. Default: 10000. */
   connectTimeoutMs?: number
+  /**
+   * ioredis options overriding those of the invalidation subscriber's connection (by default a duplicate of the
+   * command connection), e.g. to reach Redis through another route. Default: none.
+   */
+  subscriberOptions?: RedisOptions
+  /** PING the subscriber this often, ms; each answer renews the lease of local reads. Default: 50. */
+  heartbeatIntervalMs?: number
   /** Publish an invalidation per write (needed for coherence between instances). Default: true. */
   publishInvalidations?: boolean
   /** Called on state changes worth a log line (tripped, recovered). Never given a secret. */
@@ -78,12 +85,16 @@ export class RedisRepository implements Repository {
   private probing = false
   private closed = false
   private readonly subscribers = new Set<RedisSubscriber>()
+  private readonly subscriberOptions: RedisOptions | undefined
+  private readonly heartbeatIntervalMs: number | undefined
 
   constructor (opts: RedisRepositoryOptions = {}) {
     this.onEvent = opts.onEvent
     this.probeIntervalMs = opts.probeIntervalMs ?? 100
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 10_000
     this.publish = opts.publishInvalidations === false ? '0' : '1'
+    this.subscriberOptions = opts.subscriberOptions
+    this.heartbeatIntervalMs = opts.heartbeatIntervalMs
     const base: RedisOptions = {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
@@ -168,7 +179,9 @@ export class RedisRepository implements Repository {
   async subscribe (scope: SubscriptionScope, listener: InvalidationListener): Promise<Subscription> {
     this.assertOpen()
     const sub = new RedisSubscriber(this.client, scope, listener, {
-      onEvent: e => this.onEvent?.(e)
+      onEvent: e => this.onEvent?.(e),
+      redisOptions: this.subscriberOptions,
+      heartbeatIntervalMs: this.heartbeatIntervalMs
     })
     this.subscribers.add(sub)
     await sub.start()

@@ -1,0 +1,37 @@
+import t from 'tap'
+import { RedisRepository } from '../../lib/repository/redis.js'
+import { TieredStore } from '../../lib/tiered-store.js'
+import { startRedis } from '../helpers/redis.js'
+
+const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
+const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+t.test('durability { replicas: 1 }: acknowledged only once a replica has it, a clear 503 when none confirms', async t => {
+  const primary = await startRedis({ private: true, args: ['--repl-diskless-sync-delay', '0'] })
+  t.teardown(async () => await primary.stop())
+  const replica = await startRedis({ private: true, args: ['--replicaof', '127.0.0.1', '0'] })
+  t.teardown(async () => await replica.stop())
+  replica.cli('REPLICAOF', '127.0.0.1', String(primary.port))
+  const deadline = Date.now() + 10_000
+  while (!replica.cli('INFO', 'replication').includes('master_link_status:up') && Date.now() < deadline) await sleep(50)
+  t.match(replica.cli('INFO', 'replication'), /master_link_status:up/, 'replica in sync')
+
+  const repository = new RedisRepository({ url: primary.url })
+  const store = new TieredStore({ repository, secret: SECRET, partitions: 64, durability: { replicas: 1, timeoutMs: 200 } })
+  await store.start()
+  t.teardown(async () => { await store.close(); await repository.close() })
+  const k = store.key('durable', 'cart')
+  const r = await store.update(k, () => ({ items: 1 }))
+  t.equal(r.version, 1)
+  t.match(replica.cli('HGET', k, 'v'), '1', 'the replica holds the write when update resolves')
+  await store.delete(k)
+  t.match(replica.cli('HGET', k, 'v'), '2', 'deletes wait for the replica too')
+
+  await replica.kill()
+  const started = performance.now()
+  await t.rejects(store.update(k, (_c, info) => info.deleted ? { items: 2 } : undefined), {
+    code: 'FST_HANDOFF_DURABILITY', statusCode: 503, message: /0 of 1 required replicas/
+  })
+  t.ok(performance.now() - started < 1000, 'the wait is bounded by timeoutMs')
+  t.equal(store.counters.durabilityFailures, 1)
+})
