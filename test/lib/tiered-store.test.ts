@@ -23,6 +23,9 @@ t.test('update creates, get answers from the local tier, values are frozen', asy
   t.ok(Object.isFrozen(g?.value), 'values handed out are frozen: they are shared with the local tier')
   t.equal(store.counters.localHits, 1)
   t.equal(store.counters.repositoryReads, 0, 'no repository read after our own write')
+  t.match(store.getLocal(k), { value: { n: 1 }, version: 1, source: 'local' }, 'getLocal answers synchronously')
+  t.equal(store.getLocal(k, { minVersion: 2 }), undefined, 'getLocal honours the floor')
+  t.equal(store.getLocal(store.key('nobody', 'session')), undefined)
 })
 
 t.test('a second store on the same repository reads through, then locally', async t => {
