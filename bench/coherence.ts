@@ -29,7 +29,7 @@ async function role (kind: string, url: string): Promise<void> {
     }
     process.stdout.write('ready\n')
     // Keep a local copy to drop: re-read after every drop.
-    setInterval(() => { void store.get(key).catch(() => {}) }, 1)
+    setInterval(() => { store.get(key).catch(() => {}) }, 1)
     return
   }
   for (let i = 0; i < WRITES; i++) {
