@@ -1,4 +1,4 @@
-import type { Redis, Cluster, RedisOptions } from 'ioredis'
+import type { Redis, RedisOptions } from 'ioredis'
 import { channelName, partitionOfChannel } from '../partitions.js'
 import type { InvalidationListener, SubscriptionScope } from './types.js'
 
@@ -12,6 +12,8 @@ export interface RedisSubscriberOptions {
   deadAfterMs?: number | undefined
   /** Overrides for the subscriber connection's options. */
   redisOptions?: RedisOptions | undefined
+  /** Subscribe to these partitions only (a Cluster shard's share). Default: every partition of the scope. */
+  partitions?: readonly number[] | undefined
   onEvent?: (e: { type: 'error', error: Error }) => void
 }
 
@@ -32,7 +34,8 @@ export class RedisSubscriber {
   private readonly heartbeatIntervalMs: number
 
   constructor (
-    private readonly client: Redis | Cluster,
+    /** A standalone (or Sentinel) connection; the subscriber opens a duplicate of it. */
+    private readonly client: Redis,
     private readonly scope: SubscriptionScope,
     private readonly listener: InvalidationListener,
     private readonly opts: RedisSubscriberOptions = {}
@@ -41,14 +44,13 @@ export class RedisSubscriber {
   }
 
   async start (): Promise<void> {
-    if (!('duplicate' in this.client) || typeof this.client.duplicate !== 'function') {
-      throw new Error('cluster subscriptions are handled by ClusterSubscriber')
-    }
-    const conn = (this.client as Redis).duplicate({
+    const conn = this.client.duplicate({
       protocol: 2,
       enableOfflineQueue: true,
       maxRetriesPerRequest: null,
       autoResubscribe: true,
+      // Cluster pool connections come without a retry strategy; a subscriber must always come back.
+      retryStrategy: (times: number) => Math.min(50 * times, 500),
       lazyConnect: true,
       connectionName: 'fastify-handoff:subscriber',
       ...this.opts.redisOptions
@@ -62,9 +64,11 @@ export class RedisSubscriber {
       if (this.started && !this.closed) this.listener.onResync()
     })
     await conn.connect()
-    const channels: string[] = []
-    for (let p = 0; p < this.scope.partitions; p++) channels.push(channelName(this.scope.prefix, p))
-    for (let i = 0; i < channels.length; i += 256) await conn.ssubscribe(...channels.slice(i, i + 256))
+    const partitions = this.opts.partitions ?? Array.from({ length: this.scope.partitions }, (_, p) => p)
+    const channels = partitions.map(p => channelName(this.scope.prefix, p))
+    // One channel per SSUBSCRIBE: a Cluster node refuses channels of different slots in one command (CROSSSLOT).
+    // ioredis pipelines them, so this is still one round trip's worth of waiting.
+    await Promise.all(channels.map(async c => await conn.ssubscribe(c)))
     this.started = true
     this.listener.onResync()
     this.beat()

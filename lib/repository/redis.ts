@@ -6,6 +6,7 @@ import { channelOf, sequenceKeyOf } from '../partitions.js'
 import { CommandGuard } from './deadline.js'
 import type { CasResult, InvalidationListener, Repository, StoredEntry, Subscription, SubscriptionScope } from './types.js'
 import { RedisSubscriber } from './redis-subscriber.js'
+import { ClusterSubscription } from './cluster-subscriber.js'
 
 const lua = (name: string): string => readFileSync(new URL(`./${name}.lua`, import.meta.url), 'utf8')
 const SCRIPTS = { cas: lua('cas'), remove: lua('remove'), touch: lua('touch') }
@@ -84,7 +85,7 @@ export class RedisRepository implements Repository {
   private probeTimer: NodeJS.Timeout | undefined
   private probing = false
   private closed = false
-  private readonly subscribers = new Set<RedisSubscriber>()
+  private readonly subscribers = new Set<RedisSubscriber | ClusterSubscription>()
   private readonly subscriberOptions: RedisOptions | undefined
   private readonly heartbeatIntervalMs: number | undefined
 
@@ -178,11 +179,14 @@ export class RedisRepository implements Repository {
 
   async subscribe (scope: SubscriptionScope, listener: InvalidationListener): Promise<Subscription> {
     this.assertOpen()
-    const sub = new RedisSubscriber(this.client, scope, listener, {
-      onEvent: e => this.onEvent?.(e),
+    const opts = {
+      onEvent: (e: RepositoryEvent) => this.onEvent?.(e),
       redisOptions: this.subscriberOptions,
       heartbeatIntervalMs: this.heartbeatIntervalMs
-    })
+    }
+    const sub = this.client instanceof Cluster
+      ? new ClusterSubscription(this.client, scope, listener, opts)
+      : new RedisSubscriber(this.client, scope, listener, opts)
     this.subscribers.add(sub)
     await sub.start()
     return {

@@ -1,0 +1,129 @@
+import type { Cluster, Redis } from 'ioredis'
+import clusterKeySlot from 'cluster-key-slot'
+import { channelName } from '../partitions.js'
+import { RedisSubscriber, type RedisSubscriberOptions } from './redis-subscriber.js'
+import type { Invalidation, InvalidationListener, SubscriptionScope } from './types.js'
+
+/**
+ * Invalidations on Redis Cluster: SPUBLISH delivers a message only on the shard that owns the channel's slot, so
+ * one subscriber per primary follows the partitions that primary owns, each with its own heartbeat. The lease is
+ * the oldest of the shards' latest heartbeats: local reads continue only while every shard is heard from.
+ * The topology is re-read every `replanIntervalMs` and whenever ioredis refreshes it; when a partition's owner
+ * changed (failover, slot migration), the affected subscribers are rebuilt and everything resyncs.
+ */
+export class ClusterSubscription {
+  private readonly shards = new Map<string, { sub: RedisSubscriber, partitions: number[], lastBeat: number }>()
+  private timer: NodeJS.Timeout | undefined
+  private closed = false
+  private replanning: Promise<void> | undefined
+  private forwardedBeat = Number.NEGATIVE_INFINITY
+  private readonly onRefresh = (): void => { this.replan().catch(() => {}) }
+  /** A channel's slot never changes; only which primary owns it does. */
+  private readonly channelSlots: number[]
+
+  constructor (
+    private readonly cluster: Cluster,
+    private readonly scope: SubscriptionScope,
+    private readonly listener: InvalidationListener,
+    private readonly opts: RedisSubscriberOptions & { replanIntervalMs?: number } = {}
+  ) {
+    this.channelSlots = Array.from({ length: scope.partitions }, (_, p) => clusterKeySlot(channelName(scope.prefix, p)))
+  }
+
+  async start (): Promise<void> {
+    await this.replan()
+    this.listener.onResync()
+    this.cluster.on('refresh', this.onRefresh)
+    this.timer = setInterval(this.onRefresh, this.opts.replanIntervalMs ?? 500)
+    this.timer.unref()
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+    if (this.timer !== undefined) clearInterval(this.timer)
+    this.cluster.off('refresh', this.onRefresh)
+    await Promise.all([...this.shards.values()].map(async s => await s.sub.close()))
+    this.shards.clear()
+  }
+
+  /** Partitions per primary ("host:port"), from ioredis' slot table. */
+  private plan (): Map<string, number[]> {
+    const slots = (this.cluster as unknown as { slots: Array<string[] | undefined> }).slots
+    const plan = new Map<string, number[]>()
+    for (let p = 0; p < this.scope.partitions; p++) {
+      const owner = slots[this.channelSlots[p] as number]?.[0]
+      if (owner === undefined) continue
+      const list = plan.get(owner) ?? []
+      list.push(p)
+      plan.set(owner, list)
+    }
+    return plan
+  }
+
+  private async replan (): Promise<void> {
+    if (this.closed) return
+    if (this.replanning !== undefined) return await this.replanning
+    this.replanning = this.doReplan().finally(() => { this.replanning = undefined })
+    return await this.replanning
+  }
+
+  private async doReplan (): Promise<void> {
+    const plan = this.plan()
+    this.plannedShards = plan.size
+    let changed = false
+    for (const [node, shard] of this.shards) {
+      const want = plan.get(node)
+      if (want === undefined || want.join() !== shard.partitions.join()) {
+        this.shards.delete(node)
+        await shard.sub.close()
+        changed = true
+      }
+    }
+    const masters = new Map(this.cluster.nodes('master').map(n => [`${n.options.host ?? ''}:${n.options.port ?? ''}`, n]))
+    for (const [node, partitions] of plan) {
+      if (this.shards.has(node)) continue
+      const client = masters.get(node)
+      if (client === undefined) continue
+      changed = true
+      const shard = { sub: undefined as unknown as RedisSubscriber, partitions, lastBeat: Number.NEGATIVE_INFINITY }
+      shard.sub = new RedisSubscriber(client as Redis, this.scope, this.shardListener(shard), {
+        ...this.opts,
+        partitions,
+        redisOptions: { ...this.opts.redisOptions, connectionName: 'fastify-handoff:subscriber' }
+      })
+      this.shards.set(node, shard)
+      try {
+        await shard.sub.start()
+      } catch {
+        // The node may be going away; the next replan tries again. Meanwhile the lease stays void.
+        this.shards.delete(node)
+        await shard.sub.close()
+      }
+    }
+    // A partition without a live subscriber leaves the lease void until one exists.
+    if (changed) this.listener.onResync()
+  }
+
+  private plannedShards = 0
+
+  private shardListener (shard: { lastBeat: number }): InvalidationListener {
+    return {
+      onInvalidation: (msg: Invalidation) => this.listener.onInvalidation(msg),
+      onResync: (partitions?: readonly number[]) => {
+        shard.lastBeat = Number.NEGATIVE_INFINITY
+        this.forwardedBeat = Number.NEGATIVE_INFINITY
+        this.listener.onResync(partitions === undefined ? undefined : partitions)
+      },
+      onHeartbeat: (sentAt: number) => {
+        shard.lastBeat = sentAt
+        const covered = this.plannedShards === this.shards.size
+        let oldest = Number.POSITIVE_INFINITY
+        for (const s of this.shards.values()) oldest = Math.min(oldest, s.lastBeat)
+        if (covered && oldest > this.forwardedBeat && Number.isFinite(oldest)) {
+          this.forwardedBeat = oldest
+          this.listener.onHeartbeat?.(oldest)
+        }
+      }
+    }
+  }
+}
