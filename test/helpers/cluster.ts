@@ -48,21 +48,19 @@ export async function startCluster (opts: { nodeTimeoutMs?: number } = {}): Prom
     nodes,
     startupNodes: nodes.map(n => ({ host: n.host, port: n.port })),
     primaryOf: (slot: number) => {
-      for (const n of alive()) {
-        const lines = n.cli('CLUSTER', 'NODES').split('\n')
-        for (const line of lines) {
-          const f = line.split(' ')
-          if (!(f[2] ?? '').includes('master') || (f[2] ?? '').includes('fail')) continue
-          for (const range of f.slice(8)) {
-            const [a, b] = range.split('-').map(Number)
-            if (a !== undefined && slot >= a && slot <= (b ?? a)) {
-              const port = Number((f[1] ?? '').split('@')[0]?.split(':')[1])
-              const node = nodes.find(x => x.port === port)
-              if (node !== undefined) return node
-            }
+      const view = alive()[0]
+      const lines = view === undefined ? [] : view.cli('CLUSTER', 'NODES').split('\n')
+      for (const line of lines) {
+        const f = line.split(' ')
+        if (!(f[2] ?? '').includes('master') || (f[2] ?? '').includes('fail')) continue
+        for (const range of f.slice(8)) {
+          const [a, b] = range.split('-').map(Number)
+          if (a !== undefined && slot >= a && slot <= (b ?? a)) {
+            const port = Number((f[1] ?? '').split('@')[0]?.split(':')[1])
+            const node = nodes.find(x => x.port === port)
+            if (node !== undefined) return node
           }
         }
-        break
       }
       throw new Error(`no primary for slot ${slot}`)
     },
