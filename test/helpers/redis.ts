@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createServer, connect } from 'node:net'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -32,6 +32,10 @@ export interface StartRedisOptions {
   port?: number
   /** Ignore REDIS_URL and always start a private server. */
   private?: boolean
+  /** Contents of a config file passed as the first argument (e.g. a Sentinel configuration). */
+  config?: string
+  /** Start as a Sentinel (`--sentinel`); implies a config file. */
+  sentinel?: boolean
 }
 
 let checked: string | undefined
@@ -122,10 +126,15 @@ export async function startRedis (opts: StartRedisOptions = {}): Promise<RedisHa
   const host = '127.0.0.1'
   let child: ChildProcess | undefined
 
+  const configFile = join(dir, 'redis.conf')
+  if (opts.config !== undefined || opts.sentinel === true) writeFileSync(configFile, opts.config ?? '')
   const launch = async (): Promise<void> => {
     const c = spawn(bin, [
-      '--port', String(port), '--bind', host, '--save', '', '--appendonly', 'no', '--dir', dir,
-      '--protected-mode', 'no', '--loglevel', 'warning', ...(opts.args ?? [])
+      ...(opts.config !== undefined || opts.sentinel === true ? [configFile] : []),
+      ...(opts.sentinel === true ? ['--sentinel'] : []),
+      '--port', String(port), '--bind', host,
+      ...(opts.sentinel === true ? [] : ['--save', '', '--appendonly', 'no']),
+      '--dir', dir, '--protected-mode', 'no', '--loglevel', 'warning', ...(opts.args ?? [])
     ], { stdio: ['ignore', 'ignore', 'pipe'] })
     let stderr = ''
     c.stderr?.on('data', d => { stderr += d.toString() })
