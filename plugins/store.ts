@@ -4,6 +4,7 @@ import { Redis, Cluster, type RedisOptions, type ClusterNode, type ClusterOption
 import { InvalidOptionError } from '../lib/errors.js'
 import { MemoryRepository } from '../lib/repository/memory.js'
 import { RedisRepository, type RedisClient } from '../lib/repository/redis.js'
+import { ShardedRepository } from '../lib/repository/sharded.js'
 import type { Repository } from '../lib/repository/types.js'
 import { KeyRing, type SecretInput } from '../lib/seal.js'
 import { TieredStore, type TieredStoreOptions } from '../lib/tiered-store.js'
@@ -14,6 +15,8 @@ export type RedisConnection =
   | RedisOptions
   | RedisClient
   | { cluster: ClusterNode[], options?: ClusterOptions }
+  /** Several standalone nodes without Cluster: partitions spread by rendezvous hashing (see ShardedRepository). */
+  | { shards: string[] }
 
 export interface HandoffStoreOptions extends Omit<TieredStoreOptions, 'repository' | 'secret' | 'logger'> {
   /**
@@ -62,6 +65,13 @@ export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'rep
     return { repository: new RedisRepository({ ...common, client: r }), owned: true }
   }
   if (typeof r === 'string') return { repository: new RedisRepository({ ...common, url: r }), owned: true }
+  if (typeof r === 'object' && r !== null && Array.isArray((r as { shards?: unknown }).shards)) {
+    const urls = (r as { shards: string[] }).shards
+    return {
+      repository: new ShardedRepository(urls.map(url => ({ id: new URL(url).host, repository: new RedisRepository({ ...common, url }) }))),
+      owned: true
+    }
+  }
   if (isClusterSpec(r)) {
     const client = new Cluster(r.cluster, {
       enableOfflineQueue: false,

@@ -1,0 +1,53 @@
+import t from 'tap'
+import { RedisRepository } from '../../../lib/repository/redis.js'
+import { ShardedRepository } from '../../../lib/repository/sharded.js'
+import { TieredStore } from '../../../lib/tiered-store.js'
+import { startRedis, type RedisHandle } from '../../helpers/redis.js'
+import { repositoryContract } from './contract.js'
+
+const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
+const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+const servers: RedisHandle[] = []
+for (let i = 0; i < 3; i++) servers.push(await startRedis({ private: true }))
+const make = (): ShardedRepository => new ShardedRepository(servers.map((s, i) => ({
+  id: `node-${i}`, repository: new RedisRepository({ url: s.url })
+})))
+const repo = make()
+await repo.connect()
+t.teardown(async () => { await repo.close(); for (const s of servers) await s.stop() })
+
+repositoryContract(t, 'redis-sharded', async () => repo)
+
+t.test('sharded: partitions spread over every node by rendezvous, coherence across instances', async t => {
+  const other = make()
+  const a = new TieredStore({ repository: repo, secret: SECRET, partitions: 256 })
+  const b = new TieredStore({ repository: other, secret: SECRET, partitions: 256 })
+  await a.start()
+  await b.start()
+  t.teardown(async () => { await a.close(); await b.close(); await other.close() })
+  const keys = Array.from({ length: 300 }, (_, i) => a.key(`sh-${i}`, 'cart'))
+  for (const k of keys) await a.update(k, () => ({ v: 1 }))
+  const sizes = servers.map(s => Number(s.cli('DBSIZE')))
+  for (const n of sizes) t.ok(n > 60, `each node holds a share (${sizes.join(', ')})`)
+  for (const k of keys.slice(0, 30)) await b.get(k)
+  const before = b.counters.invalidations
+  for (const k of keys.slice(0, 30)) await a.update(k, () => ({ v: 2 }))
+  const deadline = Date.now() + 2000
+  while (b.counters.invalidations < before + 30 && Date.now() < deadline) await sleep(5)
+  for (const k of keys.slice(0, 30)) t.match(await b.get(k), { version: 2, value: { v: 2 } })
+})
+
+t.test('sharded: one node down fails only its own partitions', async t => {
+  const s = new TieredStore({ repository: repo, secret: SECRET, partitions: 256, coherence: false })
+  const keys = Array.from({ length: 60 }, (_, i) => s.key(`down-${i}`, 'cart'))
+  await (servers[2] as RedisHandle).kill()
+  let ok = 0
+  let unavailable = 0
+  for (const k of keys) {
+    try { await s.update(k, () => ({ v: 1 })); ok++ } catch (err) { if ((err as { code?: string }).code === 'FST_HANDOFF_UNAVAILABLE') unavailable++ }
+  }
+  t.ok(ok > 20 && unavailable > 5, `${ok} writes on live nodes, ${unavailable} refused with 503 on the dead one`)
+  t.equal(ok + unavailable, keys.length, 'no other outcome')
+  await (servers[2] as RedisHandle).restart()
+})
