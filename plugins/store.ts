@@ -44,6 +44,10 @@ declare module 'fastify' {
   }
 }
 
+function isShardsSpec (r: RedisConnection): r is { shards: string[] } {
+  return typeof r === 'object' && r !== null && Array.isArray((r as { shards?: unknown }).shards)
+}
+
 function isClusterSpec (r: RedisConnection): r is { cluster: ClusterNode[], options?: ClusterOptions } {
   return typeof r === 'object' && r !== null && Array.isArray((r as { cluster?: unknown }).cluster)
 }
@@ -65,8 +69,8 @@ export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'rep
     return { repository: new RedisRepository({ ...common, client: r }), owned: true }
   }
   if (typeof r === 'string') return { repository: new RedisRepository({ ...common, url: r }), owned: true }
-  if (typeof r === 'object' && r !== null && Array.isArray((r as { shards?: unknown }).shards)) {
-    const urls = (r as { shards: string[] }).shards
+  if (isShardsSpec(r)) {
+    const urls = r.shards
     return {
       repository: new ShardedRepository(urls.map(url => ({ id: new URL(url).host, repository: new RedisRepository({ ...common, url }) }))),
       owned: true
@@ -81,7 +85,7 @@ export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'rep
     return { repository: new RedisRepository({ ...common, client, ownsClient: true }), owned: true }
   }
   if (typeof r === 'object' && r !== null) return { repository: new RedisRepository({ ...common, redisOptions: r }), owned: true }
-  throw new InvalidOptionError('redis', 'expected a redis:// URL, ioredis options, an ioredis client or { cluster: [...] }')
+  throw new InvalidOptionError('redis', 'expected a redis:// URL, ioredis options, an ioredis client, { cluster: [...] } or { shards: [...] }')
 }
 
 const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: FastifyInstance, opts) => {
