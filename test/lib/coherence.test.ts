@@ -13,12 +13,11 @@ import type { Repository } from '../../lib/repository/types.js'
 import { TieredStore } from '../../lib/tiered-store.js'
 import { startRedis, type RedisHandle } from '../helpers/redis.js'
 import { startProxy } from '../helpers/proxy.js'
+import { inc, interleaving, poll, sleep, violations as staleReads, writeAll, type Ack, type Read } from '../helpers/staleness.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 const LEASE = 250
-const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
-interface Counter { n: number }
-const inc = (cur: unknown): Counter => ({ n: ((cur as Counter | undefined)?.n ?? 0) + 1 })
+const violations = (reads: Read[], acks: Ack[]): Read[] => staleReads(reads, acks, LEASE)
 
 async function store (t: Test, url: string, repoOpts: RedisRepositoryOptions = {}): Promise<TieredStore> {
   const repository = new RedisRepository({ url, commandTimeoutMs: 500, ...repoOpts })
@@ -26,41 +25,6 @@ async function store (t: Test, url: string, repoOpts: RedisRepositoryOptions = {
   await s.start()
   t.teardown(async () => { await s.close(); await repository.close() })
   return s
-}
-
-interface Read { start: number, version: number, degraded: boolean }
-interface Ack { at: number, version: number }
-
-/** Reads `key` on `reader` every few ms until stopped. */
-function poll (reader: TieredStore, key: string): { stop: () => Promise<Read[]> } {
-  const reads: Read[] = []
-  const state = { on: true }
-  const loop = (async () => {
-    while (state.on) {
-      const start = performance.now()
-      try {
-        const e = await reader.get(key)
-        reads.push({ start, version: e?.version ?? 0, degraded: e?.degraded ?? false })
-      } catch {}
-      await sleep(2)
-    }
-  })()
-  return { stop: async () => { state.on = false; await loop; return reads } }
-}
-
-/** Reads outside the guarantee: not degraded, started a lease after an ack, older than that ack. */
-function violations (reads: Read[], acks: Ack[]): Read[] {
-  return reads.filter(r => !r.degraded && acks.some(a => r.start > a.at + LEASE && r.version < a.version))
-}
-
-async function writeAll (writer: TieredStore, key: string, n: number, gapMs: number): Promise<Ack[]> {
-  const acks: Ack[] = []
-  for (let i = 0; i < n; i++) {
-    const r = await writer.update(key, inc)
-    acks.push({ at: performance.now(), version: r.version })
-    await sleep(gapMs)
-  }
-  return acks
 }
 
 let redis: RedisHandle
@@ -179,29 +143,8 @@ async function interleavings (t: Test, makeRepo: () => Repository, runs: number)
   let run = 0
   await fc.assert(fc.asyncProperty(
     fc.array(fc.record({ write: fc.boolean(), on: fc.nat(2), floor: fc.boolean() }), { minLength: 5, maxLength: 40 }),
-    async ops => {
-      const key = stores[0]?.key(`prop-${run++}`, 'counter') as string
-      const acks: Ack[] = []
-      const reads: Read[] = []
-      let floorViolations = 0
-      let acked = 0
-      await Promise.all(ops.map(async (op, i) => {
-        await sleep(i % 7)
-        const s = stores[op.on] as TieredStore
-        if (op.write) {
-          const r = await s.update(key, inc)
-          acks.push({ at: performance.now(), version: r.version })
-          acked = Math.max(acked, r.version)
-        } else {
-          const floor = op.floor ? acked : 0
-          const start = performance.now()
-          const e = await s.get(key, { minVersion: floor })
-          if ((e?.version ?? 0) < floor) floorViolations++
-          reads.push({ start, version: e?.version ?? 0, degraded: e?.degraded ?? false })
-        }
-      }))
-      return floorViolations === 0 && violations(reads, acks).length === 0
-    }), { numRuns: runs })
+    async ops => await interleaving(stores, stores[0]?.key(`prop-${run++}`, 'counter') as string, ops, LEASE)
+  ), { numRuns: runs })
   t.pass(`${runs} random interleavings over 3 instances: every floor honoured, nothing stale past the lease`)
 }
 
