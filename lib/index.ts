@@ -1,7 +1,7 @@
 // Framework-free core: usable without Fastify (import from 'fastify-handoff/store').
 export { TieredStore } from './tiered-store.js'
 export type {
-  TieredStoreOptions, StoreEntry, StoreValue, UpdateInfo, UpdateOptions, UpdateResult, Mutator, StoreCounters, Durability, Logger
+  TieredStoreOptions, StoreEntry, StoreHealth, RepositoryOp, StoreValue, UpdateInfo, UpdateOptions, UpdateResult, Mutator, StoreCounters, Durability, Logger
 } from './tiered-store.js'
 export { MemoryRepository } from './repository/memory.js'
 export type { MemoryRepositoryOptions } from './repository/memory.js'

@@ -100,6 +100,22 @@ export interface TieredStoreOptions {
   logger?: Logger
   /** Clock for entry expiry, for tests. Default: Date.now. */
   now?: () => number
+  /** Called after every repository call with its duration (for latency metrics). Default: none. */
+  observe?: (op: RepositoryOp, ms: number, ok: boolean) => void
+}
+
+export type RepositoryOp = 'get' | 'compareAndSet' | 'take' | 'delete' | 'touch'
+
+export interface StoreHealth {
+  /** 'degraded': the repository failed its last call; writes fail with 503 and known local copies answer. */
+  status: 'ok' | 'degraded'
+  repository: string
+  /** Local reads allowed now (the invalidation lease is held, or coherence is off). */
+  localReads: boolean
+  /** Milliseconds since the newest answered heartbeat was sent (0 without coherence or in-process). */
+  leaseAgeMs: number
+  localEntries: number
+  localBytes: number
 }
 
 export interface StoreCounters extends CoherenceCounters {
@@ -167,7 +183,8 @@ export class TieredStore<T = unknown> {
   private readonly now: () => number
   private subscription: Subscription | undefined
   private started: Promise<void> | undefined
-  private unavailableLogged = false
+  private degraded = false
+  private observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined
 
   constructor (opts: TieredStoreOptions) {
     if (opts === null || typeof opts !== 'object' || opts.repository === undefined) {
@@ -200,6 +217,7 @@ export class TieredStore<T = unknown> {
     this.keyRing = opts.secret instanceof KeyRing ? opts.secret : new KeyRing(opts.secret)
     this.sealer = new Sealer(this.keyRing, 'entry')
     this.logger = opts.logger
+    this.observe = opts.observe
     this.now = opts.now ?? Date.now
     const perStripe = Math.floor(maxLocalBytes / stripes)
     this.stripes = []
@@ -305,7 +323,7 @@ export class TieredStore<T = unknown> {
     let stored: StoredEntry | null
     try {
       this.counters.repositoryReads++
-      stored = await this.repository.get(key)
+      stored = await this.timed('get', this.repository.get(key))
     } catch (err) {
       if (ticket !== undefined) this.coherence?.close(ticket, Number.MAX_SAFE_INTEGER)
       if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) {
@@ -368,7 +386,7 @@ export class TieredStore<T = unknown> {
       const ticket = this.coherence?.open(key, partition)
       let res
       try {
-        res = await this.repository.compareAndSet(key, expected, sealed, ttlMs)
+        res = await this.timed('compareAndSet', this.repository.compareAndSet(key, expected, sealed, ttlMs))
       } catch (err) {
         if (ticket !== undefined) this.coherence?.close(ticket, Number.MAX_SAFE_INTEGER)
         stripe?.delete(key)
@@ -403,7 +421,7 @@ export class TieredStore<T = unknown> {
     this.stripeOf(partition)?.delete(key)
     let stored: StoredEntry | null
     try {
-      stored = await this.repository.take(key, this.tombstoneTtlMs)
+      stored = await this.timed('take', this.repository.take(key, this.tombstoneTtlMs))
     } catch (err) {
       if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) { this.corrupt(key, err); return undefined }
       this.repositoryError(err)
@@ -423,7 +441,7 @@ export class TieredStore<T = unknown> {
     stripe?.delete(key)
     let version: number
     try {
-      version = await this.repository.delete(key, this.tombstoneTtlMs)
+      version = await this.timed('delete', this.repository.delete(key, this.tombstoneTtlMs))
     } catch (err) {
       this.repositoryError(err)
       throw err
@@ -439,7 +457,7 @@ export class TieredStore<T = unknown> {
   async touch (key: string, ttlMs: number): Promise<boolean> {
     let ok: boolean
     try {
-      ok = await this.repository.touch(key, ttlMs)
+      ok = await this.timed('touch', this.repository.touch(key, ttlMs))
     } catch (err) {
       this.repositoryError(err)
       throw err
@@ -453,6 +471,24 @@ export class TieredStore<T = unknown> {
       else stripe?.delete(key)
     }
     return ok
+  }
+
+  /** Replace the latency observer (the metrics plugin sets one). */
+  setObserver (observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined): void {
+    this.observe = observe
+  }
+
+  /** For health endpoints and metrics. */
+  health (): StoreHealth {
+    const leaseAge = this.coherence?.leaseAge ?? 0
+    return {
+      status: this.degraded ? 'degraded' : 'ok',
+      repository: this.repository.kind,
+      localReads: this.coherence === undefined || this.coherence.readable(),
+      leaseAgeMs: Number.isFinite(leaseAge) ? Math.round(leaseAge) : -1,
+      localEntries: this.localEntries,
+      localBytes: this.localBytes
+    }
   }
 
   /** Bytes and entries held by the local tier now. */
@@ -487,10 +523,24 @@ export class TieredStore<T = unknown> {
     this.clearLocal()
   }
 
+  private async timed<R> (op: RepositoryOp, work: Promise<R>): Promise<R> {
+    const observe = this.observe
+    if (observe === undefined) return await work
+    const started = performance.now()
+    try {
+      const r = await work
+      observe(op, performance.now() - started, true)
+      return r
+    } catch (err) {
+      observe(op, performance.now() - started, false)
+      throw err
+    }
+  }
+
   private async readBase (key: string): Promise<{ value: T | undefined, version: number, deleted: boolean }> {
     let stored: StoredEntry | null
     try {
-      stored = await this.repository.get(key)
+      stored = await this.timed('get', this.repository.get(key))
     } catch (err) {
       if (!isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.repositoryError(err)
       throw err
@@ -527,16 +577,16 @@ export class TieredStore<T = unknown> {
 
   private repositoryError (err: unknown): void {
     this.counters.repositoryErrors++
-    if (!this.unavailableLogged) {
-      this.unavailableLogged = true
+    if (!this.degraded) {
+      this.degraded = true
       this.logger?.warn({ repository: this.repository.kind, err: err instanceof Error ? err.message : String(err) },
         'fastify-handoff: repository unavailable; writes fail with 503 until it answers again, known local copies are still served')
     }
   }
 
   private repositoryOk (): void {
-    if (this.unavailableLogged) {
-      this.unavailableLogged = false
+    if (this.degraded) {
+      this.degraded = false
       this.logger?.info?.({ repository: this.repository.kind }, 'fastify-handoff: repository answers again')
     }
   }
