@@ -1,0 +1,510 @@
+import { createHash, createHmac } from 'node:crypto'
+import tls, { type TLSSocket } from 'node:tls'
+import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { InvalidOptionError } from '../lib/errors.js'
+import { KeyRing, type SecretInput } from '../lib/seal.js'
+import { TicketKeySchedule, TieredTicketKeyStore, type TicketKeyEvent } from '../lib/ticket-keys.js'
+import type { TieredStore } from '../lib/tiered-store.js'
+
+/**
+ * TLS session failover: a client that lands on another instance resumes its TLS session instead of paying a full
+ * handshake. Three things make that work across processes (see docs/tls-sessions.md):
+ *
+ * 1. One ticket key per epoch, shared by all instances through the store (lib/ticket-keys.ts).
+ * 2. One `sessionIdContext` on all instances: Node's default is a hash of process.argv, so two instances started
+ *    with different command lines silently refuse each other's sessions. Derived from the cluster secret.
+ * 3. Optionally, a TLS 1.2 session cache (session ids, for clients without tickets) in the store.
+ */
+
+export interface TlsSessionsOptions {
+  /**
+   * Length of one ticket-key epoch, ms. Every instance switches to the next shared key at each multiple of it (wall
+   * clock); each switch costs every client one full handshake. At least 1000. Default: 43200000 (12 h).
+   */
+  ticketKeyPeriodMs?: number
+  /**
+   * Largest clock difference between instances tolerated, ms: a retired key is deleted this long after its epoch
+   * ended, so an instance whose clock lags can still read it. 0 to periodMs / 4. Default: 5000 (capped at periodMs / 4).
+   */
+  maxClockSkewMs?: number
+  /**
+   * The session id context every instance must share, 1 to 32 characters. Default: derived from the cluster secret
+   * (`sessionIdContextFor(secret)`), what `handoffHttpsOptions` puts in the `https` options.
+   */
+  sessionIdContext?: string
+  /**
+   * When the server still has Node's per-process default context, give it the shared one by re-creating its secure
+   * context from its own options (nothing else changes; nothing is listening yet). false: refuse to start instead.
+   * Default: true.
+   */
+  applySessionIdContext?: boolean
+  /**
+   * TLS 1.2 session cache in the store, for clients that do not use tickets: sessions are stored sealed for the
+   * server's `sessionTimeout` and looked up on resumption. Costs one store lookup on most new connections (TLS 1.3
+   * clients send a random session id), so it is off unless such clients matter. Default: false.
+   */
+  sessionCache?: boolean
+  /**
+   * Longest a session-cache lookup may hold a handshake, ms; after it the handshake goes on as a full one.
+   * 1 to 5000. Default: 50.
+   */
+  sessionLookupTimeoutMs?: number
+  /**
+   * Session cache only: a cached session resumes once and is then deleted (read-and-delete), so a stolen session
+   * id is useless after its owner resumed. Measured cost: a real https.Agent resumes only every other connection
+   * (F R F R instead of F R R R). Default: false.
+   */
+  singleUse?: boolean
+}
+
+/** Per-instance counters, live. */
+export interface TlsSessionMetrics {
+  /** TLS handshakes completed ('secureConnection'). */
+  handshakes: number
+  /** Of those, resumed from a ticket or the session cache (`socket.isSessionReused()`). */
+  resumed: number
+  /** Handshakes that failed ('tlsClientError'), whatever the cause. A missing or retired key is NOT one of them. */
+  handshakeErrors: number
+  /** Switches from one epoch's shared ticket key to the next. */
+  keyRotations: number
+  /** Epoch of the shared ticket key in use; null while the server runs on its own (unshared) random key. */
+  ticketKeyEpoch: number | null
+  /** When that key was applied, ms since the Unix epoch by this instance's clock; null like ticketKeyEpoch. */
+  ticketKeyAppliedAt: number | null
+  /** Ticket-key reads, creations or deletions that failed (repository unreachable). */
+  ticketKeyErrors: number
+  /** Session cache: lookups that found a session. */
+  cacheHits: number
+  /** Session cache: lookups that found nothing (most are TLS 1.3 clients' random ids). */
+  cacheMisses: number
+  /** Session cache: lookups cut short by sessionLookupTimeoutMs (a full handshake followed). */
+  cacheTimeouts: number
+  /** Session cache: lookups that failed (repository unreachable). */
+  cacheErrors: number
+  /** Session cache: sessions stored. */
+  cacheWrites: number
+  /** Session cache: sessions that could not be stored. */
+  cacheWriteErrors: number
+  /** Session cache: TLS 1.3 sessions not stored, since Node never resumes TLS 1.3 from a session id. */
+  cacheSkipped: number
+}
+
+export interface HandoffTlsDecorator {
+  metrics: Readonly<TlsSessionMetrics>
+  /** The options in force, defaults applied. */
+  options: Readonly<Required<TlsSessionsOptions>>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    handoffTls: HandoffTlsDecorator
+  }
+  interface FastifyRequest {
+    /** True when this request's TLS connection was resumed rather than fully negotiated. */
+    tlsResumed: boolean
+  }
+}
+
+/** Defaults, in one place. */
+export const TLS_SESSIONS_DEFAULTS: Readonly<Required<Omit<TlsSessionsOptions, 'sessionIdContext' | 'maxClockSkewMs'>>> = Object.freeze({
+  ticketKeyPeriodMs: 12 * 60 * 60 * 1000,
+  applySessionIdContext: true,
+  sessionCache: false,
+  sessionLookupTimeoutMs: 50,
+  singleUse: false
+})
+const DEFAULT_MAX_CLOCK_SKEW_MS = 5000
+/** OpenSSL's SSL_MAX_SID_CTX_LENGTH. */
+const MAX_SESSION_ID_CONTEXT = 32
+/** OpenSSL's default session lifetime, which Node keeps when `sessionTimeout` is not given. */
+const DEFAULT_SESSION_TIMEOUT_S = 300
+const TLS1_3_VERSION = 0x0304
+
+const SESSION_ID_CONTEXT_PURPOSE = 'tls-session-id-context'
+const SESSION_CACHE_ID_PURPOSE = 'tls-session-cache-id'
+
+/**
+ * Subkey of the oldest secret of the ring: putting a new secret in front (the first step of a rotation) must not
+ * change what every instance has to agree on, or the rolling deploy itself would break resumption.
+ */
+function oldestSubkey (ring: KeyRing, purpose: string): Buffer {
+  const keys = ring.derive(purpose)
+  const oldest = keys[keys.length - 1] as Buffer
+  for (const k of keys) if (k !== oldest) k.fill(0)
+  return oldest
+}
+
+/**
+ * The session id context of a cluster: 32 hex characters derived from its secret (HKDF, own purpose), the same on
+ * every instance and different for every cluster. Not secret, but reveals nothing about the secret.
+ */
+export function sessionIdContextFor (secret: SecretInput | KeyRing): string {
+  const ring = secret instanceof KeyRing ? secret : new KeyRing(secret)
+  const key = oldestSubkey(ring, SESSION_ID_CONTEXT_PURPOSE)
+  const ctx = key.toString('hex').slice(0, MAX_SESSION_ID_CONTEXT)
+  key.fill(0)
+  return ctx
+}
+
+/**
+ * Fastify's `https` options with the cluster's sessionIdContext filled in, so the server is created right:
+ * `fastify({ https: handoffHttpsOptions({ key, cert }, { secret }) })`. An explicit different context is refused.
+ */
+export function handoffHttpsOptions<T extends tls.TlsOptions> (https: T, opts: { secret: SecretInput | KeyRing }): T & { sessionIdContext: string } {
+  if (https === null || typeof https !== 'object') throw new InvalidOptionError('https', 'must be an object of TLS server options')
+  if (opts === null || typeof opts !== 'object' || opts.secret === undefined) {
+    throw new InvalidOptionError('secret', 'handoffHttpsOptions(https, { secret }) needs the cluster secret given to the store plugin')
+  }
+  const sessionIdContext = sessionIdContextFor(opts.secret)
+  if (https.sessionIdContext !== undefined && https.sessionIdContext !== sessionIdContext) {
+    throw new InvalidOptionError('sessionIdContext', 'https.sessionIdContext is already set to another value; remove it, handoffHttpsOptions sets the cluster\'s')
+  }
+  return { ...https, sessionIdContext }
+}
+
+/** What Node uses when no sessionIdContext is given (tls.Server#setSecureContext, Node 12 to 24). */
+function nodeDefaultSessionIdContext (): string {
+  return createHash('sha1').update(process.argv.join(' ')).digest('hex').slice(0, 32)
+}
+
+/**
+ * The options a tls.Server's secure context was built from. setSecureContext stores every option it passes to
+ * tls.createSecureContext on the server itself and builds the context from those copies alone, so passing them back
+ * rebuilds an identical context.
+ */
+const SECURE_CONTEXT_PROPERTIES = [
+  'pfx', 'key', 'passphrase', 'cert', 'clientCertEngine', 'ca', 'minVersion', 'maxVersion', 'secureProtocol', 'crl',
+  'sigalgs', 'ciphers', 'ecdhCurve', 'dhparam', 'honorCipherOrder', 'secureOptions', 'sessionTimeout', 'ticketKeys',
+  'privateKeyIdentifier', 'privateKeyEngine'
+] as const
+
+function secureContextOptionsOf (server: tls.Server): tls.SecureContextOptions {
+  const src = server as unknown as Record<string, unknown>
+  const out: Record<string, unknown> = {}
+  for (const p of SECURE_CONTEXT_PROPERTIES) if (src[p] !== undefined) out[p] = src[p]
+  return out as tls.SecureContextOptions
+}
+
+/**
+ * The protocol version of a DER-encoded SSL_SESSION (OpenSSL's SSL_SESSION_ASN1: SEQUENCE { INTEGER 1, INTEGER
+ * ssl_version, ... }), or undefined when it does not look like one.
+ */
+export function sessionProtocolVersion (der: Buffer): number | undefined {
+  let i = 0
+  if (der[i++] !== 0x30) return undefined
+  const len = der[i++]
+  if (len === undefined) return undefined
+  if ((len & 0x80) !== 0) i += len & 0x7f
+  if (der[i++] !== 0x02) return undefined
+  const versionLength = der[i++]
+  if (versionLength === undefined || versionLength > 4) return undefined
+  i += versionLength
+  if (der[i++] !== 0x02) return undefined
+  const protocolLength = der[i++]
+  if (protocolLength === undefined || protocolLength < 1 || protocolLength > 2 || i + protocolLength > der.length) return undefined
+  return protocolLength === 1 ? der[i] : der.readUInt16BE(i)
+}
+
+/** Levenshtein distance, for "did you mean" on option names (a dozen short strings, once at registration). */
+function editDistance (a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i]
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min((prev[j] ?? 0) + 1, (cur[j - 1] ?? 0) + 1, (prev[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+    prev = cur
+  }
+  return prev[b.length] ?? 0
+}
+
+function checkInt (name: string, v: unknown, min: number, max: number): void {
+  if (v === undefined) return
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw new InvalidOptionError(name, `must be an integer between ${min} and ${max}, got ${typeof v === 'number' ? String(v) : typeof v}`)
+  }
+}
+
+function checkBool (name: string, v: unknown): void {
+  if (v !== undefined && typeof v !== 'boolean') throw new InvalidOptionError(name, `must be true or false, got ${typeof v}`)
+}
+
+/** Checks every option and applies the defaults. Exported for tests and for the umbrella plugin. */
+export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRing): Required<TlsSessionsOptions> {
+  if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('options', 'must be an object')
+  const known = new Set(['ticketKeyPeriodMs', 'maxClockSkewMs', 'sessionIdContext', 'applySessionIdContext', 'sessionCache',
+    'sessionLookupTimeoutMs', 'singleUse'])
+  for (const k of Object.keys(opts)) {
+    // Other keys may be Fastify's (prefix, logLevel) or an umbrella plugin's shared options: only flag likely typos.
+    const near = known.has(k) ? undefined : [...known].find(n => editDistance(k.toLowerCase(), n.toLowerCase()) <= 2)
+    if (near !== undefined) throw new InvalidOptionError(k, `unknown option; did you mean "${near}"?`)
+  }
+  checkInt('ticketKeyPeriodMs', opts.ticketKeyPeriodMs, 1000, 366 * 86_400_000)
+  const ticketKeyPeriodMs = opts.ticketKeyPeriodMs ?? TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs
+  const quarter = Math.floor(ticketKeyPeriodMs / 4)
+  checkInt('maxClockSkewMs', opts.maxClockSkewMs, 0, quarter)
+  checkBool('applySessionIdContext', opts.applySessionIdContext)
+  checkBool('sessionCache', opts.sessionCache)
+  checkBool('singleUse', opts.singleUse)
+  checkInt('sessionLookupTimeoutMs', opts.sessionLookupTimeoutMs, 1, 5000)
+  if (opts.sessionIdContext !== undefined &&
+    (typeof opts.sessionIdContext !== 'string' || !/^[\x21-\x7e]{1,32}$/.test(opts.sessionIdContext))) {
+    throw new InvalidOptionError('sessionIdContext', `must be 1 to ${MAX_SESSION_ID_CONTEXT} printable ASCII characters (OpenSSL's limit)`)
+  }
+  const sessionCache = opts.sessionCache ?? TLS_SESSIONS_DEFAULTS.sessionCache
+  const singleUse = opts.singleUse ?? TLS_SESSIONS_DEFAULTS.singleUse
+  if (singleUse && !sessionCache) {
+    throw new InvalidOptionError('singleUse', 'applies to the session cache only; set sessionCache: true as well (tickets cannot be single-use)')
+  }
+  return {
+    ticketKeyPeriodMs,
+    maxClockSkewMs: opts.maxClockSkewMs ?? Math.min(DEFAULT_MAX_CLOCK_SKEW_MS, quarter),
+    sessionIdContext: opts.sessionIdContext ?? sessionIdContextFor(ring),
+    applySessionIdContext: opts.applySessionIdContext ?? TLS_SESSIONS_DEFAULTS.applySessionIdContext,
+    sessionCache,
+    sessionLookupTimeoutMs: opts.sessionLookupTimeoutMs ?? TLS_SESSIONS_DEFAULTS.sessionLookupTimeoutMs,
+    singleUse
+  }
+}
+
+/** A TLS 1.2 session in the store (sealed at rest: it holds the master secret). */
+interface CachedSession {
+  /** DER session data, base64. */
+  d: string
+}
+
+type SetSecureContext = (this: tls.Server, options: tls.SecureContextOptions) => void
+interface ServerInternals { sessionIdContext?: unknown, sessionTimeout?: unknown }
+
+/**
+ * Makes the server's session id context the cluster's: checks it, sets it when the server still has Node's
+ * per-process default (and that is allowed), and refuses to go on otherwise.
+ */
+function establishSessionIdContext (server: tls.Server, setSecureContext: SetSecureContext, o: Required<TlsSessionsOptions>): 'already-set' | 'applied' {
+  const internals = server as tls.Server & ServerInternals
+  const current = internals.sessionIdContext
+  if (current === o.sessionIdContext) return 'already-set'
+  const fix = 'create Fastify with `https: handoffHttpsOptions({ key, cert, ... }, { secret })` (same secret as the store plugin), ' +
+    'or give the same string as `https.sessionIdContext` and as this plugin\'s `sessionIdContext` option on every instance'
+  if (typeof current !== 'string') {
+    throw new InvalidOptionError('sessionIdContext', `cannot read the server's TLS session id context, so resumption across instances cannot be verified; ${fix}`)
+  }
+  if (current !== nodeDefaultSessionIdContext()) {
+    throw new InvalidOptionError('sessionIdContext', 'the server\'s https.sessionIdContext differs from the one this plugin expects ' +
+      `(its \`sessionIdContext\` option, by default derived from the cluster secret), so other instances could not resume its sessions; ${fix}`)
+  }
+  if (!o.applySessionIdContext) {
+    throw new InvalidOptionError('sessionIdContext', 'the server has Node\'s default session id context, a hash of process.argv that differs ' +
+      `between instances and silently prevents resumption across them (applySessionIdContext is false); ${fix}`)
+  }
+  setSecureContext.call(server, { ...secureContextOptionsOf(server), sessionIdContext: o.sessionIdContext })
+  if (internals.sessionIdContext !== o.sessionIdContext) {
+    throw new InvalidOptionError('sessionIdContext', `re-creating the server's secure context did not set the session id context; ${fix}`)
+  }
+  return 'applied'
+}
+
+const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify: FastifyInstance, rawOpts) => {
+  const server = fastify.server as unknown
+  if (!(server instanceof tls.Server)) {
+    throw new InvalidOptionError('https', 'fastify-handoff/tls-sessions needs an HTTPS server: create Fastify with the `https` option ' +
+      '(or `http2: true` and `https`); this one serves plain HTTP, so there are no TLS sessions to share')
+  }
+  const handoff = fastify.handoff
+  const store: TieredStore = handoff.store
+  const o = resolveTlsSessionsOptions(rawOpts ?? {}, handoff.keyRing)
+  const log = fastify.log
+
+  const metrics: TlsSessionMetrics = {
+    handshakes: 0,
+    resumed: 0,
+    handshakeErrors: 0,
+    // Live views of the schedule's counters (getters are enumerable in a literal, so a JSON dump includes them).
+    get keyRotations (): number { return schedule.counters.rotations },
+    get ticketKeyErrors (): number { return schedule.counters.errors },
+    ticketKeyEpoch: null,
+    ticketKeyAppliedAt: null,
+    cacheHits: 0,
+    cacheMisses: 0,
+    cacheTimeouts: 0,
+    cacheErrors: 0,
+    cacheWrites: 0,
+    cacheWriteErrors: 0,
+    cacheSkipped: 0
+  }
+
+  // Whatever setSecureContext is in place now (Node's, or someone's wrapper) is what we build on; put back on close.
+  const previousDescriptor = Object.getOwnPropertyDescriptor(server, 'setSecureContext')
+  const originalSetSecureContext = server.setSecureContext as SetSecureContext
+  const how = establishSessionIdContext(server, originalSetSecureContext, o)
+  if (how === 'applied') log.info('fastify-handoff: gave the TLS server the cluster session id context (it had Node\'s per-process default)')
+
+  // Ticket keys. Never logged: events carry epochs and reasons only.
+  const schedule = new TicketKeySchedule({
+    store: new TieredTicketKeyStore(store),
+    periodMs: o.ticketKeyPeriodMs,
+    maxClockSkewMs: o.maxClockSkewMs,
+    apply: (key, epoch) => {
+      server.setTicketKeys(key)
+      metrics.ticketKeyEpoch = epoch
+      metrics.ticketKeyAppliedAt = Date.now()
+    },
+    onEvent: (e: TicketKeyEvent) => {
+      switch (e.type) {
+        case 'applied':
+          log.info({ epoch: e.epoch, rotation: e.rotation }, 'fastify-handoff: TLS ticket key of the epoch applied')
+          break
+        case 'unavailable':
+          log.warn({ epoch: e.epoch, reason: e.reason, ticketKeyEpoch: metrics.ticketKeyEpoch },
+            metrics.ticketKeyEpoch === null
+              ? 'fastify-handoff: TLS ticket keys unreachable; this instance uses its own key (no resumption across instances) until they answer'
+              : 'fastify-handoff: TLS ticket keys unreachable; keeping the current key until they answer')
+          break
+        case 'recovered':
+          log.info({ epoch: e.epoch }, 'fastify-handoff: TLS ticket keys reachable again')
+          break
+        case 'unusable':
+          log.warn({ epoch: e.epoch, ticketKeyEpoch: metrics.ticketKeyEpoch }, 'fastify-handoff: the TLS ticket key of this epoch exists but cannot be used ' +
+            '(sealed under another cluster secret on the same Redis and prefix, or already retired); keeping the current key')
+          break
+        case 'removed':
+          log.debug({ epoch: e.epoch }, 'fastify-handoff: retired TLS ticket key deleted')
+          break
+        case 'error':
+          log.error({ epoch: e.epoch, reason: e.reason }, 'fastify-handoff: TLS ticket key schedule failed; retrying')
+          break
+      }
+    }
+  })
+
+  // setSecureContext (a certificate reload) builds a new native context: new random ticket keys and, without the
+  // option, Node's per-process session id context. Both would silently end resumption across instances.
+  const wrapped: SetSecureContext = function (this: tls.Server, options: tls.SecureContextOptions) {
+    if (options !== null && typeof options === 'object' && options.sessionIdContext !== undefined && options.sessionIdContext !== o.sessionIdContext) {
+      throw new InvalidOptionError('sessionIdContext', 'setSecureContext was given a session id context other than the cluster\'s; leave it out, ' +
+        'fastify-handoff/tls-sessions fills it in')
+    }
+    originalSetSecureContext.call(this, options === null || typeof options !== 'object' ? options : { ...options, sessionIdContext: o.sessionIdContext })
+    schedule.reapply()
+  }
+  Object.defineProperty(server, 'setSecureContext', { value: wrapped, configurable: true, writable: true, enumerable: false })
+
+  const onSecureConnection = (socket: TLSSocket): void => {
+    metrics.handshakes++
+    if (socket.isSessionReused()) metrics.resumed++
+  }
+  const onClientError = (): void => { metrics.handshakeErrors++ }
+  server.on('secureConnection', onSecureConnection)
+  server.on('tlsClientError', onClientError)
+
+  // The TLS 1.2 session cache.
+  const pending = new Set<Promise<void>>()
+  let idKey: Buffer | undefined
+  let onNewSession: ((id: Buffer, data: Buffer, cb: () => void) => void) | undefined
+  let onResumeSession: ((id: Buffer, cb: (err: Error | null, data: Buffer | null) => void) => void) | undefined
+  if (o.sessionCache) {
+    // Keyed hash of the id: ids come from clients (resumeSession) and travel in clear under TLS 1.2; neither should
+    // choose or reveal a store key.
+    const hashKey = idKey = oldestSubkey(handoff.keyRing, SESSION_CACHE_ID_PURPOSE)
+    const keyOf = (id: Buffer): string => store.key(createHmac('sha256', hashKey).update(id).digest('hex').slice(0, 32), 'tlssession')
+    const internals = server as tls.Server & ServerInternals
+    const ttlMs = (): number => {
+      const s = typeof internals.sessionTimeout === 'number' && internals.sessionTimeout > 0 ? internals.sessionTimeout : DEFAULT_SESSION_TIMEOUT_S
+      return Math.round(s * 1000)
+    }
+    let writeFailing = false
+
+    onNewSession = (id, data, cb) => {
+      // At once: the server holds all output to this client until the callback runs. The write goes on behind it.
+      cb()
+      if (sessionProtocolVersion(data) === TLS1_3_VERSION) { metrics.cacheSkipped++; return }
+      const value: CachedSession = { d: data.toString('base64') }
+      const p = store.update(keyOf(id), () => value, { ttlMs: ttlMs() }).then(() => {
+        metrics.cacheWrites++
+        if (writeFailing) { writeFailing = false; log.info('fastify-handoff: TLS session cache writes succeed again') }
+      }, (err: unknown) => {
+        metrics.cacheWriteErrors++
+        if (!writeFailing) {
+          writeFailing = true
+          log.warn({ reason: err instanceof Error ? err.message : String(err) },
+            'fastify-handoff: TLS sessions cannot be stored; clients will do full handshakes on other instances until the store answers')
+        }
+      }).finally(() => { pending.delete(p) })
+      pending.add(p)
+    }
+
+    onResumeSession = (id, cb) => {
+      let done = false
+      const finish = (data: Buffer | null): void => {
+        if (done) return
+        done = true
+        clearTimeout(timer)
+        // Never cb(err): Node drops the connection on an error, where a full handshake is what the client needs.
+        cb(null, data)
+      }
+      const timer = setTimeout(() => { metrics.cacheTimeouts++; finish(null) }, o.sessionLookupTimeoutMs)
+      const key = keyOf(id)
+      const lookup = o.singleUse ? store.take(key) : store.get(key)
+      lookup.then(entry => {
+        if (done) return
+        const v = entry?.value
+        const d = v !== null && typeof v === 'object' ? (v as Partial<CachedSession>).d : undefined
+        if (typeof d === 'string') {
+          metrics.cacheHits++
+          finish(Buffer.from(d, 'base64'))
+        } else {
+          metrics.cacheMisses++
+          finish(null)
+        }
+      }, () => {
+        if (done) return
+        metrics.cacheErrors++
+        finish(null)
+      })
+    }
+    server.on('newSession', onNewSession)
+    server.on('resumeSession', onResumeSession)
+  }
+
+  // Reads (or creates) this epoch's key before the server listens, so the first clients already get shared tickets.
+  await schedule.start()
+  if (metrics.ticketKeyEpoch === null) {
+    log.warn('fastify-handoff: no shared TLS ticket key yet; this instance uses its own until one can be read')
+  }
+
+  fastify.decorate('handoffTls', { metrics, options: Object.freeze({ ...o }) })
+  fastify.decorateRequest('tlsResumed', {
+    getter (this: FastifyRequest): boolean {
+      // Under HTTP/2 raw.socket is a proxy of the session's TLS socket; isSessionReused works through it.
+      const socket = this.raw.socket as Partial<TLSSocket> | null | undefined
+      return typeof socket?.isSessionReused === 'function' ? socket.isSessionReused() : false
+    }
+  })
+
+  fastify.addHook('onClose', async () => {
+    schedule.stop()
+    server.off('secureConnection', onSecureConnection)
+    server.off('tlsClientError', onClientError)
+    if (onNewSession !== undefined) server.off('newSession', onNewSession)
+    if (onResumeSession !== undefined) server.off('resumeSession', onResumeSession)
+    if (server.setSecureContext === wrapped) {
+      if (previousDescriptor !== undefined) Object.defineProperty(server, 'setSecureContext', previousDescriptor)
+      else delete (server as { setSecureContext?: unknown }).setSecureContext
+    }
+    // Write-behinds still in flight: each is bounded by the store's command timeout.
+    await Promise.allSettled([...pending])
+    idKey?.fill(0)
+  })
+}
+
+/**
+ * Shares TLS sessions across instances: cluster ticket keys on an epoch schedule, one session id context, and an
+ * optional TLS 1.2 session cache. Needs Fastify's `https` option and the fastify-handoff/store plugin.
+ */
+export const tlsSessions = fp(tlsSessionsPlugin, {
+  fastify: '5.x',
+  name: 'fastify-handoff/tls-sessions',
+  dependencies: ['fastify-handoff/store']
+})
+export default tlsSessions
