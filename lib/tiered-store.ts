@@ -184,6 +184,8 @@ export class TieredStore<T = unknown> {
   private subscription: Subscription | undefined
   private started: Promise<void> | undefined
   private degraded = false
+  private corruptLoggedAt = Number.NEGATIVE_INFINITY
+  private corruptSuppressed = 0
   private observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined
 
   constructor (opts: TieredStoreOptions) {
@@ -571,8 +573,16 @@ export class TieredStore<T = unknown> {
 
   private corrupt (key: string, err: unknown): void {
     this.counters.corrupt++
-    this.logger?.warn({ entry: entryLabel(key), reason: err instanceof Error ? err.message : String(err) },
-      'fastify-handoff: an entry could not be opened and is treated as absent')
+    // At most one line a minute: another cluster writing under our prefix must not flood the logs.
+    const now = this.now()
+    if (now - this.corruptLoggedAt < 60_000) { this.corruptSuppressed++; return }
+    this.logger?.warn({
+      entry: entryLabel(key),
+      reason: err instanceof Error ? err.message : String(err),
+      suppressedSinceLast: this.corruptSuppressed
+    }, 'fastify-handoff: an entry could not be opened and is treated as absent')
+    this.corruptLoggedAt = now
+    this.corruptSuppressed = 0
   }
 
   private repositoryError (err: unknown): void {

@@ -160,6 +160,8 @@ t.test('corrupt entries and foreign secrets read as a miss, counted and logged, 
   const dst = mine.key('dst', 'session')
   await repo.compareAndSet(dst, null, raw?.value as Buffer, 10_000)
   t.equal(await mine.get(dst), undefined, 'an envelope moved to another key is refused')
+  t.equal(mine.counters.corrupt, 3)
+  t.equal(warnings.length, 1, 'logged once, not once per corrupt entry')
   // And an update over a corrupt entry replaces it cleanly
   const r = await mine.update(k, cur => cur === undefined ? { user: 'fresh' } : undefined)
   t.match(r, { written: true, value: { user: 'fresh' } })
