@@ -1,0 +1,292 @@
+import { createHmac, timingSafeEqual } from 'node:crypto'
+import createError from '@fastify/error'
+import { BadInputError, TooLargeError } from './errors.js'
+
+/**
+ * The cart model, framework-free: every change is a pure function from one stored cart to the next, run inside
+ * TieredStore.update (compare-and-set, retried), so concurrent changes from several instances all survive.
+ * Each change also extends an HMAC chain (a running digest) kept with the cart; checkout verifies it against the
+ * anchor the client holds, so a cart rolled back or forked (a Redis failover, a restored backup, an older copy
+ * written back) is caught before money moves.
+ */
+
+/** Extend by declaration merging for your own item fields: `declare module 'fastify-handoff' { interface CartItemExtra { color?: string } }`. */
+export interface CartItemExtra {}
+
+export interface CartItem extends CartItemExtra {
+  sku: string
+  quantity: number
+  /** Price of one unit in minor units (cents), as the application gives it. */
+  unitPrice: number
+  /** ISO 4217 code, e.g. 'EUR'. All items of one cart share a currency. */
+  currency: string
+  name?: string
+}
+
+export interface Address {
+  name: string
+  line1: string
+  line2?: string
+  city: string
+  postcode: string
+  country: string
+}
+
+export interface PurchaseDetails {
+  billing?: Address
+  shipping?: { method: string, address?: Address }
+  note?: string
+}
+
+/** A payment-provider token plus display fields. Never a card number. */
+export interface PaymentMethod {
+  token: string
+  brand: string
+  last4: string
+}
+
+export type CheckoutState = 'checking_out' | 'placed' | 'failed'
+
+export interface CheckoutRecord {
+  state: CheckoutState
+  idempotencyKey: string
+  orderId: string
+  /** Frozen when checkout started. */
+  amount: number
+  currency: string
+  /** The cart's running digest when checkout started: the order records it. */
+  digest: string
+  startedAt: number
+  chargeId?: string
+  reason?: string
+}
+
+export interface ChainLink { seq: number, op: string, digest: string }
+
+export interface StoredCart {
+  items: CartItem[]
+  details: PurchaseDetails
+  payment?: PaymentMethod
+  /** Number of changes so far, and the digest after the last one. */
+  seq: number
+  digest: string
+  /** The most recent links of the chain (bounded), to verify a client's anchor and the chain itself. */
+  chain: ChainLink[]
+  checkout?: CheckoutRecord
+  /** Anonymous carts merged into this one: id -> seq merged, so a merge retried after a crash counts once. */
+  merged?: Record<string, number>
+  createdAt: number
+  updatedAt: number
+}
+
+export interface Order {
+  orderId: string
+  idempotencyKey: string
+  status: 'placed'
+  items: CartItem[]
+  details: PurchaseDetails
+  payment: { brand: string, last4: string }
+  amount: number
+  currency: string
+  chargeId: string
+  /** The cart's running digest at checkout: the history this order was placed from. */
+  digest: string
+  placedAt: number
+}
+
+export interface CartLimits {
+  /** Distinct items per cart. Default: 100. */
+  maxItems: number
+  /** Quantity of one item. Default: 999. */
+  maxQuantity: number
+  /** Chain links kept with the cart (older anchors can no longer be verified). Default: 64. */
+  chainLength: number
+}
+
+export const DEFAULT_CART_LIMITS: CartLimits = { maxItems: 100, maxQuantity: 999, chainLength: 64 }
+
+export const CheckoutInProgressError = createError<'FST_HANDOFF_CHECKOUT_IN_PROGRESS', 409, [string]>(
+  'FST_HANDOFF_CHECKOUT_IN_PROGRESS', 'A checkout of this cart is %s: the cart cannot change now', 409)
+export const CartHistoryError = createError<'FST_HANDOFF_CART_HISTORY', 409, [string]>(
+  'FST_HANDOFF_CART_HISTORY', 'Your cart changed unexpectedly (%s): please review it before checking out', 409)
+export const CheckoutIncompleteError = createError<'FST_HANDOFF_CHECKOUT_INCOMPLETE', 400, [string]>(
+  'FST_HANDOFF_CHECKOUT_INCOMPLETE', 'Checkout needs %s', 400)
+
+const GENESIS = '0'.repeat(64)
+
+export function emptyCart (now: number): StoredCart {
+  return { items: [], details: {}, seq: 0, digest: GENESIS, chain: [], createdAt: now, updatedAt: now }
+}
+
+/** Stable JSON (sorted keys), so the same change always hashes the same on every instance. */
+export function canonical (v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null'
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`
+  const o = v as Record<string, unknown>
+  return `{${Object.keys(o).filter(k => o[k] !== undefined).sort().map(k => `${JSON.stringify(k)}:${canonical(o[k])}`).join(',')}}`
+}
+
+export function chainDigest (key: Buffer, previous: string, seq: number, change: unknown): string {
+  return createHmac('sha256', key).update(previous).update('\n').update(String(seq)).update('\n').update(canonical(change)).digest('hex')
+}
+
+// ---------------------------------------------------------------------------------------------- raw card numbers
+
+function luhn (digits: string): boolean {
+  let sum = 0
+  let double = false
+  for (let i = digits.length - 1; i >= 0; i--) {
+    let d = digits.charCodeAt(i) - 48
+    if (double) { d *= 2; if (d > 9) d -= 9 }
+    sum += d
+    double = !double
+  }
+  return sum % 10 === 0
+}
+
+/** 13 to 19 digits, optionally grouped by single spaces or dashes, passing the Luhn check. */
+export function looksLikeCardNumber (s: string): boolean {
+  const runs = s.match(/\d(?:[ -]?\d)*/g)
+  if (runs === null) return false
+  for (const run of runs) {
+    const digits = run.replace(/[ -]/g, '')
+    if (digits.length >= 13 && digits.length <= 19 && luhn(digits)) return true
+  }
+  return false
+}
+
+/** Refuses any input holding a raw card number, in any field, at any depth. The number is never echoed. */
+export function refuseCardNumbers (input: unknown, path = 'body'): void {
+  if (typeof input === 'string') {
+    if (looksLikeCardNumber(input)) {
+      throw new BadInputError(`${path} looks like a payment card number: send a payment-provider token instead, never the card number`)
+    }
+  } else if (typeof input === 'number') {
+    if (Number.isInteger(input)) refuseCardNumbers(String(input), path)
+  } else if (Array.isArray(input)) {
+    input.forEach((v, i) => refuseCardNumbers(v, `${path}[${i}]`))
+  } else if (input !== null && typeof input === 'object') {
+    for (const [k, v] of Object.entries(input)) refuseCardNumbers(v, `${path}.${k}`)
+  }
+}
+
+// ----------------------------------------------------------------------------------------------------- changes
+
+export type CartChange =
+  | { op: 'add', item: CartItem }
+  | { op: 'remove', sku: string }
+  | { op: 'setQuantity', sku: string, quantity: number }
+  | { op: 'details', details: PurchaseDetails }
+  | { op: 'payment', payment: PaymentMethod }
+  | { op: 'merge', from: string, fromSeq: number, items: CartItem[] }
+  | { op: 'clear' }
+
+function assertOpen (cart: StoredCart): void {
+  const c = cart.checkout
+  if (c !== undefined && c.state === 'checking_out') throw new CheckoutInProgressError('in progress')
+}
+
+function assertQuantity (q: number, limits: CartLimits): void {
+  if (!Number.isSafeInteger(q) || q < 1) throw new BadInputError('quantity must be a whole number >= 1')
+  if (q > limits.maxQuantity) throw new TooLargeError('Quantity', q, limits.maxQuantity)
+}
+
+function addItems (items: CartItem[], add: CartItem, limits: CartLimits): CartItem[] {
+  const i = items.findIndex(x => x.sku === add.sku)
+  if (i < 0) {
+    if (items.length >= limits.maxItems) throw new TooLargeError('Cart (distinct items)', items.length + 1, limits.maxItems)
+    if (items.length > 0 && items[0]?.currency !== add.currency) throw new BadInputError(`currency ${add.currency} differs from the cart's ${items[0]?.currency ?? ''}`)
+    assertQuantity(add.quantity, limits)
+    return [...items, { ...add }]
+  }
+  const cur = items[i] as CartItem
+  const quantity = cur.quantity + add.quantity
+  assertQuantity(quantity, limits)
+  const next = [...items]
+  next[i] = { ...cur, ...add, quantity }
+  return next
+}
+
+/**
+ * The next cart after `change`, with the chain extended; throws a clear error (400/409/413) when the change is not
+ * allowed. Pure: safe to run again after a lost compare-and-set.
+ */
+export function applyChange (cart: StoredCart, change: CartChange, digestKey: Buffer, limits: CartLimits, now: number): StoredCart {
+  if (change.op !== 'merge') assertOpen(cart)
+  let items = cart.items
+  let details = cart.details
+  let payment = cart.payment
+  let merged = cart.merged
+  switch (change.op) {
+    case 'add':
+      items = addItems(items, change.item, limits)
+      break
+    case 'remove':
+      items = items.filter(x => x.sku !== change.sku)
+      break
+    case 'setQuantity': {
+      if (change.quantity === 0) { items = items.filter(x => x.sku !== change.sku); break }
+      assertQuantity(change.quantity, limits)
+      const i = items.findIndex(x => x.sku === change.sku)
+      if (i < 0) throw new BadInputError(`no item ${change.sku} in the cart`)
+      items = items.map(x => x.sku === change.sku ? { ...x, quantity: change.quantity } : x)
+      break
+    }
+    case 'details':
+      details = { ...details, ...change.details }
+      break
+    case 'payment':
+      payment = change.payment
+      break
+    case 'merge':
+      if (merged?.[change.from] !== undefined) return cart // merged already (a retried login)
+      assertOpen(cart)
+      for (const it of change.items) items = addItems(items, it, limits)
+      merged = { ...merged, [change.from]: change.fromSeq }
+      break
+    case 'clear':
+      items = []
+      break
+  }
+  const seq = cart.seq + 1
+  const digest = chainDigest(digestKey, cart.digest, seq, change)
+  const chain = [...cart.chain, { seq, op: change.op, digest }].slice(-limits.chainLength)
+  const next: StoredCart = { ...cart, items, details, seq, digest, chain, updatedAt: now }
+  if (payment !== undefined) next.payment = payment
+  if (merged !== undefined) next.merged = merged
+  // A finished checkout's record stays (for idempotent retries) until the cart changes again.
+  if (next.checkout !== undefined && next.checkout.state !== 'checking_out') delete next.checkout
+  return next
+}
+
+/** Where the client's anchor (the seq and digest it last saw) stands against the stored cart's history. */
+export function verifyAnchor (cart: StoredCart, anchor: { seq: number, digest: string } | undefined): void {
+  // The chain itself must be intact: each kept link's digest is the head for its seq, the last is the cart's.
+  const last = cart.chain[cart.chain.length - 1]
+  if (cart.seq > 0 && (last === undefined || last.seq !== cart.seq || last.digest !== cart.digest)) {
+    throw new CartHistoryError('its history does not verify')
+  }
+  if (anchor === undefined) return
+  if (anchor.seq > cart.seq) throw new CartHistoryError('it is older than what you last saw, e.g. after a store failover')
+  if (anchor.seq === 0) return
+  const link = cart.chain.find(l => l.seq === anchor.seq)
+  if (link === undefined) throw new CartHistoryError('what you last saw can no longer be verified')
+  const a = Buffer.from(link.digest.slice(0, anchor.digest.length))
+  const b = Buffer.from(anchor.digest)
+  if (anchor.digest.length < 16 || a.length !== b.length || !timingSafeEqual(a, b)) {
+    throw new CartHistoryError('its history forked from what you last saw')
+  }
+}
+
+export function cartTotal (cart: Pick<StoredCart, 'items'>): { total: number, currency: string | undefined } {
+  let total = 0
+  for (const it of cart.items) total += it.unitPrice * it.quantity
+  return { total, currency: cart.items[0]?.currency }
+}
+
+/** Checkout can start: items, billing address and payment token present. */
+export function assertCheckoutReady (cart: StoredCart): void {
+  if (cart.items.length === 0) throw new CheckoutIncompleteError('at least one item')
+  if (cart.details.billing === undefined) throw new CheckoutIncompleteError('a billing address')
+  if (cart.payment === undefined) throw new CheckoutIncompleteError('a payment method (provider token)')
+}
