@@ -1,0 +1,405 @@
+/**
+ * Auth sessions: req/s of a warm-session read and of a session write, as a ratio to bare Fastify measured in the
+ * same run, next to the peers (@fastify/session + connect-redis on node-redis, @fastify/secure-session), plus Redis
+ * commands per request (INFO commandstats delta on a private redis-server).
+ *
+ *   npx tsx bench/session.ts            # writes bench/results/session.json and bench/results/session.md
+ *
+ * Each server runs in its own process (spawned from this file with --server <kind>); autocannon runs here. Runs are
+ * interleaved (round 1: every kind, read then write; round 2: ...) and the median of the rounds is reported, so a
+ * slow patch of the machine hits every kind alike. Server CPU per request (process.cpuUsage delta in the server) is
+ * reported too: it does not depend on how fast the load generator is.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createRequire } from 'node:module'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import Fastify, { type FastifyInstance, type FastifyPluginCallback, type FastifyRequest } from 'fastify'
+import fastifyCookie from '@fastify/cookie'
+import { handoffStore } from '../plugins/store.js'
+import { authSession } from '../plugins/auth-session.js'
+import { startRedis, type RedisHandle } from '../test/helpers/redis.js'
+
+declare module '../plugins/auth-session.js' {
+  interface SessionData {
+    n?: number
+  }
+}
+
+type Kind = 'bare' | 'handoff' | 'fsession-redis' | 'secure-session' | 'handoff-embedded'
+type Case = 'read' | 'write'
+
+/** autocannon ships no types; the part used here. */
+interface AutocannonClient { setHeaders: (headers: Record<string, string>) => void }
+interface AutocannonResult {
+  requests: { average: number, total: number }
+  latency: { p99: number }
+  errors: number
+  timeouts: number
+  non2xx: number
+}
+const requireCjs = createRequire(import.meta.url)
+const autocannon = requireCjs('autocannon') as (opts: {
+  url: string
+  connections: number
+  duration: number
+  setupClient?: (client: AutocannonClient) => void
+}) => Promise<AutocannonResult>
+
+// handoff-embedded: the same plugin on the in-process repository (no Redis), to separate the plugin's and the store's
+// own CPU from the cost of talking to Redis. For reference only; it cannot be shared between instances.
+const KINDS: Kind[] = ['bare', 'handoff', 'fsession-redis', 'secure-session', 'handoff-embedded']
+const CASES: Case[] = ['read', 'write']
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const DURATION_S = Number(process.env.BENCH_DURATION ?? 4)
+const WARMUP_S = Number(process.env.BENCH_WARMUP ?? 1)
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 10)
+const SECRET = 'fastify-handoff bench secret, at least 32 bytes long'
+const SELF = fileURLToPath(import.meta.url)
+const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
+
+// ---------------------------------------------------------------------------------------------------------------
+// Servers (one process each)
+
+/** The peers' session objects, typed by hand: their packages augment FastifyRequest.session with their own types. */
+interface PeerSession {
+  get: (key: string) => unknown
+  set: (key: string, value: unknown) => void
+}
+function peerSession (request: FastifyRequest): PeerSession {
+  return (request as unknown as { session: PeerSession }).session
+}
+
+async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: FastifyInstance, close: () => Promise<void> }> {
+  const app = Fastify({ logger: false })
+  let close = async (): Promise<void> => {}
+  if (kind === 'bare') {
+    app.get('/login', async () => ({ n: 0 }))
+    app.get('/read', async () => ({ n: 1 }))
+    app.get('/write', async () => ({ n: 1 }))
+  } else if (kind === 'handoff' || kind === 'handoff-embedded') {
+    await app.register(fastifyCookie)
+    await app.register(handoffStore, kind === 'handoff' ? { secret: SECRET, redis: redisUrl } : { secret: SECRET })
+    await app.register(authSession, { cookie: { secure: false } })
+    countRoundTrips(app.handoff.repository as unknown as Record<string, unknown>)
+    app.get('/login', async (request) => { request.session.set('n', 0); return { n: 0 } })
+    app.get('/read', async (request) => ({ n: request.session.get('n') }))
+    app.get('/write', async (request) => ({ n: request.session.increment('n') }))
+  } else if (kind === 'fsession-redis') {
+    // Loaded without their types: @fastify/session and our plugin both declare request.session.
+    const fastifySession = requireCjs('@fastify/session') as FastifyPluginCallback<Record<string, unknown>>
+    const { RedisStore } = requireCjs('connect-redis') as { RedisStore: new (o: { client: unknown }) => object }
+    const { createClient } = requireCjs('redis') as { createClient: (o: { url: string }) => RedisLike }
+    const client = createClient({ url: redisUrl })
+    client.on('error', () => {}) // without a listener node-redis errors crash the process (measured)
+    await client.connect()
+    close = async () => { await client.quit() }
+    await app.register(fastifyCookie)
+    // rolling: false, as in the anchor: a read-only request costs one GET instead of GET + SET.
+    await app.register(fastifySession, {
+      secret: SECRET,
+      store: new RedisStore({ client }),
+      saveUninitialized: false,
+      rolling: false,
+      cookie: { secure: false, maxAge: 1_800_000 }
+    })
+    app.get('/login', async (request) => { peerSession(request).set('n', 0); return { n: 0 } })
+    app.get('/read', async (request) => ({ n: peerSession(request).get('n') }))
+    app.get('/write', async (request) => {
+      const s = peerSession(request)
+      const n = (s.get('n') as number) + 1
+      s.set('n', n)
+      return { n }
+    })
+  } else {
+    const secureSession = requireCjs('@fastify/secure-session') as FastifyPluginCallback<Record<string, unknown>>
+    await app.register(secureSession, {
+      key: Buffer.alloc(32, 7),
+      cookie: { path: '/', httpOnly: true, secure: false }
+    })
+    app.get('/login', async (request) => { peerSession(request).set('n', 0); return { n: 0 } })
+    app.get('/read', async (request) => ({ n: peerSession(request).get('n') }))
+    app.get('/write', async (request) => {
+      const s = peerSession(request)
+      const n = (s.get('n') as number) + 1
+      s.set('n', n)
+      return { n }
+    })
+  }
+  app.get('/__cpu', async () => ({ ...process.cpuUsage(), roundTrips }))
+  return { app, close }
+}
+
+/**
+ * Round trips to Redis made by the store: each Repository call is one command (a Lua script counts once, although
+ * INFO commandstats also lists the commands it runs inside). Wrapped here, in the benchmark only.
+ */
+let roundTrips = 0
+function countRoundTrips (repository: Record<string, unknown>): void {
+  for (const m of ['get', 'compareAndSet', 'delete', 'touch', 'take']) {
+    const f = repository[m]
+    if (typeof f !== 'function') continue
+    repository[m] = async (...args: unknown[]): Promise<unknown> => {
+      roundTrips++
+      return await (f as (...a: unknown[]) => Promise<unknown>).apply(repository, args)
+    }
+  }
+}
+
+interface RedisLike {
+  on: (event: string, fn: (...args: unknown[]) => void) => void
+  connect: () => Promise<unknown>
+  quit: () => Promise<unknown>
+}
+
+async function serve (kind: Kind, redisUrl: string): Promise<void> {
+  const { app, close } = await buildServer(kind, redisUrl)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const addr = app.server.address()
+  process.stdout.write(JSON.stringify({ port: typeof addr === 'object' && addr !== null ? addr.port : 0 }) + '\n')
+  const stop = (): void => {
+    const force = setTimeout(() => process.exit(0), 2000)
+    force.unref()
+    app.close().then(close).then(() => process.exit(0), () => process.exit(1))
+  }
+  process.on('SIGTERM', stop)
+  process.stdin.on('end', stop)
+  process.stdin.resume()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Driver
+
+interface Server { kind: Kind, child: ChildProcess, base: string, cookies: string[] }
+
+async function startServer (kind: Kind, redisUrl: string): Promise<Server> {
+  const child = spawn(process.execPath, ['--import', 'tsx', SELF, '--server', kind, '--redis', redisUrl], {
+    stdio: ['pipe', 'pipe', 'inherit']
+  })
+  const port = await new Promise<number>((resolve, reject) => {
+    let buf = ''
+    const timer = setTimeout(() => reject(new Error(`${kind} server did not start`)), 20_000)
+    child.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString()
+      const nl = buf.indexOf('\n')
+      if (nl >= 0) { clearTimeout(timer); resolve((JSON.parse(buf.slice(0, nl)) as { port: number }).port) }
+    })
+    child.once('exit', code => { clearTimeout(timer); reject(new Error(`${kind} server exited with ${String(code)}`)) })
+  })
+  const base = `http://127.0.0.1:${port}`
+  // One session per connection, as with that many users: a single shared session would measure contention on one
+  // key instead (a separate question, answered by the concurrency test).
+  const cookies: string[] = []
+  for (let i = 0; i < CONNECTIONS; i++) {
+    const res = await fetch(`${base}/login`)
+    const cookie = res.headers.getSetCookie().map(c => c.split(';')[0]).join('; ')
+    if (kind !== 'bare' && cookie === '') throw new Error(`${kind}: login set no cookie`)
+    cookies.push(cookie)
+  }
+  return { kind, child, base, cookies }
+}
+
+async function stopServer (s: Server): Promise<void> {
+  if (s.child.exitCode !== null) return
+  const exited = new Promise(resolve => s.child.once('exit', resolve))
+  s.child.kill('SIGTERM')
+  await exited
+}
+
+function commandStats (redis: RedisHandle): Map<string, number> {
+  const out = new Map<string, number>()
+  for (const line of redis.cli('INFO', 'commandstats').split('\n')) {
+    const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim())
+    if (m !== null) out.set(m[1] as string, Number(m[2]))
+  }
+  return out
+}
+
+/**
+ * Redis commands caused by requests: everything but INFO (this measurement) and PING (the handoff store's
+ * subscriber heartbeat, 20/s per instance whatever the load; reported apart).
+ */
+function commandDelta (before: Map<string, number>, after: Map<string, number>): { data: Record<string, number>, ping: number } {
+  const data: Record<string, number> = {}
+  let ping = 0
+  for (const [cmd, n] of after) {
+    const d = n - (before.get(cmd) ?? 0)
+    if (d <= 0 || cmd === 'info') continue
+    if (cmd === 'ping') ping = d
+    else data[cmd] = d
+  }
+  return { data, ping }
+}
+
+async function probe (s: Server): Promise<{ cpu: number, roundTrips: number }> {
+  const r = await fetch(`${s.base}/__cpu`)
+  const u = await r.json() as { user: number, system: number, roundTrips: number }
+  return { cpu: u.user + u.system, roundTrips: u.roundTrips }
+}
+
+interface Run {
+  rps: number
+  p99: number
+  errors: number
+  non2xx: number
+  cpuUsPerReq: number
+  /** Top-level Redis commands per request (a Lua script once). */
+  roundTripsPerReq: number
+  /** Commands per request as INFO commandstats counts them (inside Lua scripts too). */
+  commandsPerReq: number
+  byCommand: Record<string, number>
+  pingPerReq: number
+}
+
+async function runOnce (s: Server, c: Case, redis: RedisHandle): Promise<Run> {
+  const url = `${s.base}/${c}`
+  let next = 0
+  const setupClient = (client: AutocannonClient): void => {
+    const cookie = s.cookies[next++ % Math.max(1, s.cookies.length)]
+    if (cookie !== undefined && cookie !== '') client.setHeaders({ cookie })
+  }
+  if (WARMUP_S > 0) await autocannon({ url, setupClient, connections: CONNECTIONS, duration: WARMUP_S })
+  const before = commandStats(redis)
+  const p0 = await probe(s)
+  next = 0
+  const r = await autocannon({ url, setupClient, connections: CONNECTIONS, duration: DURATION_S })
+  const p1 = await probe(s)
+  const after = commandStats(redis)
+  const requests = r.requests.total
+  const { data, ping } = commandDelta(before, after)
+  const total = Object.values(data).reduce((a, b) => a + b, 0)
+  const per: Record<string, number> = {}
+  for (const [k, v] of Object.entries(data)) per[k] = round(v / requests, 4)
+  // The peers use plain commands (no scripts): for them every command is a round trip.
+  const roundTrips = s.kind === 'handoff' ? p1.roundTrips - p0.roundTrips : s.kind === 'handoff-embedded' ? 0 : total
+  return {
+    rps: r.requests.average,
+    p99: r.latency.p99,
+    errors: r.errors + r.timeouts,
+    non2xx: r.non2xx,
+    // includes the one /__cpu request, negligible
+    cpuUsPerReq: round((p1.cpu - p0.cpu) / requests, 2),
+    roundTripsPerReq: round(roundTrips / requests, 4),
+    commandsPerReq: round(total / requests, 4),
+    byCommand: per,
+    pingPerReq: round(ping / requests, 4)
+  }
+}
+
+function round (x: number, digits: number): number {
+  const f = 10 ** digits
+  return Math.round(x * f) / f
+}
+
+function median (xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.floor(s.length / 2)] as number
+}
+
+async function drive (): Promise<void> {
+  const started = Date.now()
+  // This machine is shared: the load average says how much else ran next to the benchmark.
+  const loadBefore = loadavg().map(x => round(x, 2))
+  const redis = await startRedis({ private: true })
+  const servers: Server[] = []
+  try {
+    for (const kind of KINDS) servers.push(await startServer(kind, redis.url))
+    const runs = new Map<string, Run[]>()
+    const ratios = new Map<string, number[]>()
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const c of CASES) {
+        let bare = 0
+        for (const s of servers) {
+          const r = await runOnce(s, c, redis)
+          const id = `${s.kind}/${c}`
+          runs.set(id, [...(runs.get(id) ?? []), r])
+          if (s.kind === 'bare') bare = r.rps
+          ratios.set(id, [...(ratios.get(id) ?? []), r.rps / bare])
+          process.stderr.write(`round ${round + 1} ${id.padEnd(22)} ${Math.round(r.rps).toString().padStart(6)} req/s  ${(r.rps / bare).toFixed(2)}x bare  ` +
+            `${r.cpuUsPerReq} us CPU/req  ${r.roundTripsPerReq} Redis round trips/req  p99 ${r.p99} ms${r.errors + r.non2xx > 0 ? `  errors ${r.errors} non2xx ${r.non2xx}` : ''}\n`)
+        }
+      }
+    }
+    const rows = []
+    for (const c of CASES) {
+      for (const kind of KINDS) {
+        const id = `${kind}/${c}`
+        const rs = runs.get(id) ?? []
+        const last = rs[rs.length - 1] as Run
+        rows.push({
+          kind,
+          case: c,
+          rps: Math.round(median(rs.map(r => r.rps))),
+          ratioToBare: round(median(ratios.get(id) ?? []), 3),
+          ratiosPerRound: (ratios.get(id) ?? []).map(x => round(x, 3)),
+          cpuUsPerReq: round(median(rs.map(r => r.cpuUsPerReq)), 2),
+          p99Ms: median(rs.map(r => r.p99)),
+          redisRoundTripsPerReq: round(median(rs.map(r => r.roundTripsPerReq)), 4),
+          redisCommandsPerReq: round(median(rs.map(r => r.commandsPerReq)), 4),
+          redisByCommand: last.byCommand,
+          heartbeatPingsPerReq: round(median(rs.map(r => r.pingPerReq)), 4),
+          errors: rs.reduce((a, r) => a + r.errors + r.non2xx, 0)
+        })
+      }
+    }
+    const result = {
+      date: new Date().toISOString(),
+      node: process.version,
+      cpus: `${cpus().length} x ${cpus()[0]?.model ?? '?'}`,
+      redis: redis.cli('INFO', 'server').match(/redis_version:(\S+)/)?.[1] ?? '?',
+      settings: { rounds: ROUNDS, durationS: DURATION_S, warmupS: WARMUP_S, connections: CONNECTIONS, pipelining: 1 },
+      loadAverage: { before: loadBefore, after: loadavg().map(x => round(x, 2)) },
+      targets: { read: '>= 0.85x bare, 0 Redis commands', write: '>= 0.45x bare, 1 round trip' },
+      rows,
+      elapsedS: Math.round((Date.now() - started) / 1000)
+    }
+    mkdirSync(RESULTS, { recursive: true })
+    writeFileSync(`${RESULTS}session.json`, JSON.stringify(result, null, 2) + '\n')
+    writeFileSync(`${RESULTS}session.md`, markdown(result))
+    process.stdout.write(markdown(result))
+  } finally {
+    for (const s of servers) await stopServer(s)
+    await redis.stop()
+  }
+}
+
+function markdown (r: { date: string, node: string, cpus: string, redis: string, settings: Record<string, number>, loadAverage: { before: number[], after: number[] }, rows: Array<Record<string, unknown>>, elapsedS: number }): string {
+  const label: Record<string, string> = {
+    bare: 'bare Fastify',
+    handoff: 'fastify-handoff auth-session',
+    'fsession-redis': '@fastify/session + connect-redis (rolling: false)',
+    'secure-session': '@fastify/secure-session (cookie only)',
+    'handoff-embedded': 'fastify-handoff, embedded repository (no Redis; reference)'
+  }
+  const lines = [
+    '# Auth sessions: warm read and write, ratio to bare Fastify',
+    '',
+    `${r.date}, Node ${r.node}, ${r.cpus}, Redis ${r.redis} (private, loopback). autocannon ${r.settings.connections as number} connections, ` +
+    `${r.settings.durationS as number} s per run after ${r.settings.warmupS as number} s warm-up, runs interleaved, median of ${r.settings.rounds as number} rounds. ` +
+    'Servers in their own processes; autocannon in the driver process. ' +
+    `Load average (1/5/15 min) before: ${r.loadAverage.before.join(' / ')}, after: ${r.loadAverage.after.join(' / ')} (2 cores, shared machine).`,
+    '',
+    '| case | server | req/s | x bare (per round) | server CPU us/req | p99 ms | Redis round trips/req | Redis commands/req (commandstats, incl. inside Lua) |',
+    '|---|---|---:|---:|---:|---:|---:|---|'
+  ]
+  for (const row of r.rows) {
+    const by = Object.entries(row.redisByCommand as Record<string, number>).map(([k, v]) => `${k} ${v}`).join(', ')
+    lines.push(`| ${row.case as string} | ${label[row.kind as string] ?? ''} | ${row.rps as number} | ${(row.ratioToBare as number).toFixed(2)} (${(row.ratiosPerRound as number[]).map(x => x.toFixed(2)).join(' / ')}) | ` +
+      `${row.cpuUsPerReq as number} | ${row.p99Ms as number} | ${row.redisRoundTripsPerReq as number} | ${row.redisCommandsPerReq as number}${by === '' ? '' : ` (${by})`} |`)
+  }
+  lines.push('', 'One session per autocannon connection (10 users), so the write case measures the write path, not contention on ' +
+    'one key. Round trips: for fastify-handoff, Repository calls counted in the server (a Lua script is one); for ' +
+    'connect-redis, every command (it runs no scripts). Commands: INFO commandstats delta over the run, which also ' +
+    'counts the commands a Lua script runs; INFO (the measurement) and PING (the store\'s subscriber heartbeat, 20/s ' +
+    'per handoff instance whatever the load, also while other servers are measured) are left out. Targets: read >= ' +
+    '0.85x bare with 0 Redis commands; write >= 0.45x bare with one round trip.', '', `Whole run: ${r.elapsedS} s.`, '')
+  return lines.join('\n')
+}
+
+const argv = process.argv.slice(2)
+if (argv[0] === '--server') {
+  serve(argv[1] as Kind, argv[3] as string).catch((err: unknown) => { process.stderr.write(String(err) + '\n'); process.exit(1) })
+} else {
+  drive().catch((err: unknown) => { process.stderr.write(`${err instanceof Error ? err.stack ?? err.message : String(err)}\n`); process.exit(1) })
+}

@@ -1,0 +1,121 @@
+import { InvalidOptionError } from './errors.js'
+import type { TieredStore } from './tiered-store.js'
+
+/**
+ * A store for @fastify/session (and express-session: same callback interface) backed by the TieredStore: the
+ * migration path for applications that keep their @fastify/session code and want the local tier, sealed entries,
+ * tombstones and the failure policy of fastify-handoff.
+ *
+ *   fastify.register(fastifySession, { secret, store: new TieredSessionStore(fastify.handoff.store) })
+ *
+ * What changes for the application: nothing in its code. What it gains: a warm session is read from this instance's
+ * local tier (no Redis command), entries are sealed (AES-256-GCM, bound to their key), a session destroyed by one
+ * request cannot be written back by another one still in flight, and Redis outages fail fast with 503.
+ * What it does not gain (those need fastify-handoff/auth-session): @fastify/session saves the whole session object,
+ * so two parallel requests that change different fields still overwrite each other (last writer wins), and its
+ * cookie carries no version, so a read on another instance may see a copy up to the coherence lease old.
+ */
+
+export type SessionStoreCallback = (err?: Error | null) => void
+/**
+ * `S` is the session type the framework's callback expects; with @fastify/session in TypeScript, create the store as
+ * `new TieredSessionStore<Session>(...)` (`import type { Session } from 'fastify'`): its get callback takes that type.
+ */
+export type SessionStoreGetCallback<S extends object = Record<string, unknown>> = (err: Error | null, session?: S | null) => void
+
+export interface TieredSessionStoreOptions {
+  /** Kind part of the store key (`<prefix>{p<n>}:<session id>:<kind>`). Default: 'fsession'. */
+  kind?: string
+  /** Time to live of a session whose cookie has no expiry (no maxAge/expires), ms. Default: 86400000 (24 h). */
+  ttlMs?: number
+}
+
+/** Longest session id accepted: @fastify/session's ids are 32 characters; anything far longer is not one. */
+const MAX_ID_LENGTH = 256
+
+interface CookieLike {
+  expires?: unknown
+  maxAge?: unknown
+  originalMaxAge?: unknown
+}
+
+export class TieredSessionStore<S extends object = Record<string, unknown>> {
+  private readonly kind: string
+  private readonly ttlMs: number
+
+  constructor (private readonly store: TieredStore, opts: TieredSessionStoreOptions = {}) {
+    if (store === null || typeof store !== 'object' || typeof store.update !== 'function') {
+      throw new InvalidOptionError('store', 'a TieredStore is required (fastify.handoff.store)')
+    }
+    this.kind = opts.kind ?? 'fsession'
+    if (typeof this.kind !== 'string' || !/^[A-Za-z0-9_-]{1,32}$/.test(this.kind)) {
+      throw new InvalidOptionError('kind', `must be 1 to 32 characters of A-Z a-z 0-9 _ -, got ${String(opts.kind)}`)
+    }
+    this.ttlMs = opts.ttlMs ?? 86_400_000
+    if (!Number.isSafeInteger(this.ttlMs) || this.ttlMs < 1) {
+      throw new InvalidOptionError('ttlMs', `must be a positive integer, got ${String(opts.ttlMs)}`)
+    }
+  }
+
+  get (sessionId: string, callback: SessionStoreGetCallback<S>): void {
+    const key = this.keyOf(sessionId)
+    if (key === undefined) { callback(null, null); return }
+    this.store.get(key).then(entry => {
+      // The store hands out frozen values shared with its local tier; @fastify/session mutates what it gets.
+      callback(null, entry === undefined ? null : structuredClone(entry.value) as S)
+    }, (err: unknown) => { callback(asError(err)) })
+  }
+
+  set (sessionId: string, session: object, callback: SessionStoreCallback): void {
+    const key = this.keyOf(sessionId)
+    if (key === undefined) { callback(new InvalidOptionError('sessionId', 'must be a non-empty string of at most 256 characters')); return }
+    let plain: unknown
+    try {
+      // Own enumerable fields plus cookie.toJSON(): what connect-redis stores too.
+      plain = JSON.parse(JSON.stringify(session))
+    } catch (err) {
+      callback(asError(err))
+      return
+    }
+    const ttlMs = this.ttlOf((session as { cookie?: CookieLike }).cookie)
+    if (ttlMs <= 0) { this.destroy(sessionId, callback); return }
+    // A blind overwrite, as every @fastify/session store does, except over a tombstone: a session destroyed while
+    // this request ran (logout in another tab) stays destroyed instead of being written back.
+    this.store.update(key, (_cur, info) => info.deleted ? undefined : plain, { ttlMs })
+      .then(() => { callback() }, (err: unknown) => { callback(asError(err)) })
+  }
+
+  destroy (sessionId: string, callback: SessionStoreCallback): void {
+    const key = this.keyOf(sessionId)
+    if (key === undefined) { callback(); return }
+    this.store.delete(key).then(() => { callback() }, (err: unknown) => { callback(asError(err)) })
+  }
+
+  /** express-session calls this on reads with `resave: false`; extends the expiry without rewriting. */
+  touch (sessionId: string, session: object, callback: SessionStoreCallback): void {
+    const key = this.keyOf(sessionId)
+    if (key === undefined) { callback(); return }
+    const ttlMs = this.ttlOf((session as { cookie?: CookieLike }).cookie)
+    if (ttlMs <= 0) { callback(); return }
+    this.store.touch(key, ttlMs).then(() => { callback() }, (err: unknown) => { callback(asError(err)) })
+  }
+
+  private keyOf (sessionId: unknown): string | undefined {
+    if (typeof sessionId !== 'string' || sessionId === '' || sessionId.length > MAX_ID_LENGTH) return undefined
+    return this.store.key(sessionId, this.kind)
+  }
+
+  /** The cookie's expiry decides the entry's, like connect-redis; without one, the default TTL. */
+  private ttlOf (cookie: CookieLike | undefined): number {
+    const expires = cookie?.expires
+    if (expires !== undefined && expires !== null) {
+      const at = expires instanceof Date ? expires.getTime() : new Date(String(expires)).getTime()
+      if (Number.isFinite(at)) return Math.min(at - Date.now(), 2_147_483_647)
+    }
+    return this.ttlMs
+  }
+}
+
+function asError (err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err))
+}
