@@ -391,7 +391,10 @@ export class TieredStore<T = unknown> {
         res = await this.timed('compareAndSet', this.repository.compareAndSet(key, expected, sealed, ttlMs))
       } catch (err) {
         if (ticket !== undefined) this.coherence?.close(ticket, Number.MAX_SAFE_INTEGER)
-        stripe?.delete(key)
+        // The write may or may not have been applied. With coherence, a stored write's invalidation drops the local
+        // copy (the same script publishes it), and while nothing is heard local copies only answer as degraded: so
+        // keep the copy for degraded reads during an outage. Without coherence nothing would correct it: drop it.
+        if (this.coherence === undefined || isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) stripe?.delete(key)
         if (!isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.repositoryError(err)
         throw err
       }

@@ -97,6 +97,8 @@ t.test('Redis paused (SIGSTOP): fail fast, keep serving known reads, lose no ack
   await sleep(1200)
   const during = await store.get(quiet)
   t.equal(during?.degraded, true, 'a known local copy is still served, flagged degraded')
+  await t.rejects(store.update(quiet, () => ({ user: 'bob' })), { code: 'FST_HANDOFF_UNAVAILABLE' })
+  t.match(await store.get(quiet), { degraded: true, value: { user: 'alice' } }, 'a failed write does not cost the degraded read')
   server.resume()
   const recovery = await waitForWrites(store, keys[0] as string, 5000)
   await sleep(200)
