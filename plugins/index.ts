@@ -6,3 +6,8 @@ export { tlsSessions, handoffHttpsOptions, sessionIdContextFor } from './tls-ses
 export type { TlsSessionsOptions, TlsSessionMetrics, HandoffTlsDecorator } from './tls-sessions.js'
 export { handoffMetrics } from './metrics.js'
 export type { HandoffMetricsOptions, HandoffMetricsDecorator } from './metrics.js'
+export { authSession } from './auth-session.js'
+export type { AuthSessionOptions, SessionData, SessionUser, HandoffSession, HandoffSessions, SessionMetrics, SessionCookieOptions } from './auth-session.js'
+export { cart, SCHEMAS as cartSchemas, PaymentDeclinedError, PaymentPendingError, NoProviderError } from './cart.js'
+export type { CartOptions, CartView, CheckoutResult, HandoffCart, HandoffCartDecorator, CartMetrics, PaymentProvider, ChargeRequest, ChargeResult, CartItem, CartItemExtra, Address, PurchaseDetails, PaymentMethod, Order } from './cart.js'
+export { TieredSessionStore } from '../lib/session-store-adapter.js'

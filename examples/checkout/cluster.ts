@@ -1,0 +1,130 @@
+/**
+ * Starts the demo deployment: a private redis-server (when REDIS_URL is unset and one is installed), N shop
+ * instances as separate processes, and the TCP round-robin balancer in front. Used by `npm run demo`, the failover
+ * drill and the end-to-end test. Without Redis, the instances run in this one process on one embedded repository.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import type { Server } from 'node:net'
+import { startRedis, type RedisHandle } from '../../test/helpers/redis.js'
+import { MemoryRepository } from '../../lib/repository/memory.js'
+import { startBalancer, type Backend } from './balancer.js'
+import { buildShop } from './app.js'
+import { devCertificate } from './dev-cert.js'
+import { DEV_SECRET } from './secret.js'
+
+export interface InstanceHandle {
+  name: string
+  port: number
+  alive: () => boolean
+  kill: () => Promise<void>
+  restart: () => Promise<void>
+}
+
+export interface ShopCluster {
+  mode: 'redis' | 'embedded'
+  redisUrl: string | undefined
+  balancerPort: number
+  instances: InstanceHandle[]
+  stop: () => Promise<void>
+}
+
+export interface ShopClusterOptions {
+  instances?: number
+  /** First instance port; the others follow. Default: 8444. */
+  basePort?: number
+  /** Explicit instance ports (overrides basePort). */
+  ports?: number[]
+  /** Default: 8443. */
+  balancerPort?: number
+  secret?: string
+  logLevel?: string
+  onLog?: (line: string) => void
+}
+
+function haveRedisServer (): boolean {
+  return spawnSync('redis-server', ['--version']).status === 0
+}
+
+export async function startShopCluster (opts: ShopClusterOptions = {}): Promise<ShopCluster> {
+  const n = opts.instances ?? 3
+  const basePort = opts.basePort ?? 8444
+  const secret = opts.secret ?? process.env.HANDOFF_SECRET ?? DEV_SECRET
+  devCertificate() // create it once, before the instances race to
+  let redis: RedisHandle | undefined
+  let redisUrl = process.env.REDIS_URL
+  if ((redisUrl === undefined || redisUrl === '') && haveRedisServer()) {
+    redis = await startRedis({ private: true })
+    redisUrl = redis.url
+  }
+  const instances: InstanceHandle[] = []
+  if (redisUrl === undefined || redisUrl === '') {
+    // One process, one embedded repository shared by the instances: the same code paths, no Redis.
+    const repository = new MemoryRepository()
+    for (let i = 0; i < n; i++) {
+      const name = `shop-${String.fromCharCode(97 + i)}`
+      const port = opts.ports?.[i] ?? basePort + i
+      let app: Awaited<ReturnType<typeof buildShop>>['app'] | undefined
+      const start = async (): Promise<void> => {
+        app = (await buildShop({ instanceName: name, secret, tls: devCertificate(), repository: Object.assign(Object.create(repository) as MemoryRepository, { close: async () => {} }) })).app
+        await app.listen({ port, host: '127.0.0.1' })
+      }
+      await start()
+      instances.push({
+        name,
+        port,
+        alive: () => app !== undefined,
+        kill: async () => { await app?.close(); app = undefined },
+        restart: async () => { await app?.close(); await start() }
+      })
+    }
+  } else {
+    for (let i = 0; i < n; i++) instances.push(await spawnInstance(`shop-${String.fromCharCode(97 + i)}`, opts.ports?.[i] ?? basePort + i, redisUrl, secret, opts))
+  }
+  const backends = (): Backend[] => instances.filter(x => x.alive()).map(x => ({ host: '127.0.0.1', port: x.port, name: x.name }))
+  const balancerPort = opts.balancerPort ?? 8443
+  const balancer: Server = await startBalancer(backends, balancerPort)
+  return {
+    mode: redis !== undefined || (process.env.REDIS_URL ?? '') !== '' ? 'redis' : 'embedded',
+    redisUrl,
+    balancerPort,
+    instances,
+    stop: async () => {
+      await new Promise<void>(resolve => balancer.close(() => resolve()))
+      await Promise.all(instances.map(async x => await x.kill()))
+      await redis?.stop()
+    }
+  }
+}
+
+async function spawnInstance (name: string, port: number, redisUrl: string, secret: string, opts: ShopClusterOptions): Promise<InstanceHandle> {
+  let child: ChildProcess | undefined
+  const start = async (): Promise<void> => {
+    const c = spawn(process.execPath, ['--import', 'tsx', new URL('./instance.ts', import.meta.url).pathname], {
+      env: { ...process.env, PORT: String(port), INSTANCE_NAME: name, REDIS_URL: redisUrl, HANDOFF_SECRET: secret, LOG_LEVEL: opts.logLevel ?? 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    child = c
+    c.stderr?.on('data', (d: Buffer) => opts.onLog?.(`[${name}] ${d.toString().trimEnd()}`))
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s`)), 30_000)
+      createInterface({ input: c.stdout as NodeJS.ReadableStream }).once('line', () => { clearTimeout(timer); resolve() })
+      c.once('exit', code => { clearTimeout(timer); reject(new Error(`${name} exited with ${String(code)} while starting`)) })
+    })
+  }
+  await start()
+  const kill = async (): Promise<void> => {
+    const c = child
+    if (c === undefined || c.exitCode !== null || c.signalCode !== null) return
+    const exited = new Promise<void>(resolve => c.once('exit', () => resolve()))
+    c.kill('SIGKILL')
+    await exited
+  }
+  return {
+    name,
+    port,
+    alive: () => child !== undefined && child.exitCode === null && child.signalCode === null,
+    kill,
+    restart: async () => { await kill(); await start() }
+  }
+}

@@ -1,0 +1,34 @@
+/**
+ * One HTTPS shop instance (npm run example:instance), configured by environment:
+ * PORT (8444), HOST (127.0.0.1), REDIS_URL (absent: embedded repository), HANDOFF_SECRET (cluster secret; a
+ * development default with a loud warning), INSTANCE_NAME, TLS_CERT / TLS_KEY (paths; default: the shared
+ * development certificate). Prints one JSON line {"instance","port","pid"} when listening.
+ */
+import { readFileSync } from 'node:fs'
+import { buildShop } from './app.js'
+import { devCertificate } from './dev-cert.js'
+import { DEV_SECRET } from './secret.js'
+
+const env = process.env
+let secret = env.HANDOFF_SECRET ?? ''
+if (secret === '') {
+  secret = DEV_SECRET
+  process.stderr.write('\n*** WARNING: HANDOFF_SECRET is not set: using the public development secret. Anyone can forge sessions. ***\n\n')
+}
+const tls = env.TLS_CERT !== undefined && env.TLS_KEY !== undefined
+  ? { cert: readFileSync(env.TLS_CERT), key: readFileSync(env.TLS_KEY) }
+  : devCertificate()
+const instanceName = env.INSTANCE_NAME ?? `shop-${process.pid}`
+const { app } = await buildShop({
+  instanceName,
+  secret,
+  tls,
+  ...(env.REDIS_URL === undefined || env.REDIS_URL === '' ? {} : { redisUrl: env.REDIS_URL }),
+  logger: { level: env.LOG_LEVEL ?? 'warn' }
+})
+const address = await app.listen({ port: Number(env.PORT ?? 8444), host: env.HOST ?? '127.0.0.1' })
+const port = Number(new URL(address).port)
+process.stdout.write(`${JSON.stringify({ instance: instanceName, port, pid: process.pid })}\n`)
+for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(sig, () => { app.close().then(() => process.exit(0), () => process.exit(1)) })
+}

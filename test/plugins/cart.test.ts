@@ -1,0 +1,208 @@
+import t, { type Test } from 'tap'
+import Fastify, { type FastifyInstance } from 'fastify'
+import fastifyCookie from '@fastify/cookie'
+import { Writable } from 'node:stream'
+import { Redis } from 'ioredis'
+import { handoffStore } from '../../plugins/store.js'
+import { authSession } from '../../plugins/auth-session.js'
+import { cart, type PaymentProvider, type ChargeRequest, type ChargeResult, type PurchaseDetails } from '../../plugins/cart.js'
+import { startRedis, type RedisHandle } from '../helpers/redis.js'
+
+const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
+const CARD = '4111111111111111'
+
+class TestProvider implements PaymentProvider {
+  charges = new Map<string, ChargeResult>()
+  calls = 0
+  decline = false
+  delayMs = 0
+  async charge (req: ChargeRequest): Promise<ChargeResult> {
+    this.calls++
+    if (this.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.delayMs))
+    const prior = this.charges.get(req.idempotencyKey)
+    if (prior !== undefined) return prior
+    const r: ChargeResult = this.decline ? { status: 'declined', reason: 'insufficient funds' } : { status: 'succeeded', chargeId: `ch_${this.charges.size + 1}` }
+    if (r.status === 'succeeded') this.charges.set(req.idempotencyKey, r)
+    return r
+  }
+}
+
+interface Shop { app: FastifyInstance, provider: TestProvider, logs: string[] }
+
+async function shop (t: Test, redis: RedisHandle): Promise<Shop> {
+  const logs: string[] = []
+  const stream = new Writable({ write (chunk: Buffer, _enc, cb) { logs.push(chunk.toString()); cb() } })
+  const app = Fastify({ logger: { level: 'trace', stream } })
+  const provider = new TestProvider()
+  await app.register(fastifyCookie)
+  await app.register(handoffStore, { secret: SECRET, redis: redis.url })
+  await app.register(authSession, { cookie: { secure: false } })
+  await app.register(cart, { provider, secureCookie: false })
+  app.post<{ Body: { sku: string, qty?: number, name?: string } }>('/items', async req => await req.cart.add({ sku: req.body.sku, quantity: req.body.qty ?? 1, unitPrice: 1000, currency: 'EUR', ...(req.body.name === undefined ? {} : { name: req.body.name }) }))
+  app.delete<{ Params: { sku: string } }>('/items/:sku', async req => await req.cart.remove(req.params.sku))
+  app.put<{ Body: { sku: string, qty: number } }>('/qty', async req => await req.cart.setQuantity(req.body.sku, req.body.qty))
+  app.put<{ Body: PurchaseDetails }>('/details', async req => await req.cart.setDetails(req.body))
+  app.put<{ Body: { token: string, brand: string, last4: string } }>('/payment', async req => await req.cart.setPayment(req.body))
+  app.get('/cart', async req => await req.cart.get())
+  app.post<{ Body: { user: string } }>('/login', async req => { await req.session.regenerate(); req.session.user = { id: req.body.user }; return { ok: true } })
+  app.post('/logout', async req => { await req.session.destroy(); return { ok: true } })
+  app.post('/review', async req => await req.cart.acknowledge())
+  app.post('/checkout', async req => await req.cart.checkout(String(req.headers['idempotency-key'])))
+  await app.ready()
+  t.teardown(async () => await app.close())
+  return { app, provider, logs }
+}
+
+/** A cookie jar over fastify.inject. */
+function browser (app: FastifyInstance) {
+  const jar = new Map<string, string>()
+  return async (method: string, url: string, payload?: unknown, headers: Record<string, string> = {}) => {
+    const res = await app.inject({
+      method: method as 'GET',
+      url,
+      ...(payload === undefined ? {} : { payload: payload as object }),
+      headers: { ...headers, cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; ') }
+    })
+    for (const c of res.cookies as Array<{ name: string, value: string, maxAge?: number }>) {
+      if (c.value === '' || c.maxAge === 0) jar.delete(c.name); else jar.set(c.name, c.value)
+    }
+    return res
+  }
+}
+
+const billing = { billing: { name: 'Alice Example', line1: '1 Main St', city: 'Berlin', postcode: '10115', country: 'DE' } }
+const payment = { token: 'tok_visa_123', brand: 'visa', last4: '4242' }
+
+let redis: RedisHandle
+t.before(async () => { redis = await startRedis() })
+t.teardown(async () => await redis.stop())
+
+t.test('add, set quantity, remove, details and payment; the view never shows the token', async t => {
+  const { app } = await shop(t, redis)
+  const b = browser(app)
+  t.equal((await b('GET', '/cart')).json().source, 'new')
+  await b('POST', '/items', { sku: 'A', qty: 2 })
+  await b('POST', '/items', { sku: 'A', qty: 1 })
+  await b('POST', '/items', { sku: 'B' })
+  await b('PUT', '/qty', { sku: 'B', qty: 5 })
+  await b('DELETE', '/items/A')
+  await b('PUT', '/details', billing)
+  const r = (await b('PUT', '/payment', payment)).json()
+  t.same(r.items.map((i: { sku: string, quantity: number }) => [i.sku, i.quantity]), [['B', 5]])
+  t.equal(r.total, 5000)
+  t.equal(r.version, 7)
+  t.same(r.payment, { brand: 'visa', last4: '4242' })
+  t.notMatch(JSON.stringify(r), /tok_visa/)
+  t.match((await b('GET', '/cart')).json(), { version: 7, source: 'local' })
+  t.equal((await b('PUT', '/qty', { sku: 'B', qty: 100000 })).statusCode, 413)
+  t.equal((await b('POST', '/items', { sku: 'bad sku!' })).statusCode, 400)
+  t.equal((await b('PUT', '/details', { billing: { name: 'x' } })).statusCode, 400, 'JSON schema: missing address fields')
+})
+
+t.test('a raw card number in any field is refused, and appears nowhere in Redis or in the logs', async t => {
+  const { app, logs } = await shop(t, redis)
+  const b = browser(app)
+  await b('POST', '/items', { sku: 'A' })
+  const attempts = [
+    await b('POST', '/items', { sku: 'B', name: `gift for card ${CARD}` }),
+    await b('PUT', '/details', { note: 'pay with 4111 1111 1111 1111 please' }),
+    await b('PUT', '/details', { billing: { ...billing.billing, line1: CARD } }),
+    await b('PUT', '/payment', { token: CARD, brand: 'visa', last4: '1111' }),
+    await b('PUT', '/payment', { token: `tok_${CARD}`, brand: 'visa', last4: '1111' })
+  ]
+  for (const res of attempts) {
+    t.equal(res.statusCode, 400)
+    t.equal(res.json().code, 'FST_HANDOFF_BAD_INPUT')
+    t.notMatch(res.body, /4111/, 'the answer does not echo it')
+  }
+  t.equal(app.handoffCart.metrics.cardNumbersRefused, 5)
+  const client = new Redis(redis.url)
+  t.teardown(() => client.disconnect())
+  const keys = await client.keys('*')
+  let opened = 0
+  for (const k of keys) {
+    const raw = await client.dumpBuffer(k)
+    t.notOk(raw?.toString('latin1').includes('4111'), `raw ${k} holds no card digits`)
+    if (/:(cart|session)$/.test(k)) {
+      const e = await app.handoff.store.get(k)
+      if (e !== undefined) { opened++; t.notMatch(JSON.stringify(e.value), /4111/, `opened ${k} holds no card digits`) }
+    }
+  }
+  t.ok(opened >= 1, 'the cart itself was opened and checked')
+  t.notMatch(logs.join(''), /4111/, 'no log line holds the digits')
+})
+
+t.test('an anonymous cart merges into the user\'s cart at login, losing neither side', async t => {
+  const { app } = await shop(t, redis)
+  const before = browser(app)
+  await before('POST', '/login', { user: 'carol' })
+  await before('POST', '/items', { sku: 'SAVED', qty: 2 })
+  await before('POST', '/logout')
+  const b = browser(app)
+  await b('POST', '/items', { sku: 'ANON' })
+  await b('POST', '/items', { sku: 'SAVED' })
+  await b('POST', '/login', { user: 'carol' })
+  const merged = (await b('GET', '/cart')).json()
+  t.same(merged.items.map((i: { sku: string, quantity: number }) => [i.sku, i.quantity]).sort(), [['ANON', 1], ['SAVED', 3]])
+  t.equal(app.handoffCart.metrics.merges, 1)
+  t.same((await b('GET', '/cart')).json().items.length, 2, 'merged once')
+})
+
+t.test('checkout: one order per idempotency key, changes refused while it runs, declines reported', async t => {
+  const { app, provider } = await shop(t, redis)
+  const b = browser(app)
+  await b('POST', '/items', { sku: 'A', qty: 3 })
+  t.match((await b('POST', '/checkout', undefined, { 'idempotency-key': 'key-00000001' })).json(), { code: 'FST_HANDOFF_CHECKOUT_INCOMPLETE', message: /billing/ })
+  await b('PUT', '/details', billing)
+  await b('PUT', '/payment', payment)
+  provider.decline = true
+  const declined = await b('POST', '/checkout', undefined, { 'idempotency-key': 'key-00000002' })
+  t.match(declined.json(), { status: 'failed', reason: 'insufficient funds', total: 3000 })
+  provider.decline = false
+  provider.delayMs = 200
+  const running = b('POST', '/checkout', undefined, { 'idempotency-key': 'key-00000003' })
+  await new Promise(resolve => setTimeout(resolve, 50))
+  const blocked = await b('POST', '/items', { sku: 'LATE' })
+  t.equal(blocked.statusCode, 409)
+  t.equal(blocked.json().code, 'FST_HANDOFF_CHECKOUT_IN_PROGRESS')
+  const placed = (await running).json()
+  t.match(placed, { status: 'placed', total: 3000, currency: 'EUR' })
+  const again = (await b('POST', '/checkout', undefined, { 'idempotency-key': 'key-00000003' })).json()
+  t.equal(again.orderId, placed.orderId, 'a retry returns the same order')
+  t.equal(provider.charges.size, 1, 'charged once')
+  t.equal((await b('GET', '/cart')).json().items.length, 0, 'the cart is empty after the order')
+  const order = await app.handoffCart.getOrder(placed.orderId)
+  t.match(order, { status: 'placed', amount: 3000, payment: { last4: '4242' } })
+  t.notMatch(JSON.stringify(order), /tok_visa/, 'the order keeps display fields, not the token')
+})
+
+t.test('the running digest catches a cart replaced by an older copy directly in Redis', async t => {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const { app } = await shop(t, own)
+  const b = browser(app)
+  await b('POST', '/items', { sku: 'A' })
+  await b('PUT', '/details', billing)
+  await b('PUT', '/payment', payment)
+  const client = new Redis(own.url)
+  t.teardown(() => client.disconnect())
+  const carts = await client.keys('*:cart')
+  t.equal(carts.length, 1)
+  const cartKey = carts[0] as string
+  const old = await client.dumpBuffer(cartKey)
+  await b('POST', '/items', { sku: 'B' })
+  await b('POST', '/items', { sku: 'C' })
+  // Someone (a failover, a restored backup, an operator) writes the older, authentic copy back.
+  await client.restore(cartKey, 0, old as Buffer, 'REPLACE')
+  app.handoff.store.clearLocal()
+  t.match((await b('GET', '/cart')).json(), { reviewNeeded: true, version: 3 }, 'the store serves the older cart, flagged')
+  await b('PUT', '/details', billing) // a change on top of the old copy does not hide the rollback
+  const res = await b('POST', '/checkout', undefined, { 'idempotency-key': 'key-rollback-1' })
+  t.equal(res.statusCode, 409)
+  t.equal(res.json().code, 'FST_HANDOFF_CART_HISTORY')
+  t.match(res.json().message, /review/)
+  t.equal(app.handoffCart.metrics.historyRejected, 1)
+  // The user looks at the cart and confirms it as it is now: checkout proceeds, with what the user saw.
+  t.match((await b('POST', '/review')).json(), { reviewNeeded: false, items: [{ sku: 'A' }] })
+  t.match((await b('POST', '/checkout', undefined, { 'idempotency-key': 'key-rollback-2' })).json(), { status: 'placed', total: 1000 })
+})
