@@ -373,7 +373,16 @@ export class TieredStore<T = unknown> {
     }
     let conflicts = 0
     for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
-      const next = mutate(base?.value, { version: base?.version ?? 0, deleted: base?.deleted ?? false, attempt })
+      let next: T | undefined
+      try {
+        next = mutate(base?.value, { version: base?.version ?? 0, deleted: base?.deleted ?? false, attempt })
+      } catch (err) {
+        // Without a local copy mutate first runs on "nothing" in the hope of creating in one round trip; a mutate
+        // that refuses nothing (throws) must see what is really there before its error counts.
+        if (base !== undefined) throw err
+        base = await this.readBase(key)
+        continue
+      }
       if (next === undefined) {
         if (base !== undefined) return { value: base.value, version: base.version, written: false, conflicts }
         // Declined to create from nothing: learn what is really there, then ask again.

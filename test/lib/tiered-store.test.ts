@@ -67,6 +67,23 @@ t.test('mutate returning undefined writes nothing, also when the key exists only
   t.same(calls, [undefined, { x: 1 }])
 })
 
+t.test('a mutate that throws on "nothing" is asked again with what is really there', async t => {
+  const repo = new MemoryRepository()
+  const a = makeStore(repo)
+  const b = makeStore(repo)
+  const k = a.key('exists-elsewhere', 'cart')
+  await a.update(k, () => ({ items: 1 }))
+  const seen: unknown[] = []
+  const r = await b.update(k, cur => {
+    seen.push(cur)
+    if (cur === undefined) throw new Error('the cart is empty')
+    return { items: (cur as { items: number }).items + 1 }
+  })
+  t.match(r, { written: true, value: { items: 2 }, version: 2 })
+  t.same(seen, [undefined, { items: 1 }])
+  await t.rejects(b.update(b.key('really-absent', 'cart'), cur => { if (cur === undefined) throw new Error('empty'); return cur }), { message: 'empty' })
+})
+
 t.test('delete leaves a tombstone: mutate sees deleted, take is single-use', async t => {
   const store = makeStore()
   const k = store.key('s1', 'session')
