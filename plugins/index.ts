@@ -1,4 +1,6 @@
-// The plugins. Each is usable alone on top of the store plugin.
+// fastify-handoff: the umbrella plugin and each part on its own.
+export { handoff, handoff as default } from './handoff.js'
+export type { HandoffOptions } from './handoff.js'
 export { handoffStore, createRepository } from './store.js'
 export type { HandoffStoreOptions, HandoffDecorator, RedisConnection } from './store.js'
 export * from '../lib/errors.js'
