@@ -48,7 +48,9 @@ export class RedisSubscriber {
       protocol: 2,
       enableOfflineQueue: true,
       maxRetriesPerRequest: null,
-      autoResubscribe: true,
+      // We re-subscribe ourselves: ioredis' own re-subscription leaves its SSUBSCRIBE promises unhandled, and a
+      // connection closed while it runs (shutdown, another drop) then crashes the process with unhandled rejections.
+      autoResubscribe: false,
       // Cluster pool connections come without a retry strategy; a subscriber must always come back.
       retryStrategy: (times: number) => Math.min(50 * times, 500),
       lazyConnect: true,
@@ -60,20 +62,26 @@ export class RedisSubscriber {
     conn.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel.toString(), message.toString()))
     conn.on('close', () => { if (this.started && !this.closed) this.listener.onResync() })
     conn.on('ready', () => {
-      // ioredis re-subscribes from its ready handler; a later PING proves the subscriptions are active again.
-      if (this.started && !this.closed) this.listener.onResync()
+      if (!this.started || this.closed) return
+      // A reconnect: what was published meanwhile is gone. Re-subscribe; a later PING proves it active again.
+      this.listener.onResync()
+      this.subscribeAll(conn).catch(() => {})
     })
     await conn.connect()
-    const partitions = this.opts.partitions ?? Array.from({ length: this.scope.partitions }, (_, p) => p)
-    const channels = partitions.map(p => channelName(this.scope.prefix, p))
-    // One channel per SSUBSCRIBE: a Cluster node refuses channels of different slots in one command (CROSSSLOT).
-    // ioredis pipelines them, so this is still one round trip's worth of waiting.
-    await Promise.all(channels.map(async c => await conn.ssubscribe(c)))
+    await this.subscribeAll(conn)
     this.started = true
     this.listener.onResync()
     this.beat()
     this.timer = setInterval(() => this.beat(), this.heartbeatIntervalMs)
     this.timer.unref()
+  }
+
+  private async subscribeAll (conn: Redis): Promise<void> {
+    const partitions = this.opts.partitions ?? Array.from({ length: this.scope.partitions }, (_, p) => p)
+    const channels = partitions.map(p => channelName(this.scope.prefix, p))
+    // One channel per SSUBSCRIBE: a Cluster node refuses channels of different slots in one command (CROSSSLOT).
+    // ioredis pipelines them, so this is still one round trip's worth of waiting.
+    await Promise.all(channels.map(async c => await conn.ssubscribe(c)))
   }
 
   async close (): Promise<void> {
