@@ -1,0 +1,51 @@
+/**
+ * Type tests of the public API, checked by `npm run typecheck` (tsc): each `@ts-expect-error` must stay an error,
+ * and every other line must compile. Never executed.
+ */
+import Fastify from 'fastify'
+import handoff, { handoffStore, authSession, cart, tlsSessions, handoffHttpsOptions, type HandoffOptions, type CartView, type Order } from '../../plugins/index.js'
+import { TieredStore, MemoryRepository, type StoreEntry } from '../../lib/index.js'
+
+declare module '../../plugins/auth-session.js' {
+  interface SessionData { visits?: number, theme?: 'dark' | 'light' }
+}
+
+/** Keeps values "used" without running anything. */
+function use (..._values: unknown[]): void {}
+
+export async function typeTests (): Promise<void> {
+  const app = Fastify({ https: handoffHttpsOptions({ key: 'k', cert: 'c' }, { secret: 'x'.repeat(32) }) })
+  const opts: HandoffOptions = { secret: 'x'.repeat(32), redis: 'redis://127.0.0.1:6379', durability: { replicas: 1 }, cart: { maxItems: 10 } }
+  await app.register(handoff, opts)
+  // @ts-expect-error the secret is required
+  const missing: HandoffOptions = { redis: 'redis://x' }
+  use(missing)
+  use(handoffStore, authSession, cart, tlsSessions)
+
+  app.get('/', async (req) => {
+    const visits: number = req.session.increment('visits')
+    req.session.set('theme', 'dark')
+    // @ts-expect-error a field not declared in SessionData
+    req.session.set('nope', 1)
+    // @ts-expect-error theme is 'dark' | 'light'
+    req.session.set('theme', 'blue')
+    const user: string | undefined = req.session.user?.id
+    const resumed: boolean = req.tlsResumed
+    const view: CartView = await req.cart.add({ sku: 'A', unitPrice: 100, currency: 'EUR' })
+    const total: number = view.total
+    return { visits, user, resumed, total }
+  })
+  const order: Order | undefined = await app.handoffCart.getOrder('ord_x')
+  use(order)
+  const n: number = app.handoffTls.metrics.resumed
+  use(n)
+
+  interface Counter { n: number }
+  const store = new TieredStore<Counter>({ repository: new MemoryRepository(), secret: 'x'.repeat(32) })
+  const r = await store.update(store.key('id', 'counter'), cur => ({ n: (cur?.n ?? 0) + 1 }))
+  const value: Counter | undefined = r.value
+  const e: StoreEntry<Counter> | undefined = await store.get(store.key('id', 'counter'), { minVersion: r.version })
+  // @ts-expect-error the mutate must return a Counter
+  await store.update(store.key('id', 'counter'), () => ({ m: 1 }))
+  use(value, e)
+}
