@@ -92,6 +92,8 @@ export interface Order {
   /** The cart's running digest at checkout: the history this order was placed from. */
   digest: string
   placedAt: number
+  /** HMAC tag of the cart's owner: only the owner's requests read the order back (request.cart.getOrder). */
+  ownerTag: string
 }
 
 export interface CartLimits {

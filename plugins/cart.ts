@@ -92,6 +92,8 @@ export interface HandoffCart {
   checkout: (idempotencyKey: string) => Promise<CheckoutResult>
   /** The user has reviewed the cart as it is now (after `reviewNeeded`): it becomes what this client last saw. */
   acknowledge: () => Promise<CartView>
+  /** An order placed from this client's cart (same user, or same anonymous session); undefined for anyone else's. */
+  getOrder: (orderId: string) => Promise<Order | undefined>
 }
 
 export interface CartMetrics {
@@ -108,6 +110,7 @@ export interface CartMetrics {
 
 export interface HandoffCartDecorator {
   metrics: Readonly<CartMetrics>
+  /** Any order by id, whoever placed it (back office); requests should use `request.cart.getOrder`. */
   getOrder: (orderId: string) => Promise<Order | undefined>
   /** JSON schemas of the inputs, to reuse as route schemas. */
   schemas: typeof SCHEMAS
@@ -440,7 +443,8 @@ class RequestCart implements HandoffCart {
       currency: record.currency,
       chargeId: result.chargeId,
       digest: record.digest,
-      placedAt: Date.now()
+      placedAt: Date.now(),
+      ownerTag: this.ownerTag(owner)
     }
     const created = await this.rt.store.update(orderKey, cur => cur === undefined ? order : undefined, { ttlMs: this.rt.opts.orderTtlMs })
     const placed = (created.value as Order | undefined) ?? order
@@ -464,6 +468,15 @@ class RequestCart implements HandoffCart {
     }, { ttlMs: this.rt.opts.cartTtlMs })
     const owner = this.owner(false)
     if (r.value !== undefined && owner !== undefined) this.setAnchor(owner, r.value as StoredCart)
+  }
+
+  private ownerTag (owner: string): string { return hmacHex(this.rt.ownerKey, 'order-owner', owner).slice(0, 24) }
+
+  async getOrder (orderId: string): Promise<Order | undefined> {
+    const owner = this.owner(false)
+    if (owner === undefined || !/^ord_[0-9a-f]{24}$/.test(orderId)) return undefined
+    const order = (await this.rt.store.get(this.rt.store.key(orderId, 'order')))?.value as Order | undefined
+    return order?.ownerTag === this.ownerTag(owner) ? order : undefined
   }
 
   private anchorTag (owner: string): string { return hmacHex(this.rt.ownerKey, 'anchor', owner).slice(0, 12) }

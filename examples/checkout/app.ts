@@ -162,7 +162,7 @@ export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInsta
   })
 
   app.get<{ Params: { id: string } }>('/api/orders/:id', async (req, reply) => {
-    const order = await app.handoffCart.getOrder(req.params.id)
+    const order = await req.cart.getOrder(req.params.id) // only the customer's own orders
     if (order === undefined) return await reply.code(404).send({ error: 'no such order' })
     return withInstance({ orderId: order.orderId, status: order.status, items: order.items, total: order.amount, currency: order.currency, payment: order.payment, placedAt: order.placedAt })
   })

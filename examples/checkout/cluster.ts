@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import type { Server } from 'node:net'
+import type { Server, Socket } from 'node:net'
 import { startRedis, type RedisHandle } from '../../test/helpers/redis.js'
 import { MemoryRepository } from '../../lib/repository/memory.js'
 import { startBalancer, type Backend } from './balancer.js'
@@ -41,6 +41,11 @@ export interface ShopClusterOptions {
   logLevel?: string
   onLog?: (line: string) => void
 }
+
+// Instance processes die with this one (as test/helpers/redis.ts does for redis-server): a crashed demo, drill or
+// test must not leave shops listening.
+const liveChildren = new Set<ChildProcess>()
+process.on('exit', () => { for (const c of liveChildren) { try { c.kill('SIGKILL') } catch {} } })
 
 function haveRedisServer (): boolean {
   return spawnSync('redis-server', ['--version']).status === 0
@@ -84,13 +89,18 @@ export async function startShopCluster (opts: ShopClusterOptions = {}): Promise<
   const backends = (): Backend[] => instances.filter(x => x.alive()).map(x => ({ host: '127.0.0.1', port: x.port, name: x.name }))
   const balancerPort = opts.balancerPort ?? 8443
   const balancer: Server = await startBalancer(backends, balancerPort)
+  // Closing the balancer waits for its connections; a browser keeps them open (keep-alive), so stop ends them.
+  const clients = new Set<Socket>()
+  balancer.on('connection', (s: Socket) => { clients.add(s); s.once('close', () => clients.delete(s)) })
   return {
     mode: redis !== undefined || (process.env.REDIS_URL ?? '') !== '' ? 'redis' : 'embedded',
     redisUrl,
     balancerPort,
     instances,
     stop: async () => {
-      await new Promise<void>(resolve => balancer.close(() => resolve()))
+      const closed = new Promise<void>(resolve => balancer.close(() => resolve()))
+      for (const s of clients) s.destroy()
+      await closed
       await Promise.all(instances.map(async x => await x.kill()))
       await redis?.stop()
     }
@@ -105,6 +115,8 @@ async function spawnInstance (name: string, port: number, redisUrl: string, secr
       stdio: ['ignore', 'pipe', 'pipe']
     })
     child = c
+    liveChildren.add(c)
+    c.once('exit', () => liveChildren.delete(c))
     c.stderr?.on('data', (d: Buffer) => opts.onLog?.(`[${name}] ${d.toString().trimEnd()}`))
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s`)), 30_000)

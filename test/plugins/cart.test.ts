@@ -46,6 +46,7 @@ async function shop (t: Test, redis: RedisHandle): Promise<Shop> {
   app.get('/cart', async req => await req.cart.get())
   app.post<{ Body: { user: string } }>('/login', async req => { await req.session.regenerate(); req.session.user = { id: req.body.user }; return { ok: true } })
   app.post('/logout', async req => { await req.session.destroy(); return { ok: true } })
+  app.get<{ Params: { id: string } }>('/orders/:id', async (req, reply) => (await req.cart.getOrder(req.params.id)) ?? await reply.code(404).send({ error: 'no such order' }))
   app.post('/review', async req => await req.cart.acknowledge())
   app.post('/checkout', async req => await req.cart.checkout(String(req.headers['idempotency-key'])))
   await app.ready()
@@ -174,6 +175,8 @@ t.test('checkout: one order per idempotency key, changes refused while it runs, 
   const order = await app.handoffCart.getOrder(placed.orderId)
   t.match(order, { status: 'placed', amount: 3000, payment: { last4: '4242' } })
   t.notMatch(JSON.stringify(order), /tok_visa/, 'the order keeps display fields, not the token')
+  t.match((await b('GET', `/orders/${placed.orderId as string}`)).json(), { orderId: placed.orderId }, 'the customer reads its order')
+  t.equal((await browser(app)('GET', `/orders/${placed.orderId as string}`)).statusCode, 404, 'another client does not')
 })
 
 t.test('the running digest catches a cart replaced by an older copy directly in Redis', async t => {
