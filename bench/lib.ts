@@ -35,3 +35,34 @@ export function writeResult (name: string, json: unknown, markdown: string): voi
 }
 
 export const fmt = (x: number, d = 2): string => x.toFixed(d)
+
+export function round (x: number, digits: number): number {
+  const f = 10 ** digits
+  return Math.round(x * f) / f
+}
+
+/** INFO commandstats of a redis-server as command -> calls. */
+export function commandStats (redis: { cli: (...args: string[]) => string }): Map<string, number> {
+  const out = new Map<string, number>()
+  for (const line of redis.cli('INFO', 'commandstats').split('\n')) {
+    const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim())
+    if (m !== null) out.set(m[1] as string, Number(m[2]))
+  }
+  return out
+}
+
+/**
+ * Redis commands between two commandstats snapshots: everything but INFO (the measurement itself) and PING (the
+ * handoff store's subscriber heartbeat, 20/s per instance whatever the load), which is returned apart.
+ */
+export function commandDelta (before: Map<string, number>, after: Map<string, number>): { data: Record<string, number>, ping: number } {
+  const data: Record<string, number> = {}
+  let ping = 0
+  for (const [cmd, n] of after) {
+    const d = n - (before.get(cmd) ?? 0)
+    if (d <= 0 || cmd === 'info') continue
+    if (cmd === 'ping') ping = d
+    else data[cmd] = d
+  }
+  return { data, ping }
+}
