@@ -61,7 +61,8 @@ export interface CheckoutRecord {
   reason?: string
 }
 
-export interface ChainLink { seq: number, op: string, digest: string }
+/** One link of the kept chain: the change number and the first 32 hex digits (128 bits) of the digest after it. */
+export interface ChainLink { seq: number, digest: string }
 
 export interface StoredCart {
   items: CartItem[]
@@ -101,11 +102,13 @@ export interface CartLimits {
   maxItems: number
   /** Quantity of one item. Default: 999. */
   maxQuantity: number
-  /** Chain links kept with the cart (older anchors can no longer be verified). Default: 64. */
+  /** Chain links kept with the cart (older anchors can no longer be verified). Default: 16. */
   chainLength: number
 }
 
-export const DEFAULT_CART_LIMITS: CartLimits = { maxItems: 100, maxQuantity: 999, chainLength: 64 }
+/** Kept links are re-sealed with every change: 16 is plenty for one shopper's tabs and devices, and cheap. */
+export const DEFAULT_CART_LIMITS: CartLimits = { maxItems: 100, maxQuantity: 999, chainLength: 16 }
+const LINK_HEX = 32
 
 export const CheckoutInProgressError = createError<'FST_HANDOFF_CHECKOUT_IN_PROGRESS', 409, [string]>(
   'FST_HANDOFF_CHECKOUT_IN_PROGRESS', 'A checkout of this cart is %s: the cart cannot change now', 409)
@@ -252,7 +255,7 @@ export function applyChange (cart: StoredCart, change: CartChange, digestKey: Bu
   }
   const seq = cart.seq + 1
   const digest = chainDigest(digestKey, cart.digest, seq, change)
-  const chain = [...cart.chain, { seq, op: change.op, digest }].slice(-limits.chainLength)
+  const chain = [...cart.chain, { seq, digest: digest.slice(0, LINK_HEX) }].slice(-limits.chainLength)
   const next: StoredCart = { ...cart, items, details, seq, digest, chain, updatedAt: now }
   if (payment !== undefined) next.payment = payment
   if (merged !== undefined) next.merged = merged
@@ -265,7 +268,7 @@ export function applyChange (cart: StoredCart, change: CartChange, digestKey: Bu
 export function verifyAnchor (cart: StoredCart, anchor: { seq: number, digest: string } | undefined): void {
   // The chain itself must be intact: each kept link's digest is the head for its seq, the last is the cart's.
   const last = cart.chain[cart.chain.length - 1]
-  if (cart.seq > 0 && (last === undefined || last.seq !== cart.seq || last.digest !== cart.digest)) {
+  if (cart.seq > 0 && (last === undefined || last.seq !== cart.seq || !cart.digest.startsWith(last.digest))) {
     throw new CartHistoryError('its history does not verify')
   }
   if (anchor === undefined) return
@@ -273,9 +276,10 @@ export function verifyAnchor (cart: StoredCart, anchor: { seq: number, digest: s
   if (anchor.seq === 0) return
   const link = cart.chain.find(l => l.seq === anchor.seq)
   if (link === undefined) throw new CartHistoryError('what you last saw can no longer be verified')
-  const a = Buffer.from(link.digest.slice(0, anchor.digest.length))
-  const b = Buffer.from(anchor.digest)
-  if (anchor.digest.length < 16 || a.length !== b.length || !timingSafeEqual(a, b)) {
+  const n = Math.min(anchor.digest.length, link.digest.length)
+  const a = Buffer.from(link.digest.slice(0, n))
+  const b = Buffer.from(anchor.digest.slice(0, n))
+  if (n < 16 || !timingSafeEqual(a, b)) {
     throw new CartHistoryError('its history forked from what you last saw')
   }
 }

@@ -42,7 +42,7 @@ export interface CartOptions {
   maxItems?: number
   /** Quantity of one item. Default: 999. */
   maxQuantity?: number
-  /** How many changes back a client's anchor can still be verified at checkout. Default: 64. */
+  /** How many changes back a client's anchor can still be verified at checkout. Default: 16. */
   chainLength?: number
   /** Cart lifetime since its last change, ms. Default: 2592000000 (30 days). */
   cartTtlMs?: number

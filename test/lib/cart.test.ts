@@ -36,7 +36,7 @@ t.test('changes: add merges quantities, limits and currency are enforced, chain 
   t.same(cartTotal(c), { total: 6 * 1250, currency: 'EUR' })
   t.equal(c.seq, 3)
   t.equal(c.chain.length, 3)
-  t.equal(c.chain[2]?.digest, c.digest)
+  t.ok(c.digest.startsWith(c.chain[2]?.digest ?? 'x'), 'the last link is the head digest (first 128 bits)')
   t.throws(() => applyChange(c, { op: 'add', item: { ...item('C'), currency: 'USD' } }, KEY, DEFAULT_CART_LIMITS, 5), { code: 'FST_HANDOFF_BAD_INPUT' })
   t.throws(() => applyChange(c, { op: 'add', item: item('A', 995) }, KEY, DEFAULT_CART_LIMITS, 5), { code: 'FST_HANDOFF_TOO_LARGE', statusCode: 413 })
   const small = { ...DEFAULT_CART_LIMITS, maxItems: 2 }
