@@ -71,3 +71,30 @@ t.test('options are checked', async t => {
   await app.register(handoffStore, { secret: SECRET })
   await t.rejects(async () => { await app.register(handoffMetrics, { endpoint: 'metrics' }); await app.ready() }, { code: 'FST_HANDOFF_INVALID_OPTION', message: /endpoint/ })
 })
+
+t.test('session and cart counters of a scripted shop workload appear as they happened', async t => {
+  const { buildShop } = await import('../../examples/checkout/app.js')
+  const { MemoryRepository } = await import('../../lib/repository/memory.js')
+  const { app } = await buildShop({ instanceName: 'm', secret: SECRET, repository: new MemoryRepository(), secureCookies: false })
+  await app.ready()
+  t.teardown(async () => await app.close())
+  const jar = new Map<string, string>()
+  const call = async (method: 'GET' | 'POST' | 'PUT', url: string, payload?: object, headers: Record<string, string> = {}): Promise<number> => {
+    const r = await app.inject({ method, url, ...(payload === undefined ? {} : { payload }), headers: { ...headers, cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; ') } })
+    for (const c of r.cookies as Array<{ name: string, value: string }>) jar.set(c.name, c.value)
+    return r.statusCode
+  }
+  t.equal(await call('POST', '/api/login', { username: 'alice', password: 'alice' }), 200)
+  for (const sku of ['TEE-BLK', 'MUG-LOGO', 'TEE-BLK']) t.equal(await call('POST', '/api/cart/items', { sku, qty: 1 }), 200)
+  t.equal(await call('PUT', '/api/cart/payment', { token: '4111111111111111', brand: 'visa', last4: '1111' }), 400)
+  t.equal(await call('PUT', '/api/cart/billing', { name: 'A', line1: 'B', city: 'C', postcode: 'D', country: 'DE' }), 200)
+  t.equal(await call('PUT', '/api/cart/payment', { token: 'tok_visa', brand: 'visa', last4: '4242' }), 200)
+  t.equal(await call('POST', '/api/checkout', undefined, { 'idempotency-key': 'metrics-test-1' }), 200)
+  const m = (await app.inject('/metrics')).body
+  t.equal(value(m, 'handoff_cart_changes_total'), 5, '3 adds, billing, payment')
+  t.equal(value(m, 'handoff_cart_card_numbers_refused_total'), 1)
+  t.equal(value(m, 'handoff_cart_checkouts_started_total'), 1)
+  t.equal(value(m, 'handoff_cart_orders_placed_total'), 1)
+  t.equal(value(m, 'handoff_session_regenerated_total'), 1, 'the login')
+  t.ok(value(m, 'handoff_session_saved_total') >= 1)
+})
