@@ -61,6 +61,20 @@ export const ClosedError = createError<'FST_HANDOFF_CLOSED', 503, [string]>(
   503
 )
 
+/** The session ended (destroy, logout everywhere, expiry) while this request ran: its changes were not stored. */
+export const SessionEndedError = createError<'FST_HANDOFF_SESSION_ENDED', 409, []>(
+  'FST_HANDOFF_SESSION_ENDED',
+  'The session ended (logged out or expired) while this request was running; its changes were not stored',
+  409
+)
+
+/** request.session was used on a route that opted out with config.handoffSession: false. */
+export const SessionDisabledError = createError<'FST_HANDOFF_SESSION_DISABLED', 500, []>(
+  'FST_HANDOFF_SESSION_DISABLED',
+  'request.session is not available on this route (config.handoffSession is false)',
+  500
+)
+
 export function isHandoffError (err: unknown, code?: string): err is Error & { code: string, statusCode?: number } {
   if (err === null || typeof err !== 'object') return false
   const c = (err as { code?: unknown }).code

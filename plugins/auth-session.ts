@@ -2,8 +2,7 @@ import { createHmac, randomBytes } from 'node:crypto'
 import type { FastifyInstance, FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Signer } from '@fastify/cookie'
-import createError from '@fastify/error'
-import { InvalidOptionError, TooLargeError, isHandoffError } from '../lib/errors.js'
+import { InvalidOptionError, TooLargeError, isHandoffError, SessionEndedError, SessionDisabledError } from '../lib/errors.js'
 import type { StoreEntry, StoreValue, TieredStore, UpdateInfo } from '../lib/tiered-store.js'
 
 /**
@@ -168,19 +167,7 @@ declare module 'fastify' {
   }
 }
 
-/** The session ended (destroy, logout everywhere, expiry) while this request ran: its changes were not stored. */
-export const SessionEndedError = createError<'FST_HANDOFF_SESSION_ENDED', 409, []>(
-  'FST_HANDOFF_SESSION_ENDED',
-  'The session ended (logged out or expired) while this request was running; its changes were not stored',
-  409
-)
-
-/** request.session was used on a route that opted out with config.handoffSession: false. */
-export const SessionDisabledError = createError<'FST_HANDOFF_SESSION_DISABLED', 500, []>(
-  'FST_HANDOFF_SESSION_DISABLED',
-  'request.session is not available on this route (config.handoffSession is false)',
-  500
-)
+export { SessionEndedError, SessionDisabledError }
 
 const ID_BYTES = 24
 const ID_LENGTH = 32 // base64url of 24 bytes
