@@ -95,6 +95,8 @@ export interface Order {
   placedAt: number
   /** HMAC tag of the cart's owner: only the owner's requests read the order back (request.cart.getOrder). */
   ownerTag: string
+  /** True once `onOrderPlaced` returned without error: until then every retry of the checkout calls it again. */
+  delivered: boolean
 }
 
 export interface CartLimits {
@@ -246,7 +248,14 @@ export function applyChange (cart: StoredCart, change: CartChange, digestKey: Bu
     case 'merge':
       if (merged?.[change.from] !== undefined) return cart // merged already (a retried login)
       assertOpen(cart)
-      for (const it of change.items) items = addItems(items, it, limits)
+      // Best effort: an item that cannot join (another currency, the item limit) is left out and a quantity is
+      // capped, rather than failing every cart operation of the session on a merge that can never succeed.
+      for (const it of change.items) {
+        const have = items.find(x => x.sku === it.sku)?.quantity ?? 0
+        const quantity = Math.min(it.quantity, limits.maxQuantity - have)
+        if (quantity < 1) continue
+        try { items = addItems(items, { ...it, quantity }, limits) } catch {}
+      }
       merged = { ...merged, [change.from]: change.fromSeq }
       break
     case 'clear':

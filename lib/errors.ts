@@ -8,7 +8,7 @@ import createError from '@fastify/error'
 /** The repository (Redis) did not answer within the command timeout, is disconnected, or is paused. */
 export const UnavailableError = createError<'FST_HANDOFF_UNAVAILABLE', 503, [string?]>(
   'FST_HANDOFF_UNAVAILABLE',
-  'Session store unavailable: %s',
+  'Store unavailable: %s',
   503
 )
 
@@ -29,7 +29,7 @@ export const CorruptEntryError = createError<'FST_HANDOFF_CORRUPT_ENTRY', 500, [
 /** A value is larger than the configured limit. */
 export const TooLargeError = createError<'FST_HANDOFF_TOO_LARGE', 413, [string, number, number]>(
   'FST_HANDOFF_TOO_LARGE',
-  '%s is too large: %d bytes, the limit is %d',
+  '%s is too large: %d, the limit is %d',
   413
 )
 

@@ -265,7 +265,10 @@ export class TieredStore<T = unknown> {
 
   /** Connects the repository, checks the server and subscribes to invalidations. Idempotent. */
   async start (): Promise<void> {
-    this.started ??= this.doStart()
+    this.started ??= this.doStart().catch(async (err: unknown) => {
+      this.started = undefined // a transient failure must not be permanent: start() may be called again
+      throw err
+    })
     await this.started
   }
 
@@ -277,7 +280,7 @@ export class TieredStore<T = unknown> {
     if (this.coherence !== undefined) {
       this.subscription = await this.repository.subscribe({ prefix: this.prefix, partitions: this.partitions }, this.coherence)
       // Resolve once the first heartbeat proves the subscription live, so local copies are usable from the start.
-      const deadline = performance.now() + 10_000
+      const deadline = performance.now() + 3000
       while (!this.coherence.readable()) {
         if (performance.now() > deadline) {
           this.logger?.warn({ repository: this.repository.kind }, 'fastify-handoff: invalidation subscriber not live yet; local reads stay suspended until it is')
@@ -368,8 +371,11 @@ export class TieredStore<T = unknown> {
     const local = stripe?.get(key)
     // base === undefined: unknown, try "create if absent", which returns the current entry when there is one.
     let base: { value: T | undefined, version: number, deleted: boolean } | undefined
+    // True while base is a local copy that may trail an invalidation still in flight (within the lease).
+    let baseIsLocal = false
     if (readable && local !== undefined && local.version >= (opts?.minVersion ?? 0) && local.expiresAt > this.now()) {
       base = { value: local.value as T | undefined, version: local.version, deleted: local.value === undefined }
+      baseIsLocal = true
     }
     let conflicts = 0
     for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
@@ -377,10 +383,12 @@ export class TieredStore<T = unknown> {
       try {
         next = mutate(base?.value, { version: base?.version ?? 0, deleted: base?.deleted ?? false, attempt })
       } catch (err) {
-        // Without a local copy mutate first runs on "nothing" in the hope of creating in one round trip; a mutate
-        // that refuses nothing (throws) must see what is really there before its error counts.
-        if (base !== undefined) throw err
+        // Without a local copy mutate first runs on "nothing" in the hope of creating in one round trip, and a local
+        // copy may trail an invalidation still in flight: a mutate that refuses what it was given must see what is
+        // really there before its error counts.
+        if (base !== undefined && !baseIsLocal) throw err
         base = await this.readBase(key)
+        baseIsLocal = false
         continue
       }
       if (next === undefined) {
@@ -389,8 +397,9 @@ export class TieredStore<T = unknown> {
         base = await this.readBase(key)
         continue
       }
-      const plain = Buffer.from(JSON.stringify(next))
-      if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value', plain.length, this.maxValueBytes)
+      const json = JSON.stringify(next)
+      const plain = Buffer.from(json)
+      if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value (bytes)', plain.length, this.maxValueBytes)
       const expected = base === undefined ? null : base.version
       const version = (expected ?? 0) + 1
       const sealed = this.sealer.seal(plain, entryAad(key, version))
@@ -411,7 +420,8 @@ export class TieredStore<T = unknown> {
       if (res.ok) {
         const fill = ticket === undefined || this.coherence === undefined || this.coherence.close(ticket, res.version)
         this.counters.writes++
-        const frozen = deepFreeze(next)
+        // What every other instance will read: the JSON round trip, frozen (never the caller's own object).
+        const frozen = deepFreeze(JSON.parse(json) as T)
         if (fill) this.fill(stripe, key, frozen, res.version, res.expiresAt, sealed.length)
         await this.awaitReplicas(key)
         return { value: frozen, version: res.version, written: true, conflicts }
@@ -420,6 +430,7 @@ export class TieredStore<T = unknown> {
       conflicts++
       this.counters.conflicts++
       stripe?.delete(key)
+      baseIsLocal = false
       base = res.current === null
         ? { value: undefined, version: 0, deleted: false }
         : { value: this.decode(key, res.current), version: res.current.version, deleted: res.current.value === null }

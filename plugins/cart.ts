@@ -9,7 +9,7 @@ import {
   CheckoutInProgressError, type CartChange, type CartItem, type CartLimits, type CheckoutRecord, type Order,
   type PaymentMethod, type PurchaseDetails, type StoredCart
 } from '../lib/cart.js'
-import { BadInputError, InvalidOptionError, UnavailableError } from '../lib/errors.js'
+import { BadInputError, InvalidOptionError, UnavailableError, isHandoffError } from '../lib/errors.js'
 import type { TieredStore } from '../lib/tiered-store.js'
 
 export type { CartItem, CartItemExtra, Address, PurchaseDetails, PaymentMethod, Order } from '../lib/cart.js'
@@ -38,6 +38,11 @@ export interface CartOptions {
    * the order and this call it may run again, so deduplicate by `order.orderId`. Default: none.
    */
   onOrderPlaced?: (order: Order, request: FastifyRequest) => Promise<void> | void
+  /**
+   * A checkout still "checking out" after this long (its client lost the Idempotency-Key) is re-driven by the next
+   * checkout with its own key, instead of locking the cart. Default: 600000 (10 min).
+   */
+  checkoutTimeoutMs?: number
   /** Distinct items per cart. Default: 100. */
   maxItems?: number
   /** Quantity of one item. Default: 999. */
@@ -198,7 +203,7 @@ const CART_FIELD = 'handoffCart' as const
 
 interface Runtime {
   store: TieredStore
-  opts: Required<Pick<CartOptions, 'cartTtlMs' | 'orderTtlMs' | 'anchorCookie' | 'secureCookie'>> & CartOptions
+  opts: Required<Pick<CartOptions, 'cartTtlMs' | 'orderTtlMs' | 'anchorCookie' | 'secureCookie' | 'checkoutTimeoutMs'>> & CartOptions
   limits: CartLimits
   digestKey: Buffer
   ownerKey: Buffer
@@ -264,6 +269,9 @@ class RequestCart implements HandoffCart {
     const anonKey = this.key(anon)
     const found = await this.rt.store.get(anonKey)
     const from = found?.value as StoredCart | undefined
+    // A guest checkout still running stays the guest's: merging it would re-key its order and charge twice.
+    // It finishes (retry with the same Idempotency-Key, see checkout) and the emptied cart merges afterwards.
+    if (from?.checkout?.state === 'checking_out') return
     if (from !== undefined && from.items.length > 0) {
       const now = Date.now()
       await this.rt.store.update(this.key(userOwner), cur => {
@@ -365,9 +373,15 @@ class RequestCart implements HandoffCart {
     check(this.rt.validate.idempotencyKey, idempotencyKey, 'Idempotency-Key')
     const provider = this.rt.opts.provider
     if (provider === undefined) throw new NoProviderError()
-    const owner = this.owner(false)
+    let owner = this.owner(false)
     if (owner === undefined) throw new BadInputError('the cart is empty')
-    if (owner.startsWith('u')) await this.mergeAnonymous(owner)
+    if (owner.startsWith('u')) {
+      // Signed in while a guest checkout of this key was pending: finish that one, under the guest's cart.
+      const anon = this.request.session.get(CART_FIELD)
+      const guest = typeof anon === 'string' ? (await this.rt.store.get(this.key(anon)))?.value as StoredCart | undefined : undefined
+      if (anon !== undefined && guest?.checkout?.idempotencyKey === idempotencyKey) owner = anon
+      else await this.mergeAnonymous(owner)
+    }
     const cartKey = this.key(owner)
     const orderId = `ord_${hmacHex(this.rt.orderKey, owner, idempotencyKey).slice(0, 24)}`
     const orderKey = this.rt.store.key(orderId, 'order')
@@ -375,6 +389,7 @@ class RequestCart implements HandoffCart {
     // Placed already (this key, any instance, any time within orderTtlMs): the same order again.
     const existing = (await this.rt.store.get(orderKey))?.value as Order | undefined
     if (existing !== undefined) {
+      await this.deliver(orderKey, existing)
       await this.markPlaced(cartKey, existing)
       return { orderId, status: 'placed', total: existing.amount, currency: existing.currency }
     }
@@ -382,25 +397,36 @@ class RequestCart implements HandoffCart {
     // 1. open -> checking out, amount frozen; or resume the record this key left behind.
     const anchor = this.readAnchor(owner)
     let resumed = false
-    const started = await this.rt.store.update(cartKey, (cur) => {
+    let staleKey: string | undefined
+    const started = await this.rt.store.update(cartKey, (cur): StoredCart | undefined => {
       const cart = cur as StoredCart | undefined
       if (cart === undefined) throw new BadInputError('the cart is empty')
       const c = cart.checkout
       if (c !== undefined && c.idempotencyKey === idempotencyKey) { resumed = true; return undefined }
-      if (c !== undefined && c.state === 'checking_out') throw new CheckoutInProgressError('in progress with another Idempotency-Key')
-      assertCheckoutReady(cart)
-      try {
-        verifyAnchor(cart, anchor)
-      } catch (err) {
-        this.rt.metrics.historyRejected++
-        throw err
+      if (c !== undefined && c.state === 'checking_out') {
+        // Stale: its client gave up (lost the key). Re-drive it with its own key: the provider charges at most once.
+        if (Date.now() - c.startedAt > this.rt.opts.checkoutTimeoutMs) { staleKey = c.idempotencyKey; return undefined }
+        throw new CheckoutInProgressError('in progress with another Idempotency-Key')
       }
+      assertCheckoutReady(cart)
+      verifyAnchor(cart, anchor)
       const { total, currency } = cartTotal(cart)
       const record: CheckoutRecord = {
         state: 'checking_out', idempotencyKey, orderId, amount: total, currency: currency as string, digest: cart.digest, startedAt: Date.now()
       }
       return { ...cart, checkout: record }
-    }, { ttlMs: this.rt.opts.cartTtlMs })
+    }, { ttlMs: this.rt.opts.cartTtlMs }).catch((err: unknown) => {
+      // Counted here, not in mutate: mutate may run more than once.
+      if (isHandoffError(err, 'FST_HANDOFF_CART_HISTORY')) this.rt.metrics.historyRejected++
+      throw err
+    })
+    if (staleKey !== undefined) {
+      this.rt.metrics.checkoutsResumed++
+      const earlier = await this.checkout(staleKey)
+      // The cart is open again now (placed and emptied, or failed): this key's own checkout can start.
+      if (earlier.status === 'placed') return earlier
+      return await this.checkout(idempotencyKey)
+    }
     const cart = started.value as StoredCart
     const record = cart.checkout as CheckoutRecord
     if (resumed) this.rt.metrics.checkoutsResumed++
@@ -444,16 +470,27 @@ class RequestCart implements HandoffCart {
       chargeId: result.chargeId,
       digest: record.digest,
       placedAt: Date.now(),
-      ownerTag: this.ownerTag(owner)
+      ownerTag: this.ownerTag(owner),
+      delivered: this.rt.opts.onOrderPlaced === undefined
     }
     const created = await this.rt.store.update(orderKey, cur => cur === undefined ? order : undefined, { ttlMs: this.rt.opts.orderTtlMs })
     const placed = (created.value as Order | undefined) ?? order
-    if (created.written) {
-      this.rt.metrics.ordersPlaced++
-      await this.rt.opts.onOrderPlaced?.(placed, this.request)
-    }
+    if (created.written) this.rt.metrics.ordersPlaced++
+    await this.deliver(orderKey, placed)
     await this.markPlaced(cartKey, placed)
     return { orderId, status: 'placed', total: placed.amount, currency: placed.currency }
+  }
+
+  /**
+   * Hands the order to the application until that succeeds once: called on every path that finds it undelivered
+   * (at least once; a crash between the call and the flag repeats it, so applications deduplicate by orderId).
+   */
+  private async deliver (orderKey: string, order: Order): Promise<void> {
+    const hook = this.rt.opts.onOrderPlaced
+    if (hook === undefined || order.delivered) return
+    await hook(order, this.request)
+    await this.rt.store.update(orderKey, cur => cur === undefined || (cur as Order).delivered ? undefined : { ...(cur as Order), delivered: true },
+      { ttlMs: this.rt.opts.orderTtlMs })
   }
 
   /** checking out -> placed: the cart is emptied, the record stays for retries of the same key. */
@@ -527,6 +564,7 @@ const cartPlugin: FastifyPluginAsync<CartOptions> = async (fastify: FastifyInsta
       ...opts,
       cartTtlMs: positive('cartTtlMs', opts.cartTtlMs, 30 * 86_400_000),
       orderTtlMs: positive('orderTtlMs', opts.orderTtlMs, 90 * 86_400_000),
+      checkoutTimeoutMs: positive('checkoutTimeoutMs', opts.checkoutTimeoutMs, 600_000),
       anchorCookie,
       secureCookie: opts.secureCookie ?? true
     },

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import { Redis, Cluster, type RedisOptions, type ClusterNode, type ClusterOptions } from 'ioredis'
-import { InvalidOptionError } from '../lib/errors.js'
+import { InvalidOptionError, isHandoffError } from '../lib/errors.js'
 import { MemoryRepository } from '../lib/repository/memory.js'
 import { RedisRepository, type RedisClient } from '../lib/repository/redis.js'
 import { ShardedRepository } from '../lib/repository/sharded.js'
@@ -30,6 +30,10 @@ export interface HandoffStoreOptions extends Omit<TieredStoreOptions, 'repositor
   repository?: Repository
   /** Command timeout for Redis, ms (see RedisRepository). Default: 1000. */
   commandTimeoutMs?: number
+  /** How long registration waits for Redis before failing with FST_HANDOFF_UNAVAILABLE, ms. Default: 5000. */
+  connectTimeoutMs?: number
+  /** `Retry-After` (seconds) added to every 503 answered for a FST_HANDOFF_* error. Default: 1. */
+  retryAfterSeconds?: number
 }
 
 export interface HandoffDecorator {
@@ -53,13 +57,14 @@ function isClusterSpec (r: RedisConnection): r is { cluster: ClusterNode[], opti
 }
 
 /** Builds the repository the options describe; `owned` tells whether closing it is ours to do. */
-export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'repository' | 'commandTimeoutMs'>,
+export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'repository' | 'commandTimeoutMs' | 'connectTimeoutMs'>,
   onEvent?: (msg: string, fields: object) => void): { repository: Repository, owned: boolean } {
   if (opts.repository !== undefined) return { repository: opts.repository, owned: false }
   if (opts.redis === undefined) return { repository: new MemoryRepository(), owned: true }
   const r = opts.redis
   const common = {
     commandTimeoutMs: opts.commandTimeoutMs,
+    connectTimeoutMs: opts.connectTimeoutMs,
     onEvent: (e: { type: string, reason?: string, error?: Error }) => {
       if (e.type === 'unavailable') onEvent?.('fastify-handoff: Redis unavailable', { reason: e.reason })
       else if (e.type === 'recovered') onEvent?.('fastify-handoff: Redis available again', {})
@@ -93,12 +98,24 @@ const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: Fas
     throw new InvalidOptionError('secret', 'required: the cluster secret (>= 32 bytes, identical on every instance)')
   }
   const { repository, owned } = createRepository(opts, (msg, fields) => fastify.log.warn(fields, msg))
-  const { redis: _r, repository: _repo, commandTimeoutMs: _t, ...storeOpts } = opts
-  const store = new TieredStore({ ...storeOpts, repository, logger: fastify.log })
-  if (repository.kind === 'memory') {
-    fastify.log.info('fastify-handoff: no Redis configured, using the embedded in-process repository (one instance only)')
+  const { redis: _r, repository: _repo, commandTimeoutMs: _t, connectTimeoutMs: _c, retryAfterSeconds, ...storeOpts } = opts
+  const retryAfter = String(retryAfterSeconds ?? 1)
+  let store: TieredStore
+  try {
+    store = new TieredStore({ ...storeOpts, repository, logger: fastify.log })
+    if (repository.kind === 'memory') {
+      fastify.log.info('fastify-handoff: no Redis configured, using the embedded in-process repository (one instance only)')
+    }
+    await store.start()
+  } catch (err) {
+    // No onClose hook exists yet: close what was opened, or ioredis would go on reconnecting after a failed boot.
+    if (owned) await repository.close().catch(() => {})
+    throw err
   }
-  await store.start()
+  // Every 503 of ours tells the client when to come back (the store answers again within a command timeout).
+  fastify.addHook('onError', async (_request, reply, err) => {
+    if (isHandoffError(err) && err.statusCode === 503 && !reply.hasHeader('retry-after')) reply.header('retry-after', retryAfter)
+  })
   fastify.decorate('handoff', { store, keyRing: store.keyRing, repository })
   fastify.addHook('onClose', async () => {
     await store.close()

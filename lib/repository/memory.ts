@@ -60,8 +60,9 @@ export class MemoryRepository implements Repository {
   async take (key: string, tombstoneTtlMs: number): Promise<StoredEntry | null> {
     this.assertOpen()
     const cur = this.live(key)
+    if (cur?.value == null) return null // taking nothing changes nothing
     this.tombstone(key, cur, tombstoneTtlMs)
-    return cur?.value == null ? null : { ...cur }
+    return { ...cur }
   }
 
   async delete (key: string, tombstoneTtlMs: number): Promise<number> {

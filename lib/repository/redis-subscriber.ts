@@ -60,7 +60,12 @@ export class RedisSubscriber {
     this.conn = conn
     conn.on('error', (error: Error) => this.opts.onEvent?.({ type: 'error', error }))
     conn.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel.toString(), message.toString()))
-    conn.on('close', () => { if (this.started && !this.closed) this.listener.onResync() })
+    conn.on('close', () => {
+      // A PING sent on the old connection must not renew the lease once replayed on the new one.
+      this.pingInFlight = false
+      this.pingSentAt = 0
+      if (this.started && !this.closed) this.listener.onResync()
+    })
     conn.on('ready', () => {
       if (!this.started || this.closed) return
       // A reconnect: what was published meanwhile is gone. Re-subscribe; a later PING proves it active again.

@@ -3,6 +3,7 @@ import { Redis, Cluster, type RedisOptions } from 'ioredis'
 import clusterKeySlot from 'cluster-key-slot'
 import { CorruptEntryError, UnavailableError, ClosedError } from '../errors.js'
 import { channelOf, sequenceKeyOf } from '../partitions.js'
+import { entryLabel } from '../seal.js'
 import { CommandGuard } from './deadline.js'
 import type { CasResult, InvalidationListener, Repository, StoredEntry, Subscription, SubscriptionScope } from './types.js'
 import { RedisSubscriber } from './redis-subscriber.js'
@@ -42,7 +43,7 @@ export interface RedisRepositoryOptions {
   commandTimeoutMs?: number
   /** While tripped by a timeout, probe Redis with a PING this often, in ms. Default: 100. */
   probeIntervalMs?: number
-  /** How long connect() waits for the first ready connection, in ms. Default: 10000. */
+  /** How long connect() waits for the first ready connection, in ms (well under Fastify's pluginTimeout). Default: 5000. */
   connectTimeoutMs?: number
   /**
    * ioredis options overriding those of the invalidation subscriber's connection (by default a duplicate of the
@@ -92,7 +93,7 @@ export class RedisRepository implements Repository {
   constructor (opts: RedisRepositoryOptions = {}) {
     this.onEvent = opts.onEvent
     this.probeIntervalMs = opts.probeIntervalMs ?? 100
-    this.connectTimeoutMs = opts.connectTimeoutMs ?? 10_000
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 5000
     this.publish = opts.publishInvalidations === false ? '0' : '1'
     this.subscriberOptions = opts.subscriberOptions
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs
@@ -312,7 +313,7 @@ function parseEntry (key: string, v: Buffer | null, d: Buffer | null, e: Buffer 
   if (v === null) return null
   const version = Number(v.toString())
   if (!Number.isSafeInteger(version) || version < 1) {
-    throw new CorruptEntryError(key, 'the version field is not a positive integer: not a fastify-handoff entry')
+    throw new CorruptEntryError(entryLabel(key), 'the version field is not a positive integer: not a fastify-handoff entry')
   }
   return { version, value: d, expiresAt: e === null ? 0 : Number(e.toString()) }
 }
@@ -322,7 +323,7 @@ function mapError (key: string, err: unknown): Error {
     (err as { code: string }).code.startsWith('FST_HANDOFF_')) return err as Error
   if (isReplyError(err)) {
     if (err.message.startsWith('WRONGTYPE')) {
-      return new CorruptEntryError(key, 'Redis holds another data type under this key: not a fastify-handoff entry')
+      return new CorruptEntryError(entryLabel(key), 'Redis holds another data type under this key: not a fastify-handoff entry')
     }
     return new UnavailableError(`Redis refused the command: ${err.message}`)
   }

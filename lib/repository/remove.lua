@@ -5,6 +5,8 @@
 -- ARGV[1] tombstone ttl ms   ARGV[2] now ms   ARGV[3] channel   ARGV[4] '1' to publish   ARGV[5] '1' to return the old entry
 -- Returns {tombstone version, old version or false, old data or false, old expiresAt or false}.
 local cur = redis.call('HMGET', KEYS[1], 'v', 'd', 'e')
+-- take of nothing (no value: absent or a tombstone) changes nothing: random TLS session ids must cost no write.
+if ARGV[5] == '1' and not cur[2] then return {0, false, false, false} end
 local v = tonumber(cur[1]) or 0
 local nv = v + 1
 local ttl = tonumber(ARGV[1])

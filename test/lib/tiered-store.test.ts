@@ -84,6 +84,33 @@ t.test('a mutate that throws on "nothing" is asked again with what is really the
   await t.rejects(b.update(b.key('really-absent', 'cart'), cur => { if (cur === undefined) throw new Error('empty'); return cur }), { message: 'empty' })
 })
 
+t.test('a mutate that throws on a local copy that may be stale is asked again with the stored value', async t => {
+  const repo = new MemoryRepository()
+  const a = makeStore(repo, { coherence: false, localTtlMs: 60_000 })
+  const b = makeStore(repo, { coherence: false, localTtlMs: 60_000 })
+  const k = a.key('stale-base', 'cart')
+  await a.update(k, () => ({ items: [] as string[] }))
+  await b.get(k) // b holds version 1 locally
+  await a.update(k, () => ({ items: ['X'] }))
+  const r = await b.update(k, cur => {
+    const items = (cur as { items: string[] }).items
+    if (!items.includes('X')) throw new Error('no item X')
+    return { items: items.filter(i => i !== 'X') }
+  })
+  t.match(r, { written: true, version: 3, value: { items: [] } }, 'b re-read instead of failing on its stale copy')
+})
+
+t.test('the writer keeps the JSON round trip, not the caller\'s object', async t => {
+  const store = makeStore()
+  const k = store.key('json', 'session')
+  const mine = { when: new Date(0), n: Number.NaN, nested: { a: 1 } }
+  const r = await store.update(k, () => mine as unknown)
+  t.notOk(Object.isFrozen(mine), 'the caller\'s object is not frozen')
+  mine.nested.a = 2
+  t.same(r.value, { when: '1970-01-01T00:00:00.000Z', n: null, nested: { a: 1 } }, 'what every instance reads')
+  t.same((await store.get(k))?.value, { when: '1970-01-01T00:00:00.000Z', n: null, nested: { a: 1 } })
+})
+
 t.test('delete leaves a tombstone: mutate sees deleted, take is single-use', async t => {
   const store = makeStore()
   const k = store.key('s1', 'session')

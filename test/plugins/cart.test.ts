@@ -5,7 +5,7 @@ import { Writable } from 'node:stream'
 import { Redis } from 'ioredis'
 import { handoffStore } from '../../plugins/store.js'
 import { authSession } from '../../plugins/auth-session.js'
-import { cart, type PaymentProvider, type ChargeRequest, type ChargeResult, type PurchaseDetails } from '../../plugins/cart.js'
+import { cart, type PaymentProvider, type ChargeRequest, type ChargeResult, type PurchaseDetails, type CartOptions } from '../../plugins/cart.js'
 import { startRedis, type RedisHandle } from '../helpers/redis.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
@@ -16,6 +16,8 @@ class TestProvider implements PaymentProvider {
   calls = 0
   decline = false
   delayMs = 0
+  /** Charge, then fail to answer (a timeout after the money moved). */
+  loseAnswers = 0
   async charge (req: ChargeRequest): Promise<ChargeResult> {
     this.calls++
     if (this.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.delayMs))
@@ -23,13 +25,14 @@ class TestProvider implements PaymentProvider {
     if (prior !== undefined) return prior
     const r: ChargeResult = this.decline ? { status: 'declined', reason: 'insufficient funds' } : { status: 'succeeded', chargeId: `ch_${this.charges.size + 1}` }
     if (r.status === 'succeeded') this.charges.set(req.idempotencyKey, r)
+    if (this.loseAnswers > 0) { this.loseAnswers--; throw new Error('provider timeout') }
     return r
   }
 }
 
 interface Shop { app: FastifyInstance, provider: TestProvider, logs: string[] }
 
-async function shop (t: Test, redis: RedisHandle): Promise<Shop> {
+async function shop (t: Test, redis: RedisHandle, cartOptions: Partial<CartOptions> = {}): Promise<Shop> {
   const logs: string[] = []
   const stream = new Writable({ write (chunk: Buffer, _enc, cb) { logs.push(chunk.toString()); cb() } })
   const app = Fastify({ logger: { level: 'trace', stream } })
@@ -37,8 +40,8 @@ async function shop (t: Test, redis: RedisHandle): Promise<Shop> {
   await app.register(fastifyCookie)
   await app.register(handoffStore, { secret: SECRET, redis: redis.url })
   await app.register(authSession, { cookie: { secure: false } })
-  await app.register(cart, { provider, secureCookie: false })
-  app.post<{ Body: { sku: string, qty?: number, name?: string } }>('/items', async req => await req.cart.add({ sku: req.body.sku, quantity: req.body.qty ?? 1, unitPrice: 1000, currency: 'EUR', ...(req.body.name === undefined ? {} : { name: req.body.name }) }))
+  await app.register(cart, { provider, secureCookie: false, ...cartOptions })
+  app.post<{ Body: { sku: string, qty?: number, name?: string, currency?: string } }>('/items', async req => await req.cart.add({ sku: req.body.sku, quantity: req.body.qty ?? 1, unitPrice: 1000, currency: req.body.currency ?? 'EUR', ...(req.body.name === undefined ? {} : { name: req.body.name }) }))
   app.delete<{ Params: { sku: string } }>('/items/:sku', async req => await req.cart.remove(req.params.sku))
   app.put<{ Body: { sku: string, qty: number } }>('/qty', async req => await req.cart.setQuantity(req.body.sku, req.body.qty))
   app.put<{ Body: PurchaseDetails }>('/details', async req => await req.cart.setDetails(req.body))
@@ -208,4 +211,60 @@ t.test('the running digest catches a cart replaced by an older copy directly in 
   // The user looks at the cart and confirms it as it is now: checkout proceeds, with what the user saw.
   t.match((await b('POST', '/review')).json(), { reviewNeeded: false, items: [{ sku: 'A' }] })
   t.match((await b('POST', '/checkout', undefined, { 'idempotency-key': 'key-rollback-2' })).json(), { status: 'placed', total: 1000 })
+})
+
+t.test('review fixes: signing in during a pending guest checkout charges once; onOrderPlaced is retried until it succeeds', async t => {
+  let failHook = 1
+  const delivered: string[] = []
+  const { app, provider } = await shop(t, redis, {
+    onOrderPlaced: async (order) => { if (failHook-- > 0) throw new Error('orders database down'); delivered.push(order.orderId) }
+  })
+  const b = browser(app)
+  await b('POST', '/items', { sku: 'G', qty: 2 })
+  await b('PUT', '/details', billing)
+  await b('PUT', '/payment', payment)
+  provider.loseAnswers = 1
+  const pending = await b('POST', '/checkout', undefined, { 'idempotency-key': 'guest-key-1' })
+  t.equal(pending.statusCode, 503)
+  t.equal(pending.json().code, 'FST_HANDOFF_PAYMENT_PENDING')
+  t.equal(pending.headers['retry-after'], '1', 'a 503 tells the client when to retry')
+  await b('POST', '/login', { user: 'dave' })
+  const hookFails = await b('POST', '/checkout', undefined, { 'idempotency-key': 'guest-key-1' })
+  t.equal(hookFails.statusCode, 500, 'the application hook failed: the checkout is not reported placed yet')
+  const placed = (await b('POST', '/checkout', undefined, { 'idempotency-key': 'guest-key-1' })).json()
+  t.match(placed, { status: 'placed', total: 2000 })
+  t.equal(provider.charges.size, 1, 'one charge: the retry after sign-in resumed the guest checkout')
+  t.same(delivered, [placed.orderId], 'the hook ran again until it succeeded, then not again')
+  await b('POST', '/checkout', undefined, { 'idempotency-key': 'guest-key-1' })
+  t.same(delivered, [placed.orderId])
+})
+
+t.test('review fixes: a guest cart that cannot merge does not lock the user out of the cart', async t => {
+  const { app } = await shop(t, redis, { maxQuantity: 10 })
+  const before = browser(app)
+  await before('POST', '/login', { user: 'erin' })
+  await before('POST', '/items', { sku: 'USD-ITEM', currency: 'USD' })
+  await before('POST', '/items', { sku: 'SAME', qty: 8, currency: 'USD' })
+  const b = browser(app)
+  await b('POST', '/items', { sku: 'EUR-ITEM' })
+  await b('POST', '/login', { user: 'erin' })
+  const res = await b('GET', '/cart')
+  t.equal(res.statusCode, 200)
+  t.same(res.json().items.map((i: { sku: string }) => i.sku), ['USD-ITEM', 'SAME'], 'the item in another currency was left out')
+  t.equal((await b('POST', '/items', { sku: 'MORE', currency: 'USD' })).statusCode, 200, 'and the cart works')
+})
+
+t.test('review fixes: a checkout whose client lost its key is re-driven after checkoutTimeoutMs instead of locking the cart', async t => {
+  const { app, provider } = await shop(t, redis, { checkoutTimeoutMs: 50 })
+  const b = browser(app)
+  await b('POST', '/items', { sku: 'S' })
+  await b('PUT', '/details', billing)
+  await b('PUT', '/payment', payment)
+  provider.loseAnswers = 1
+  t.equal((await b('POST', '/checkout', undefined, { 'idempotency-key': 'lost-key-1' })).statusCode, 503)
+  t.equal((await b('POST', '/checkout', undefined, { 'idempotency-key': 'new-key-01' })).statusCode, 409, 'still running: refused')
+  await new Promise(resolve => setTimeout(resolve, 80))
+  const r = (await b('POST', '/checkout', undefined, { 'idempotency-key': 'new-key-01' })).json()
+  t.match(r, { status: 'placed', total: 1000 })
+  t.equal(provider.charges.size, 1, 'the earlier charge was completed, not repeated')
 })

@@ -97,7 +97,9 @@ export function repositoryContract (t: Tap, name: string, make: () => Promise<Re
     t.same(winners[0]?.value, Buffer.from('ticket'))
     t.equal(winners[0]?.version, 1)
     t.equal(await repo.take(k, 10_000), null)
-    t.equal(await repo.take(key(), 10_000), null, 'take of an absent key is null')
+    const absent = key()
+    t.equal(await repo.take(absent, 10_000), null, 'take of an absent key is null')
+    t.equal(await repo.get(absent), null, 'and writes nothing (no tombstone, no invalidation)')
   })
 
   t.test(`${name}: touch extends a live entry without a new version`, async t => {

@@ -25,6 +25,8 @@ t.test('redis: one Lua script per write, one command per read', async t => {
 t.test('redis: a foreign value under our key is a clear FST_HANDOFF_CORRUPT_ENTRY, not a crash', async t => {
   server.cli('SET', 'foreign:{p1}:x:k', 'plain string')
   await t.rejects(repo.get('foreign:{p1}:x:k'), { code: 'FST_HANDOFF_CORRUPT_ENTRY' })
+  const err = await repo.get('foreign:{p1}:x:k').catch((e: Error) => e)
+  t.notMatch((err as Error).message, /foreign:\{p1\}:x:k/, 'the message names the entry by a hash: keys hold session ids')
   await t.rejects(repo.compareAndSet('foreign:{p1}:x:k', 1, Buffer.from('v'), 1000), { code: 'FST_HANDOFF_CORRUPT_ENTRY' })
   server.cli('HSET', 'foreign:{p1}:y:k', 'v', 'not-a-number', 'd', 'x')
   await t.rejects(repo.get('foreign:{p1}:y:k'), { code: 'FST_HANDOFF_CORRUPT_ENTRY' })
