@@ -195,13 +195,13 @@ function assertOpen (cart: StoredCart): void {
 
 function assertQuantity (q: number, limits: CartLimits): void {
   if (!Number.isSafeInteger(q) || q < 1) throw new BadInputError('quantity must be a whole number >= 1')
-  if (q > limits.maxQuantity) throw new TooLargeError('Quantity', q, limits.maxQuantity)
+  if (q > limits.maxQuantity) throw new TooLargeError('Quantity', String(q), String(limits.maxQuantity))
 }
 
 function addItems (items: CartItem[], add: CartItem, limits: CartLimits): CartItem[] {
   const i = items.findIndex(x => x.sku === add.sku)
   if (i < 0) {
-    if (items.length >= limits.maxItems) throw new TooLargeError('Cart (distinct items)', items.length + 1, limits.maxItems)
+    if (items.length >= limits.maxItems) throw new TooLargeError('Cart', `${items.length + 1} distinct items`, `${limits.maxItems}`)
     if (items.length > 0 && items[0]?.currency !== add.currency) throw new BadInputError(`currency ${add.currency} differs from the cart's ${items[0]?.currency ?? ''}`)
     assertQuantity(add.quantity, limits)
     return [...items, { ...add }]

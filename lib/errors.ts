@@ -26,10 +26,10 @@ export const CorruptEntryError = createError<'FST_HANDOFF_CORRUPT_ENTRY', 500, [
   500
 )
 
-/** A value is larger than the configured limit. */
-export const TooLargeError = createError<'FST_HANDOFF_TOO_LARGE', 413, [string, number, number]>(
+/** A value is larger than the configured limit: ('Session', '2066 bytes', '1024 bytes'), ('Quantity', '1200', '999'). */
+export const TooLargeError = createError<'FST_HANDOFF_TOO_LARGE', 413, [string, string, string]>(
   'FST_HANDOFF_TOO_LARGE',
-  '%s is too large: %d, the limit is %d',
+  '%s is too large: %s, the limit is %s',
   413
 )
 

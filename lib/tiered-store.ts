@@ -399,7 +399,7 @@ export class TieredStore<T = unknown> {
       }
       const json = JSON.stringify(next)
       const plain = Buffer.from(json)
-      if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value (bytes)', plain.length, this.maxValueBytes)
+      if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value', `${plain.length} bytes`, `${this.maxValueBytes} bytes`)
       const expected = base === undefined ? null : base.version
       const version = (expected ?? 0) + 1
       const sealed = this.sealer.seal(plain, entryAad(key, version))

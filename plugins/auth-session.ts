@@ -807,7 +807,7 @@ class SessionState implements HandoffSession {
 
   private checkSize (next: StoredSession): StoredSession {
     const bytes = Buffer.byteLength(JSON.stringify(next))
-    if (bytes > this.rt.opts.maxBytes) throw new TooLargeError('Session (bytes)', bytes, this.rt.opts.maxBytes)
+    if (bytes > this.rt.opts.maxBytes) throw new TooLargeError('Session', `${bytes} bytes`, `${this.rt.opts.maxBytes} bytes`)
     return next
   }
 
