@@ -52,17 +52,24 @@ export function redisServerBinary (): string {
   return checked
 }
 
+/**
+ * A free loopback port, chosen at random below Linux's ephemeral range (32768+). Ports handed out by the OS
+ * (listen on 0) come in sequence, so two test processes starting servers at once, or a killed server's port
+ * reused while it restarts, could collide; random picks in 20000-32767 make that very unlikely, and the outgoing
+ * connections' local ports never land there.
+ */
 export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.unref()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0
-      srv.close(() => resolve(port))
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20000 + Math.floor(Math.random() * 12768)
+    const ok = await new Promise<boolean>(resolve => {
+      const srv = createServer()
+      srv.unref()
+      srv.once('error', () => resolve(false))
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)))
     })
-  })
+    if (ok) return port
+  }
+  throw new Error('no free loopback port found in 20000-32767')
 }
 
 async function sleep (ms: number): Promise<void> {

@@ -13,8 +13,11 @@ t.test('durability { replicas: 1 }: acknowledged only once a replica has it, a c
   t.teardown(async () => await replica.stop())
   replica.cli('REPLICAOF', '127.0.0.1', String(primary.port))
   const deadline = Date.now() + 10_000
-  while (!replica.cli('INFO', 'replication').includes('master_link_status:up') && Date.now() < deadline) await sleep(50)
+  // In sync on both sides: the replica's link is up and the primary counts it online (WAIT asks only those).
+  while (!(replica.cli('INFO', 'replication').includes('master_link_status:up') &&
+    /slave0:.*state=online/.test(primary.cli('INFO', 'replication'))) && Date.now() < deadline) await sleep(50)
   t.match(replica.cli('INFO', 'replication'), /master_link_status:up/, 'replica in sync')
+  t.match(primary.cli('INFO', 'replication'), /slave0:.*state=online/, 'primary sees it online')
 
   const repository = new RedisRepository({ url: primary.url })
   const store = new TieredStore({ repository, secret: SECRET, partitions: 64, durability: { replicas: 1, timeoutMs: 200 } })
