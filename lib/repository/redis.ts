@@ -98,9 +98,9 @@ export class RedisRepository implements Repository {
     this.subscriberOptions = opts.subscriberOptions
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs
     const base: RedisOptions = {
-      // Commands issued in the same tick go out in one socket write: measured, one write per command was a quarter
-      // of the client's CPU per update under concurrency.
-      enableAutoPipelining: true,
+      // No auto-pipelining: ioredis runs one auto-pipeline per connection at a time, and a pipeline whose callback
+      // never came (seen after a freeze or a restart with the offline queue off) held every later command forever.
+      enableAutoPipelining: false,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       retryStrategy: (times: number) => Math.min(50 * times, 500),
