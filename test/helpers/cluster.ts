@@ -4,7 +4,7 @@
  * `redis-cli --cluster create`, and ready only once every node agrees on the topology.
  */
 import { spawnSync } from 'node:child_process'
-import { freePort, startRedis, type RedisHandle } from './redis.js'
+import { freePort, portIsFree, startRedis, type RedisHandle } from './redis.js'
 
 export interface ClusterHandle {
   nodes: RedisHandle[]
@@ -23,7 +23,9 @@ export async function startCluster (opts: { nodeTimeoutMs?: number } = {}): Prom
   const nodes: RedisHandle[] = []
   try {
     for (let i = 0; i < 6; i++) {
-      const port = await freePort()
+      // A cluster node also listens on port + 10000 (the cluster bus): keep both below the ephemeral range.
+      let port = await freePort(20000, 22767)
+      while (!await portIsFree(port + 10000)) port = await freePort(20000, 22767)
       nodes.push(await startRedis({
         private: true,
         port,

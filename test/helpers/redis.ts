@@ -58,18 +58,21 @@ export function redisServerBinary (): string {
  * reused while it restarts, could collide; random picks in 20000-32767 make that very unlikely, and the outgoing
  * connections' local ports never land there.
  */
-export async function freePort (): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = 20000 + Math.floor(Math.random() * 12768)
-    const ok = await new Promise<boolean>(resolve => {
-      const srv = createServer()
-      srv.unref()
-      srv.once('error', () => resolve(false))
-      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)))
-    })
-    if (ok) return port
+export async function freePort (lo = 20000, hi = 32767): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = lo + Math.floor(Math.random() * (hi - lo + 1))
+    if (await portIsFree(port)) return port
   }
-  throw new Error('no free loopback port found in 20000-32767')
+  throw new Error(`no free loopback port found in ${lo}-${hi}`)
+}
+
+export async function portIsFree (port: number): Promise<boolean> {
+  return await new Promise<boolean>(resolve => {
+    const srv = createServer()
+    srv.unref()
+    srv.once('error', () => resolve(false))
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)))
+  })
 }
 
 async function sleep (ms: number): Promise<void> {
