@@ -97,6 +97,11 @@ const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: Fas
   if (opts.secret === undefined) {
     throw new InvalidOptionError('secret', 'required: the cluster secret (>= 32 bytes, identical on every instance)')
   }
+  const commandTimeoutMs = opts.commandTimeoutMs ?? 1000
+  if (opts.durability?.timeoutMs !== undefined && opts.durability.timeoutMs >= commandTimeoutMs) {
+    // WAIT runs under the command timeout: a longer wait would trip the breaker and fail every command.
+    throw new InvalidOptionError('durability.timeoutMs', `must be below commandTimeoutMs (${commandTimeoutMs}), got ${opts.durability.timeoutMs}`)
+  }
   const { repository, owned } = createRepository(opts, (msg, fields) => fastify.log.warn(fields, msg))
   const { redis: _r, repository: _repo, commandTimeoutMs: _t, connectTimeoutMs: _c, retryAfterSeconds, ...storeOpts } = opts
   const retryAfter = String(retryAfterSeconds ?? 1)

@@ -19,8 +19,9 @@ t.test('durability { replicas: 1 }: acknowledged only once a replica has it, a c
   t.match(replica.cli('INFO', 'replication'), /master_link_status:up/, 'replica in sync')
   t.match(primary.cli('INFO', 'replication'), /slave0:.*state=online/, 'primary sees it online')
 
-  const repository = new RedisRepository({ url: primary.url })
-  const store = new TieredStore({ repository, secret: SECRET, partitions: 64, durability: { replicas: 1, timeoutMs: 200 } })
+  // WAIT gets up to a second here: a replica on a loaded CI machine can take longer than 200 ms to acknowledge.
+  const repository = new RedisRepository({ url: primary.url, commandTimeoutMs: 5000 })
+  const store = new TieredStore({ repository, secret: SECRET, partitions: 64, durability: { replicas: 1, timeoutMs: 1000 } })
   await store.start()
   t.teardown(async () => { await store.close(); await repository.close() })
   const k = store.key('durable', 'cart')
@@ -35,6 +36,6 @@ t.test('durability { replicas: 1 }: acknowledged only once a replica has it, a c
   await t.rejects(store.update(k, (_c, info) => info.deleted ? { items: 2 } : undefined), {
     code: 'FST_HANDOFF_DURABILITY', statusCode: 503, message: /0 of 1 required replicas/
   })
-  t.ok(performance.now() - started < 1000, 'the wait is bounded by timeoutMs')
+  t.ok(performance.now() - started < 3000, 'the wait is bounded by timeoutMs')
   t.equal(store.counters.durabilityFailures, 1)
 })

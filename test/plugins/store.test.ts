@@ -25,6 +25,8 @@ t.test('clear errors for missing or bad options, at registration', async t => {
     { code: 'FST_HANDOFF_INVALID_OPTION', message: /32 bytes/ })
   await t.rejects(async () => { const app = Fastify(); await app.register(handoffStore, { secret: SECRET, partitions: 1000 }); await app.ready() },
     { code: 'FST_HANDOFF_INVALID_OPTION', message: /partitions/ })
+  await t.rejects(async () => { const app = Fastify(); await app.register(handoffStore, { secret: SECRET, redis: 'redis://127.0.0.1:1', durability: { replicas: 1, timeoutMs: 1500 } }); await app.ready() },
+    { code: 'FST_HANDOFF_INVALID_OPTION', message: /durability.timeoutMs.*below commandTimeoutMs/ })
 })
 
 t.test('Redis by URL: connections are closed on fastify.close(); a client passed in is left open', async t => {
