@@ -23,7 +23,7 @@ import Fastify, { type FastifyInstance, type FastifyPluginCallback, type Fastify
 import fastifyCookie from '@fastify/cookie'
 import { buildShop, PRODUCTS } from '../examples/checkout/app.js'
 import { startRedis, type RedisHandle } from '../test/helpers/redis.js'
-import { commandDelta, commandStats, median, progress, round, writeResult } from './lib.js'
+import { commandDelta, commandStats, countRoundTrips, median, progress, round, roundTripCounter, writeResult, type RedisLike } from './lib.js'
 
 type Kind = 'bare' | 'handoff' | 'fsession-redis' | 'secure-session'
 type Case = 'add' | 'add-user' | 'checkout'
@@ -88,28 +88,6 @@ function addItem (cart: PeerCart, product: typeof PRODUCTS[number], quantity: nu
     items.push({ sku: product.sku, name: product.name, unitPrice: product.price, currency: product.currency, quantity })
   }
   return { items, version: cart.version + 1 }
-}
-
-let roundTrips = 0
-/**
- * Round trips to Redis made by the store: each Repository call is one command (a Lua script counts once, although
- * INFO commandstats also lists the commands it runs inside). Wrapped here, in the benchmark only.
- */
-function countRoundTrips (repository: Record<string, unknown>): void {
-  for (const m of ['get', 'compareAndSet', 'delete', 'touch', 'take']) {
-    const f = repository[m]
-    if (typeof f !== 'function') continue
-    repository[m] = async (...args: unknown[]): Promise<unknown> => {
-      roundTrips++
-      return await (f as (...a: unknown[]) => Promise<unknown>).apply(repository, args)
-    }
-  }
-}
-
-interface RedisLike {
-  on: (event: string, fn: (...args: unknown[]) => void) => void
-  connect: () => Promise<unknown>
-  quit: () => Promise<unknown>
 }
 
 async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: FastifyInstance, close: () => Promise<void> }> {
@@ -184,7 +162,7 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
       return cartView(cart.items, cart.version)
     })
   }
-  app.get('/__cpu', { config: { handoffSession: false } }, async () => ({ ...process.cpuUsage(), roundTrips, orders: orders() }))
+  app.get('/__cpu', { config: { handoffSession: false } }, async () => ({ ...process.cpuUsage(), roundTrips: roundTripCounter.count, orders: orders() }))
   return { app, close }
 }
 

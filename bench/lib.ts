@@ -66,3 +66,26 @@ export function commandDelta (before: Map<string, number>, after: Map<string, nu
   }
   return { data, ping }
 }
+
+/** What the peers' node-redis client needs to offer the benchmarks. */
+export interface RedisLike {
+  on: (event: string, fn: (...args: unknown[]) => void) => void
+  connect: () => Promise<unknown>
+  quit: () => Promise<unknown>
+}
+
+/**
+ * Round trips to Redis made by the store: each Repository call is one command (a Lua script counts once, although
+ * INFO commandstats also lists the commands it runs inside). Wrapped in the benchmark servers only.
+ */
+export const roundTripCounter = { count: 0 }
+export function countRoundTrips (repository: Record<string, unknown>): void {
+  for (const m of ['get', 'compareAndSet', 'delete', 'touch', 'take']) {
+    const f = repository[m]
+    if (typeof f !== 'function') continue
+    repository[m] = async (...args: unknown[]): Promise<unknown> => {
+      roundTripCounter.count++
+      return await (f as (...a: unknown[]) => Promise<unknown>).apply(repository, args)
+    }
+  }
+}

@@ -20,6 +20,7 @@ import fastifyCookie from '@fastify/cookie'
 import { handoffStore } from '../plugins/store.js'
 import { authSession } from '../plugins/auth-session.js'
 import { startRedis, type RedisHandle } from '../test/helpers/redis.js'
+import { commandDelta, commandStats, countRoundTrips, median, round, roundTripCounter, type RedisLike } from './lib.js'
 
 declare module '../plugins/auth-session.js' {
   interface SessionData {
@@ -127,30 +128,8 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
       return { n }
     })
   }
-  app.get('/__cpu', async () => ({ ...process.cpuUsage(), roundTrips }))
+  app.get('/__cpu', async () => ({ ...process.cpuUsage(), roundTrips: roundTripCounter.count }))
   return { app, close }
-}
-
-/**
- * Round trips to Redis made by the store: each Repository call is one command (a Lua script counts once, although
- * INFO commandstats also lists the commands it runs inside). Wrapped here, in the benchmark only.
- */
-let roundTrips = 0
-function countRoundTrips (repository: Record<string, unknown>): void {
-  for (const m of ['get', 'compareAndSet', 'delete', 'touch', 'take']) {
-    const f = repository[m]
-    if (typeof f !== 'function') continue
-    repository[m] = async (...args: unknown[]): Promise<unknown> => {
-      roundTrips++
-      return await (f as (...a: unknown[]) => Promise<unknown>).apply(repository, args)
-    }
-  }
-}
-
-interface RedisLike {
-  on: (event: string, fn: (...args: unknown[]) => void) => void
-  connect: () => Promise<unknown>
-  quit: () => Promise<unknown>
 }
 
 async function serve (kind: Kind, redisUrl: string): Promise<void> {
@@ -207,31 +186,6 @@ async function stopServer (s: Server): Promise<void> {
   await exited
 }
 
-function commandStats (redis: RedisHandle): Map<string, number> {
-  const out = new Map<string, number>()
-  for (const line of redis.cli('INFO', 'commandstats').split('\n')) {
-    const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim())
-    if (m !== null) out.set(m[1] as string, Number(m[2]))
-  }
-  return out
-}
-
-/**
- * Redis commands caused by requests: everything but INFO (this measurement) and PING (the handoff store's
- * subscriber heartbeat, 20/s per instance whatever the load; reported apart).
- */
-function commandDelta (before: Map<string, number>, after: Map<string, number>): { data: Record<string, number>, ping: number } {
-  const data: Record<string, number> = {}
-  let ping = 0
-  for (const [cmd, n] of after) {
-    const d = n - (before.get(cmd) ?? 0)
-    if (d <= 0 || cmd === 'info') continue
-    if (cmd === 'ping') ping = d
-    else data[cmd] = d
-  }
-  return { data, ping }
-}
-
 async function probe (s: Server): Promise<{ cpu: number, roundTrips: number }> {
   const r = await fetch(`${s.base}/__cpu`)
   const u = await r.json() as { user: number, system: number, roundTrips: number }
@@ -285,16 +239,6 @@ async function runOnce (s: Server, c: Case, redis: RedisHandle): Promise<Run> {
     byCommand: per,
     pingPerReq: round(ping / requests, 4)
   }
-}
-
-function round (x: number, digits: number): number {
-  const f = 10 ** digits
-  return Math.round(x * f) / f
-}
-
-function median (xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
-  return s[Math.floor(s.length / 2)] as number
 }
 
 async function drive (): Promise<void> {
