@@ -315,11 +315,6 @@ interface ParsedCookie { id: string, version: number, renew: boolean, key: strin
  */
 const VERIFIED_CACHE_SIZE = 10_000
 
-/** Bound of the outage copies (see Runtime.keepForOutage). */
-const OUTAGE_COPIES = 10_000
-
-interface KnownCopy { value: StoredSession, version: number, expiresAt: number }
-
 /** Everything one registration shares between requests. */
 class Runtime {
   readonly metrics: SessionMetrics = {
@@ -342,7 +337,6 @@ class Runtime {
   private readonly indexKeys: Array<{ id: string, key: Buffer }>
   private readonly touching = new Set<string>()
   private readonly verified = new Map<string, ParsedCookie>()
-  private readonly outageCopies = new Map<string, KnownCopy>()
   /** Fields regenerate() always keeps (keepOnRegenerate). */
   readonly keptOnRegenerate = new Set<string>()
   readonly cookieBase: { path: string, domain?: string, secure: boolean | 'auto', httpOnly: boolean, sameSite: 'lax' | 'strict' | 'none', partitioned?: boolean }
@@ -401,34 +395,6 @@ class Runtime {
     }
     this.verified.set(raw, parsed)
     return parsed
-  }
-
-  /**
-   * Workaround: TieredStore.update drops its local copy when a write fails, also when Redis is merely unreachable,
-   * so one failed write during an outage would turn every later read of that session into a 503. The copy this
-   * request loaded is still a state the client has seen (its cookie floor is at most that version), so it is kept
-   * here and served, flagged degraded, only while the store cannot answer; the next successful read drops it.
-   */
-  keepForOutage (key: string, copy: KnownCopy): void {
-    if (this.outageCopies.size >= OUTAGE_COPIES) {
-      const oldest = this.outageCopies.keys().next()
-      if (oldest.done !== true) this.outageCopies.delete(oldest.value)
-    }
-    this.outageCopies.set(key, copy)
-  }
-
-  outageCopy (key: string, minVersion: number): KnownCopy | undefined {
-    const c = this.outageCopies.get(key)
-    if (c === undefined) return undefined
-    if (c.expiresAt <= Date.now() || c.version < minVersion) {
-      this.outageCopies.delete(key)
-      return undefined
-    }
-    return c
-  }
-
-  forgetOutageCopy (key: string): void {
-    if (this.outageCopies.size > 0) this.outageCopies.delete(key)
   }
 
   newId (): string {
@@ -742,9 +708,6 @@ class SessionState implements HandoffSession {
     try {
       await this.writeOps(ops, userChange)
     } catch (err) {
-      if (is503(err) && this.existed && this.sid !== undefined && this.base !== undefined) {
-        this.rt.keepForOutage(this.rt.sessionKey(this.sid), { value: this.base, version: this.baseVersion, expiresAt: this.baseExpiresAt })
-      }
       // Still pending (a later save() may succeed), unless the session ended under us: then they are void.
       if (!isHandoffError(err, 'FST_HANDOFF_SESSION_ENDED')) {
         this.ops = ops.concat(this.ops)
@@ -923,18 +886,11 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
       next()
       return
     }
+    // During an outage the store itself answers with a known copy, flagged degraded (counted in loaded()).
     rt.store.get(c.key, { minVersion: c.version }).then(entry => {
-      rt.forgetOutageCopy(c.key)
       loaded(state, c, entry)
       next()
     }, (err: unknown) => {
-      const known = is503(err) ? rt.outageCopy(c.key, c.version) : undefined
-      if (known !== undefined) {
-        metrics.loadedDegraded++
-        state.adopt(c.id, known.value, known.version, known.expiresAt)
-        next()
-        return
-      }
       // Unknown locally and the store is down: routes that use the session get 503, the others still work.
       attachRetryAfter(err, opts.retryAfterSeconds)
       setSlot(request, { error: err instanceof Error ? err : new Error(String(err)) })
