@@ -219,6 +219,11 @@ function hmacHex (key: Buffer, ...parts: string[]): string {
   return h.digest('hex')
 }
 
+function checkSku (sku: string): string {
+  if (typeof sku !== 'string' || sku.length === 0 || sku.length > 64) throw new BadInputError('sku must be 1 to 64 characters')
+  return sku
+}
+
 function check (v: ValidateFunction, input: unknown, what: string): void {
   if (!v(input)) {
     const e = v.errors?.[0]
@@ -244,13 +249,26 @@ function view (cart: StoredCart, source: CartView['source'] = 'repository', revi
 
 /** One per request: resolves the cart's owner from the session, merges an anonymous cart after login. */
 class RequestCart implements HandoffCart {
+  /** HMAC tags computed for this request (owner ids and cookie/order tags), each needed several times. */
+  private readonly tags = new Map<string, string>()
+
   constructor (private readonly rt: Runtime, private readonly request: FastifyRequest, private readonly reply: FastifyReply) {}
+
+  private tag (purpose: string, value: string, length: number): string {
+    const k = `${purpose}\n${value}`
+    let t = this.tags.get(k)
+    if (t === undefined) {
+      t = hmacHex(this.rt.ownerKey, purpose, value).slice(0, length)
+      this.tags.set(k, t)
+    }
+    return t
+  }
 
   /** The owner id: the signed-in user's, else the anonymous cart id kept in the session (made on first write). */
   private owner (create: boolean): string | undefined {
     const session = this.request.session
     const user = session.user
-    if (user !== undefined) return `u${hmacHex(this.rt.ownerKey, 'user', user.id).slice(0, 40)}`
+    if (user !== undefined) return `u${this.tag('user', user.id, 40)}`
     const anon = session.get(CART_FIELD)
     if (typeof anon === 'string') return anon
     if (!create) return undefined
@@ -304,8 +322,9 @@ class RequestCart implements HandoffCart {
     return view(cart, found?.source ?? 'new')
   }
 
-  private async change (change: CartChange): Promise<CartView> {
-    refuseCardNumbers(change, 'cart')
+  /** `scanned`: the caller already refused card numbers in the input (before validating it). */
+  private async change (change: CartChange, scanned = false): Promise<CartView> {
+    if (!scanned) this.guard(change, 'cart')
     const owner = this.owner(true) as string
     if (owner.startsWith('u')) await this.mergeAnonymous(owner)
     const now = Date.now()
@@ -334,29 +353,27 @@ class RequestCart implements HandoffCart {
   async add (item: Omit<CartItem, 'quantity'> & { quantity?: number }): Promise<CartView> {
     this.guard(item, 'item')
     check(this.rt.validate.item, item, 'item')
-    return await this.change({ op: 'add', item: { ...item, quantity: item.quantity ?? 1 } as CartItem })
+    return await this.change({ op: 'add', item: { ...item, quantity: item.quantity ?? 1 } as CartItem }, true)
   }
 
   async remove (sku: string): Promise<CartView> {
-    if (typeof sku !== 'string' || sku.length === 0 || sku.length > 64) throw new BadInputError('sku must be 1 to 64 characters')
-    return await this.change({ op: 'remove', sku })
+    return await this.change({ op: 'remove', sku: checkSku(sku) })
   }
 
   async setQuantity (sku: string, quantity: number): Promise<CartView> {
-    if (typeof sku !== 'string' || sku.length === 0 || sku.length > 64) throw new BadInputError('sku must be 1 to 64 characters')
-    return await this.change({ op: 'setQuantity', sku, quantity })
+    return await this.change({ op: 'setQuantity', sku: checkSku(sku), quantity })
   }
 
   async setDetails (details: PurchaseDetails): Promise<CartView> {
     this.guard(details, 'details')
     check(this.rt.validate.details, details, 'details')
-    return await this.change({ op: 'details', details })
+    return await this.change({ op: 'details', details }, true)
   }
 
   async setPayment (payment: PaymentMethod): Promise<CartView> {
     this.guard(payment, 'payment')
     check(this.rt.validate.payment, payment, 'payment')
-    return await this.change({ op: 'payment', payment })
+    return await this.change({ op: 'payment', payment }, true)
   }
 
   /** Card numbers are refused before anything else looks at the input, and never echoed or logged. */
@@ -507,7 +524,7 @@ class RequestCart implements HandoffCart {
     if (r.value !== undefined && owner !== undefined) this.setAnchor(owner, r.value as StoredCart)
   }
 
-  private ownerTag (owner: string): string { return hmacHex(this.rt.ownerKey, 'order-owner', owner).slice(0, 24) }
+  private ownerTag (owner: string): string { return this.tag('order-owner', owner, 24) }
 
   async getOrder (orderId: string): Promise<Order | undefined> {
     const owner = this.owner(false)
@@ -516,7 +533,7 @@ class RequestCart implements HandoffCart {
     return order?.ownerTag === this.ownerTag(owner) ? order : undefined
   }
 
-  private anchorTag (owner: string): string { return hmacHex(this.rt.ownerKey, 'anchor', owner).slice(0, 12) }
+  private anchorTag (owner: string): string { return this.tag('anchor', owner, 12) }
 
   private setAnchor (owner: string, cart: StoredCart): void {
     const value = `${this.anchorTag(owner)}.${cart.seq}.${cart.digest.slice(0, 24)}`
