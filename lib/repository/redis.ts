@@ -52,6 +52,8 @@ export interface RedisRepositoryOptions {
   subscriberOptions?: RedisOptions
   /** PING the subscriber this often, ms; each answer renews the lease of local reads. Default: 50. */
   heartbeatIntervalMs?: number
+  /** A heartbeat unanswered this long (a path gone silent) drops and re-opens the subscriber connection. Default: 3000. */
+  subscriberDeadAfterMs?: number
   /** Publish an invalidation per write (needed for coherence between instances). Default: true. */
   publishInvalidations?: boolean
   /** Called on state changes worth a log line (tripped, recovered). Never given a secret. */
@@ -89,6 +91,7 @@ export class RedisRepository implements Repository {
   private readonly subscribers = new Set<RedisSubscriber | ClusterSubscription>()
   private readonly subscriberOptions: RedisOptions | undefined
   private readonly heartbeatIntervalMs: number | undefined
+  private readonly subscriberDeadAfterMs: number | undefined
 
   constructor (opts: RedisRepositoryOptions = {}) {
     this.onEvent = opts.onEvent
@@ -97,6 +100,7 @@ export class RedisRepository implements Repository {
     this.publish = opts.publishInvalidations === false ? '0' : '1'
     this.subscriberOptions = opts.subscriberOptions
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs
+    this.subscriberDeadAfterMs = opts.subscriberDeadAfterMs
     const base: RedisOptions = {
       // No auto-pipelining: ioredis runs one auto-pipeline per connection at a time, and a pipeline whose callback
       // never came (seen after a freeze or a restart with the offline queue off) held every later command forever.
@@ -186,7 +190,8 @@ export class RedisRepository implements Repository {
     const opts = {
       onEvent: (e: RepositoryEvent) => this.onEvent?.(e),
       redisOptions: this.subscriberOptions,
-      heartbeatIntervalMs: this.heartbeatIntervalMs
+      heartbeatIntervalMs: this.heartbeatIntervalMs,
+      deadAfterMs: this.subscriberDeadAfterMs
     }
     const sub = this.client instanceof Cluster
       ? new ClusterSubscription(this.client, scope, listener, opts)

@@ -90,6 +90,33 @@ t.test('subscriber silently blackholed: reads stop using local copies within the
   t.match(back, { version: 31, source: 'local' }, 'local reads resume once heartbeats are answered again')
 })
 
+t.test('a subscriber whose heartbeat stays unanswered is dropped and re-opened, and recovers', async t => {
+  const proxy = await startProxy(redis.port)
+  t.teardown(async () => await proxy.close())
+  const a = await store(t, redis.url)
+  const b = await store(t, redis.url, { subscriberOptions: { port: proxy.port }, subscriberDeadAfterMs: 300 })
+  const k = a.key('dead-sub', 'cart')
+  await a.update(k, inc)
+  await b.get(k)
+  const subscribers = (): number => redis.cli('CLIENT', 'LIST').split('\n').filter(l => l.includes('name=fastify-handoff:subscriber')).length
+  const before = b.counters.resyncs
+  const connectionsBefore = subscribers()
+  proxy.blackhole()
+  await sleep(800)
+  t.ok(b.counters.resyncs > before, 'the silent connection was given up (a resync)')
+  proxy.restore()
+  await a.update(k, inc)
+  const deadline = performance.now() + 5000
+  let back
+  while (performance.now() < deadline) {
+    back = await b.get(k)
+    if (back?.source === 'local' && back.version === 2) break
+    await sleep(20)
+  }
+  t.match(back, { version: 2, source: 'local' }, 'a new subscriber connection renews the lease and delivers again')
+  t.equal(subscribers(), connectionsBefore, 'the old connection is gone, one new one replaced it')
+})
+
 t.test('Redis restarted (state lost): copies from before are never served again', async t => {
   const r = await startRedis({ private: true })
   t.teardown(async () => await r.stop())
