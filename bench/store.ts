@@ -52,14 +52,31 @@ const stats = server.cli('INFO', 'commandstats')
 const calls = (c: string): number => Number(new RegExp(`cmdstat_${c}:calls=(\\d+)`).exec(stats)?.[1] ?? 0)
 // Commands the client sent: scripts, plus reads outside scripts (each script runs one HMGET inside Redis).
 const scripts = calls('evalsha') + calls('eval')
-const roundTrips = scripts + (calls('hmget') - scripts)
+const readsOutsideScripts = calls('hmget') - scripts
+const roundTrips = scripts + readsOutsideScripts
+
+// Memory per entry for a typical signed-in session (docs/scaling.md quotes these): Redis used_memory delta, and
+// what the local tier accounts against maxLocalBytes.
+progress('store: memory per session entry')
+const SESSIONS = 10_000
+const session = { user: { id: 'u-12345', name: 'Alice Example', roles: ['customer'] }, data: { theme: 'dark', visits: 12 }, createdAt: Date.now(), lastSeen: Date.now() }
+const usedMemory = (): number => Number(/used_memory:(\d+)/.exec(server.cli('INFO', 'memory'))?.[1] ?? 0)
+rs.clearLocal()
+const memBefore = usedMemory()
+for (let i = 0; i < SESSIONS; i++) await rs.update(rs.key(randomBytes(24).toString('base64url'), 'session'), () => session, { ttlMs: 3_600_000 })
+const memory = {
+  sessionJsonBytes: JSON.stringify(session).length,
+  redisBytesPerEntry: (usedMemory() - memBefore) / SESSIONS,
+  localAccountedBytesPerEntry: rs.localBytes / rs.localEntries
+}
 await rs.close()
 await repository.close()
 await server.stop()
 
 const result = {
   localHit: { opsPerSec: m, ratioGetLocalToBareLru: m.getLocal / m.bare, ratioGetToBareLru: m.get / m.bare, ratioGetToAsyncLru: m.get / m.bareAsync },
-  update: { updates: UPDATES, roundTripsPerUpdate: roundTrips / UPDATES, scriptsPerUpdate: scripts / UPDATES, meanMs: updMs / UPDATES }
+  update: { updates: UPDATES, roundTripsPerUpdate: roundTrips / UPDATES, scriptsPerUpdate: scripts / UPDATES, meanMs: updMs / UPDATES },
+  memory
 }
 writeResult('store', result, `
 ### Store (bench/store.ts)
@@ -70,6 +87,8 @@ writeResult('store', result, `
 | \`store.getLocal\` (sync local hit) | ${fmt(m.getLocal / 1e6)} M/s = **${fmt(result.localHit.ratioGetLocalToBareLru)}x** bare lru-cache |
 | \`await store.get\` (local hit) | ${fmt(m.get / 1e6)} M/s = ${fmt(result.localHit.ratioGetToBareLru)}x bare lru-cache, ${fmt(result.localHit.ratioGetToAsyncLru)}x an awaited lru-cache get |
 | Redis round trips per uncontended update | **${fmt(result.update.roundTripsPerUpdate)}** (${fmt(result.update.scriptsPerUpdate)} EVALSHA), ${fmt(result.update.meanMs, 3)} ms each, 1 in flight |
+| memory per ${memory.sessionJsonBytes}-byte session, Redis (used_memory delta over ${SESSIONS}) | ${fmt(memory.redisBytesPerEntry, 0)} bytes |
+| memory per session, local tier (accounted against maxLocalBytes) | ${fmt(memory.localAccountedBytesPerEntry, 0)} bytes |
 
 ${KEYS} entries of ~1 KB, ${N} lookups per round, median of ${ROUNDS} interleaved rounds; ${UPDATES} sequential updates on loopback Redis.
 `)
