@@ -302,6 +302,7 @@ export class TieredStore<T = unknown> {
    */
   getLocal (key: string, opts?: { minVersion?: number }): StoreEntry<T> | undefined {
     const partition = this.partitionOf(key)
+    // readable() first: regaining the lease flushes the local tier, and a copy taken before that must not answer.
     if (this.coherence !== undefined && !this.coherence.readable()) return undefined
     const local = this.stripeOf(partition)?.get(key)
     if (local === undefined || local.value === undefined || local.version < (opts?.minVersion ?? 0) || local.expiresAt <= this.now()) {
@@ -312,17 +313,13 @@ export class TieredStore<T = unknown> {
   }
 
   async get (key: string, opts?: { minVersion?: number }): Promise<StoreEntry<T> | undefined> {
+    const hit = this.getLocal(key, opts)
+    if (hit !== undefined) return hit
     const minVersion = opts?.minVersion ?? 0
     const partition = this.partitionOf(key)
     const stripe = this.stripeOf(partition)
-    // readable() first: regaining the lease flushes the local tier, and a copy taken before that must not answer.
-    const readable = this.coherence === undefined || this.coherence.readable()
-    const local = stripe?.get(key)
-    const now = this.now()
-    if (readable && local !== undefined && local.value !== undefined && local.version >= minVersion && local.expiresAt > now) {
-      this.counters.localHits++
-      return { value: local.value as T, version: local.version, expiresAt: local.expiresAt, source: 'local', degraded: false }
-    }
+    // What this instance knows, for degraded answers should the repository be unreachable.
+    const local = stripe?.peek(key)
     this.counters.localMisses++
     const ticket = this.coherence?.open(key, partition)
     let stored: StoredEntry | null
