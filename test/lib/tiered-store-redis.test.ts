@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import fc from 'fast-check'
 import { RedisRepository } from '../../lib/repository/redis.js'
 import { TieredStore, type StoreValue } from '../../lib/tiered-store.js'
-import { startRedis } from '../helpers/redis.js'
+import { startRedis, type RedisHandle } from '../helpers/redis.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 interface Counter { [k: string]: StoreValue, n: number }
@@ -83,64 +83,67 @@ async function waitForWrites (store: TieredStore, k: string, deadlineMs: number)
   throw new Error(`no successful write within ${deadlineMs} ms`)
 }
 
-t.test('Redis paused (SIGSTOP): fail fast, keep serving known reads, lose no acknowledged write, recover', async t => {
-  const server = await startRedis({ private: true })
+interface Outage {
+  name: string
+  serverArgs: string[]
+  /** Break Redis; resolve when reads during the outage may be checked. */
+  cause: (server: RedisHandle) => Promise<void>
+  /** Extra checks while Redis is out. */
+  during?: (t: Test, store: TieredStore, quiet: string) => Promise<void>
+  /** Bring Redis back. */
+  end: (server: RedisHandle) => Promise<void>
+}
+
+/** One fault-injection run: a write load on 8 keys, an outage, recovery, then every acknowledged write checked. */
+async function outageUnderLoad (t: Test, o: Outage): Promise<void> {
+  const server = await startRedis({ private: true, args: o.serverArgs })
   t.teardown(async () => await server.stop())
   const store = await makeStore(t, server.url, {}, 300)
-  const keys = Array.from({ length: 8 }, (_, i) => store.key(`pause-${i}`, 'counter'))
-  const quiet = store.key('pause-quiet', 'session')
+  const keys = Array.from({ length: 8 }, (_, i) => store.key(`${o.name}-${i}`, 'counter'))
+  const quiet = store.key(`${o.name}-quiet`, 'session')
   await store.update(quiet, () => ({ user: 'alice' }))
   const l = load(store, keys)
   t.teardown(async () => { await l.stop() })
   await sleep(300)
-  server.pause()
-  await sleep(1200)
+  await o.cause(server)
   const during = await store.get(quiet)
   t.equal(during?.degraded, true, 'a known local copy is still served, flagged degraded')
-  await t.rejects(store.update(quiet, () => ({ user: 'bob' })), { code: 'FST_HANDOFF_UNAVAILABLE' })
-  t.match(await store.get(quiet), { degraded: true, value: { user: 'alice' } }, 'a failed write does not cost the degraded read')
-  server.resume()
+  await o.during?.(t, store, quiet)
+  await o.end(server)
   const recovery = await waitForWrites(store, keys[0] as string, 20_000)
   await sleep(200)
   const ledger = await l.stop()
-  t.ok((ledger.errors.get('FST_HANDOFF_UNAVAILABLE') ?? 0) > 0, 'writes failed with FST_HANDOFF_UNAVAILABLE during the freeze')
+  t.ok((ledger.errors.get('FST_HANDOFF_UNAVAILABLE') ?? 0) > 0, 'writes failed with FST_HANDOFF_UNAVAILABLE during the outage')
   t.same([...ledger.errors.keys()].filter(c => c !== 'FST_HANDOFF_UNAVAILABLE'), [], 'no other error')
   t.ok(ledger.maxLatency < 300 + 1500, `no call hung past the timeout (max ${ledger.maxLatency.toFixed(0)} ms; slack for a loaded CI machine)`)
-  t.ok(recovery < 10_000, `writes resumed ${recovery.toFixed(0)} ms after SIGCONT, without restarting anything`)
+  t.ok(recovery < 10_000, `writes resumed ${recovery.toFixed(0)} ms after Redis came back, without restarting anything`)
   store.clearLocal()
   for (const k of keys) {
     const n = ((await store.get(k))?.value as Counter).n
     t.ok(n >= (ledger.acked.get(k) ?? 0), `${k}: ${n} stored >= ${ledger.acked.get(k) ?? 0} acknowledged`)
   }
+}
+
+t.test('Redis paused (SIGSTOP): fail fast, keep serving known reads, lose no acknowledged write, recover', async t => {
+  await outageUnderLoad(t, {
+    name: 'pause',
+    serverArgs: [],
+    cause: async server => { server.pause(); await sleep(1200) },
+    during: async (t, store, quiet) => {
+      await t.rejects(store.update(quiet, () => ({ user: 'bob' })), { code: 'FST_HANDOFF_UNAVAILABLE' })
+      t.match(await store.get(quiet), { degraded: true, value: { user: 'alice' } }, 'a failed write does not cost the degraded read')
+    },
+    end: async server => { server.resume() }
+  })
 })
 
 t.test('Redis killed and restarted (AOF fsync always): no hang, no lost acknowledged write, recovery', async t => {
-  const server = await startRedis({ private: true, args: ['--appendonly', 'yes', '--appendfsync', 'always'] })
-  t.teardown(async () => await server.stop())
-  const store = await makeStore(t, server.url, {}, 300)
-  const keys = Array.from({ length: 8 }, (_, i) => store.key(`kill-${i}`, 'counter'))
-  const quiet = store.key('kill-quiet', 'session')
-  await store.update(quiet, () => ({ user: 'alice' }))
-  const l = load(store, keys)
-  t.teardown(async () => { await l.stop() })
-  await sleep(300)
-  await server.kill()
-  await sleep(600)
-  const during = await store.get(quiet)
-  t.equal(during?.degraded, true, 'known local copies are served while Redis is down')
-  await server.restart()
-  const recovery = await waitForWrites(store, keys[0] as string, 20_000)
-  await sleep(200)
-  const ledger = await l.stop()
-  t.ok((ledger.errors.get('FST_HANDOFF_UNAVAILABLE') ?? 0) > 0, 'writes failed while Redis was down')
-  t.same([...ledger.errors.keys()].filter(c => c !== 'FST_HANDOFF_UNAVAILABLE'), [], 'no other error')
-  t.ok(ledger.maxLatency < 300 + 1500, `no call hung past the timeout (max ${ledger.maxLatency.toFixed(0)} ms; slack for a loaded CI machine)`)
-  t.ok(recovery < 10_000, `writes resumed ${recovery.toFixed(0)} ms after the restart`)
-  store.clearLocal()
-  for (const k of keys) {
-    const n = ((await store.get(k))?.value as Counter).n
-    t.ok(n >= (ledger.acked.get(k) ?? 0), `${k}: ${n} stored >= ${ledger.acked.get(k) ?? 0} acknowledged`)
-  }
+  await outageUnderLoad(t, {
+    name: 'kill',
+    serverArgs: ['--appendonly', 'yes', '--appendfsync', 'always'],
+    cause: async server => { await server.kill(); await sleep(600) },
+    end: async server => { await server.restart() }
+  })
 })
 
 t.test('corrupt bytes and a foreign seal key in Redis read as a miss, and the next write heals the entry', async t => {
