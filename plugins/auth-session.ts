@@ -98,7 +98,10 @@ export interface AuthSessionOptions {
    * the sessions closest to their absolute expiry are destroyed. Default: 100.
    */
   maxSessionsPerUser?: number
-  /** Retry-After value, seconds, sent with 503 when the store is unavailable. Default: 1. */
+  /**
+   * Retry-After value, seconds, sent with 503 when the store is unavailable. Default: the store plugin's
+   * `retryAfterSeconds` (itself 1 by default), so that one setting covers every 503 of the suite.
+   */
   retryAfterSeconds?: number
 }
 
@@ -232,7 +235,7 @@ function oneOf<T extends string | boolean> (name: string, v: unknown, allowed: r
 }
 
 /** Defaults in one place; every invalid option is refused here, naming it. */
-export function resolveOptions (opts: AuthSessionOptions = {}): ResolvedOptions {
+export function resolveOptions (opts: AuthSessionOptions = {}, storeRetryAfterSeconds = 1): ResolvedOptions {
   if (!isObject(opts)) throw new InvalidOptionError('options', 'must be an object')
   const known = new Set(['cookie', 'idleTimeoutMs', 'absoluteTimeoutMs', 'refreshAfter', 'maxBytes', 'maxSessionsPerUser', 'retryAfterSeconds'])
   for (const k of Object.keys(opts)) {
@@ -280,7 +283,7 @@ export function resolveOptions (opts: AuthSessionOptions = {}): ResolvedOptions 
     refreshAfter,
     maxBytes: int('maxBytes', opts.maxBytes, 16_384, 64),
     maxSessionsPerUser: int('maxSessionsPerUser', opts.maxSessionsPerUser, 100, 1),
-    retryAfterSeconds: int('retryAfterSeconds', opts.retryAfterSeconds, 1, 0)
+    retryAfterSeconds: int('retryAfterSeconds', opts.retryAfterSeconds, storeRetryAfterSeconds, 0)
   }
 }
 
@@ -807,7 +810,7 @@ function setSlot (request: FastifyRequest, s: Slot): void {
 const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, done) => {
   let rt: Runtime
   try {
-    rt = new Runtime(fastify.handoff.store, resolveOptions(options), fastify)
+    rt = new Runtime(fastify.handoff.store, resolveOptions(options, fastify.handoff.retryAfterSeconds), fastify)
   } catch (err) {
     done(err as Error)
     return

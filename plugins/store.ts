@@ -32,7 +32,10 @@ export interface HandoffStoreOptions extends Omit<TieredStoreOptions, 'repositor
   commandTimeoutMs?: number
   /** How long registration waits for Redis before failing with FST_HANDOFF_UNAVAILABLE, ms. Default: 5000. */
   connectTimeoutMs?: number
-  /** `Retry-After` (seconds) added to every 503 answered for a FST_HANDOFF_* error. Default: 1. */
+  /**
+   * `Retry-After` (seconds) added to every 503 answered for a FST_HANDOFF_* error; auth-session uses it too unless
+   * given its own `retryAfterSeconds`. Default: 1.
+   */
   retryAfterSeconds?: number
 }
 
@@ -40,6 +43,8 @@ export interface HandoffDecorator {
   store: TieredStore
   keyRing: KeyRing
   repository: Repository
+  /** The `Retry-After` seconds every 503 of the suite carries (the `retryAfterSeconds` option). */
+  retryAfterSeconds: number
 }
 
 declare module 'fastify' {
@@ -104,7 +109,11 @@ const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: Fas
   }
   const { repository, owned } = createRepository(opts, (msg, fields) => fastify.log.warn(fields, msg))
   const { redis: _r, repository: _repo, commandTimeoutMs: _t, connectTimeoutMs: _c, retryAfterSeconds, ...storeOpts } = opts
-  const retryAfter = String(retryAfterSeconds ?? 1)
+  const retryAfterS = retryAfterSeconds ?? 1
+  if (!Number.isSafeInteger(retryAfterS) || retryAfterS < 0) {
+    throw new InvalidOptionError('retryAfterSeconds', `must be an integer >= 0, got ${String(retryAfterSeconds)}`)
+  }
+  const retryAfter = String(retryAfterS)
   let store: TieredStore
   try {
     store = new TieredStore({ ...storeOpts, repository, logger: fastify.log })
@@ -121,7 +130,7 @@ const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: Fas
   fastify.addHook('onError', async (_request, reply, err) => {
     if (isHandoffError(err) && err.statusCode === 503 && !reply.hasHeader('retry-after')) reply.header('retry-after', retryAfter)
   })
-  fastify.decorate('handoff', { store, keyRing: store.keyRing, repository })
+  fastify.decorate('handoff', { store, keyRing: store.keyRing, repository, retryAfterSeconds: retryAfterS })
   fastify.addHook('onClose', async () => {
     await store.close()
     if (owned) await repository.close()

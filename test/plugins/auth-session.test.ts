@@ -148,6 +148,8 @@ t.test('options are checked at registration, naming the option', async t => {
     maxSessionsPerUser: 100,
     retryAfterSeconds: 1
   }, 'the documented defaults')
+  t.equal(resolveOptions({}, 7).retryAfterSeconds, 7, 'Retry-After defaults to the store plugin\'s setting')
+  t.equal(resolveOptions({ retryAfterSeconds: 3 }, 7).retryAfterSeconds, 3, '...and its own option overrides it')
 
   const app = Fastify()
   await app.register(fastifyCookie)
@@ -530,8 +532,8 @@ t.test('Redis outage: warm reads go on, writes fail fast with 503 + Retry-After,
   const app = await instance(t, {
     redisServer: own,
     prefix: freshPrefix(),
-    store: { commandTimeoutMs: 300 },
-    session: { retryAfterSeconds: 2 },
+    // Set on the store plugin only: the session plugin's 503s use it too.
+    store: { commandTimeoutMs: 300, retryAfterSeconds: 2 },
     logger: { level: 'info', stream: { write: (l: string) => { lines.push(JSON.parse(l) as { level: number, msg: string }) } } }
   })
   const cookie = setCookieOf(await call(app, 'POST', '/set', await login(app, 'alice'), { a: 'before' })) as string

@@ -27,6 +27,10 @@ t.test('clear errors for missing or bad options, at registration', async t => {
     { code: 'FST_HANDOFF_INVALID_OPTION', message: /partitions/ })
   await t.rejects(async () => { const app = Fastify(); await app.register(handoffStore, { secret: SECRET, redis: 'redis://127.0.0.1:1', durability: { replicas: 1, timeoutMs: 1500 } }); await app.ready() },
     { code: 'FST_HANDOFF_INVALID_OPTION', message: /durability.timeoutMs.*below commandTimeoutMs/ })
+  for (const bad of [-1, 1.5, '2']) {
+    await t.rejects(async () => { const app = Fastify(); await app.register(handoffStore, { secret: SECRET, retryAfterSeconds: bad as number }); await app.ready() },
+      { code: 'FST_HANDOFF_INVALID_OPTION', message: /retryAfterSeconds/ }, `retryAfterSeconds ${JSON.stringify(bad)}`)
+  }
 })
 
 t.test('Redis by URL: connections are closed on fastify.close(); a client passed in is left open', async t => {
