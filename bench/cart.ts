@@ -14,7 +14,7 @@
  *   run through the API (add, billing address, payment token); a fixed number of checkouts per round.
  * Runs are interleaved (round 1: every server and case, round 2: ...) and medians of the rounds are reported.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { randomBytes } from 'node:crypto'
 import { cpus, loadavg } from 'node:os'
@@ -23,7 +23,7 @@ import Fastify, { type FastifyInstance, type FastifyPluginCallback, type Fastify
 import fastifyCookie from '@fastify/cookie'
 import { buildShop, PRODUCTS } from '../examples/checkout/app.js'
 import { startRedis, type RedisHandle } from '../test/helpers/redis.js'
-import { commandDelta, commandStats, countRoundTrips, median, progress, round, roundTripCounter, writeResult, type RedisLike } from './lib.js'
+import { commandDelta, commandStats, countRoundTrips, median, progress, round, roundTripCounter, writeResult, serveUntilStopped, spawnServer, stopServer, type RedisLike } from './lib.js'
 
 type Kind = 'bare' | 'handoff' | 'fsession-redis' | 'secure-session'
 type Case = 'add' | 'add-user' | 'checkout'
@@ -168,17 +168,7 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
 
 async function serve (kind: Kind, redisUrl: string): Promise<void> {
   const { app, close } = await buildServer(kind, redisUrl)
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const addr = app.server.address()
-  process.stdout.write(JSON.stringify({ port: typeof addr === 'object' && addr !== null ? addr.port : 0 }) + '\n')
-  const stop = (): void => {
-    const force = setTimeout(() => process.exit(0), 2000)
-    force.unref()
-    app.close().then(close).then(() => process.exit(0), () => process.exit(1))
-  }
-  process.on('SIGTERM', stop)
-  process.stdin.on('end', stop)
-  process.stdin.resume()
+  await serveUntilStopped(app, close)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -232,27 +222,7 @@ function storeCookies (jar: Jar, setCookie: string | string[] | undefined): void
 interface Server { kind: Kind, child: ChildProcess, base: string }
 
 async function startServer (kind: Kind, redisUrl: string): Promise<Server> {
-  const child = spawn(process.execPath, ['--import', 'tsx', SELF, '--server', kind, '--redis', redisUrl], {
-    stdio: ['pipe', 'pipe', 'inherit']
-  })
-  const port = await new Promise<number>((resolve, reject) => {
-    let buf = ''
-    const timer = setTimeout(() => reject(new Error(`${kind} server did not start`)), 30_000)
-    child.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString()
-      const nl = buf.indexOf('\n')
-      if (nl >= 0) { clearTimeout(timer); resolve((JSON.parse(buf.slice(0, nl)) as { port: number }).port) }
-    })
-    child.once('exit', code => { clearTimeout(timer); reject(new Error(`${kind} server exited with ${String(code)}`)) })
-  })
-  return { kind, child, base: `http://127.0.0.1:${port}` }
-}
-
-async function stopServer (s: Server): Promise<void> {
-  if (s.child.exitCode !== null) return
-  const exited = new Promise(resolve => s.child.once('exit', resolve))
-  s.child.kill('SIGTERM')
-  await exited
+  return { kind, ...await spawnServer(SELF, kind, redisUrl) }
 }
 
 /** One API call with the jar's cookies; the answer's cookies go back into the jar. Non-2xx throws. */

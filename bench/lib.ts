@@ -1,5 +1,7 @@
 // Shared benchmark helpers: medians of interleaved rounds, ratios from the same run, results on disk.
+import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
+import type { FastifyInstance } from 'fastify'
 
 export function median (xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)
@@ -88,4 +90,51 @@ export function countRoundTrips (repository: Record<string, unknown>): void {
       return await (f as (...a: unknown[]) => Promise<unknown>).apply(repository, args)
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Benchmark servers in their own processes: the bench file spawns itself with `--server <kind> --redis <url>`, the
+// child listens on a free loopback port and prints it as one JSON line, and stops on SIGTERM or when stdin closes
+// (so a driver that dies takes its servers with it).
+
+/** In the child: listen, announce the port, stop on SIGTERM or the end of stdin. */
+export async function serveUntilStopped (app: FastifyInstance, close: () => Promise<void>): Promise<void> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const addr = app.server.address()
+  process.stdout.write(JSON.stringify({ port: typeof addr === 'object' && addr !== null ? addr.port : 0 }) + '\n')
+  const stop = (): void => {
+    const force = setTimeout(() => process.exit(0), 2000)
+    force.unref()
+    app.close().then(close).then(() => process.exit(0), () => process.exit(1))
+  }
+  process.on('SIGTERM', stop)
+  process.stdin.on('end', stop)
+  process.stdin.resume()
+}
+
+export interface ServerProcess { child: ChildProcess, base: string }
+
+/** In the driver: spawn `file --server kind --redis redisUrl` and wait for its port. */
+export async function spawnServer (file: string, kind: string, redisUrl: string, timeoutMs = 30_000): Promise<ServerProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', file, '--server', kind, '--redis', redisUrl], {
+    stdio: ['pipe', 'pipe', 'inherit']
+  })
+  const port = await new Promise<number>((resolve, reject) => {
+    let buf = ''
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`${kind} server did not start within ${timeoutMs} ms`)) }, timeoutMs)
+    child.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString()
+      const nl = buf.indexOf('\n')
+      if (nl >= 0) { clearTimeout(timer); resolve((JSON.parse(buf.slice(0, nl)) as { port: number }).port) }
+    })
+    child.once('exit', code => { clearTimeout(timer); reject(new Error(`${kind} server exited with ${String(code)}`)) })
+  })
+  return { child, base: `http://127.0.0.1:${port}` }
+}
+
+export async function stopServer (s: { child: ChildProcess }): Promise<void> {
+  if (s.child.exitCode !== null || s.child.signalCode !== null) return
+  const exited = new Promise(resolve => s.child.once('exit', resolve))
+  s.child.kill('SIGTERM')
+  await exited
 }
