@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance, type FastifyPluginCallback, type FastifyRequest } from 'fastify'
 import fastifyCookie from '@fastify/cookie'
 import { buildShop, PRODUCTS } from '../examples/checkout/app.js'
-import { startRedis, type RedisHandle } from '../test/helpers/redis.js'
+import { startRedis, type RedisHandle } from '../scripts/redis-server.js'
 import { commandDelta, commandStats, countRoundTrips, median, progress, round, roundTripCounter, writeResult, serveUntilStopped, spawnServer, stopServer, type RedisLike } from './lib.js'
 
 type Kind = 'bare' | 'handoff' | 'fsession-redis' | 'secure-session'

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { RedisRepository } from '../lib/repository/redis.js'
 import { TieredStore } from '../lib/tiered-store.js'
-import { startRedis } from '../test/helpers/redis.js'
+import { startRedis } from '../scripts/redis-server.js'
 import { median, percentile, progress, writeResult, fmt } from './lib.js'
 
 const SECRET = 'bench-secret-bench-secret-bench-secret-0123'

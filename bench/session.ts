@@ -21,7 +21,7 @@ import { Redis } from 'ioredis'
 import { handoffStore } from '../plugins/store.js'
 import { authSession } from '../plugins/auth-session.js'
 import { KeyRing, Sealer } from '../lib/seal.js'
-import { startRedis, type RedisHandle } from '../test/helpers/redis.js'
+import { startRedis, type RedisHandle } from '../scripts/redis-server.js'
 import { commandDelta, commandStats, countRoundTrips, median, round, roundTripCounter, serveUntilStopped, spawnServer, stopServer, type RedisLike } from './lib.js'
 
 declare module '../plugins/auth-session.js' {

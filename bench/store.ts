@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto'
 import { RedisRepository } from '../lib/repository/redis.js'
 import { MemoryRepository } from '../lib/repository/memory.js'
 import { TieredStore } from '../lib/tiered-store.js'
-import { startRedis } from '../test/helpers/redis.js'
+import { startRedis } from '../scripts/redis-server.js'
 import { median, opsPerSec, progress, writeResult, fmt } from './lib.js'
 
 const SECRET = 'bench-secret-bench-secret-bench-secret-0123'

@@ -19,7 +19,7 @@ import os from 'node:os'
 import tls from 'node:tls'
 import { fileURLToPath } from 'node:url'
 import { testCerts, type KeyType } from '../test/helpers/certs.js'
-import { startRedis } from '../test/helpers/redis.js'
+import { startRedis } from '../scripts/redis-server.js'
 import { spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../test/fixtures/tls-instance.js'
 import type { TlsSessionsOptions } from '../plugins/tls-sessions.js'
 

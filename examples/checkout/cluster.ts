@@ -6,7 +6,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import type { Server, Socket } from 'node:net'
-import { startRedis, type RedisHandle } from '../../test/helpers/redis.js'
+import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 import { MemoryRepository } from '../../lib/repository/memory.js'
 import { startBalancer, type Backend } from './balancer.js'
 import { buildShop } from './app.js'
@@ -42,7 +42,7 @@ export interface ShopClusterOptions {
   onLog?: (line: string) => void
 }
 
-// Instance processes die with this one (as test/helpers/redis.ts does for redis-server): a crashed demo, drill or
+// Instance processes die with this one (as scripts/redis-server.ts does for redis-server): a crashed demo, drill or
 // test must not leave shops listening.
 const liveChildren = new Set<ChildProcess>()
 process.on('exit', () => { for (const c of liveChildren) { try { c.kill('SIGKILL') } catch {} } })

@@ -5,7 +5,7 @@
  */
 import { startShopCluster, type ShopCluster } from './cluster.js'
 import { ShopClient } from './client.js'
-import { freePort } from '../../test/helpers/redis.js'
+import { freePort } from '../../scripts/redis-server.js'
 
 export interface DrillReport {
   mode: string

@@ -17,7 +17,7 @@ import { chromium, type Page, type Response } from 'playwright-core'
 import { startShopCluster, type ShopCluster, type InstanceHandle } from '../../examples/checkout/cluster.js'
 import { ShopClient } from '../../examples/checkout/client.js'
 import { PRODUCTS } from '../../examples/checkout/app.js'
-import { freePort } from '../helpers/redis.js'
+import { freePort } from '../../scripts/redis-server.js'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const SCREENSHOT = join(ROOT, 'test-artifacts', 'checkout-e2e.png')

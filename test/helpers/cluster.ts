@@ -4,7 +4,7 @@
  * `redis-cli --cluster create`, and ready only once every node agrees on the topology.
  */
 import { spawnSync } from 'node:child_process'
-import { freePort, portIsFree, startRedis, type RedisHandle } from './redis.js'
+import { freePort, portIsFree, startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 
 export interface ClusterHandle {
   nodes: RedisHandle[]

@@ -2,7 +2,7 @@
  * A real Sentinel setup for tests: one primary, one replica and three sentinels, all private processes on free
  * loopback ports, with a short down-after so a killed primary is replaced within a few seconds.
  */
-import { startRedis, type RedisHandle } from './redis.js'
+import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 import { startProxy, type TcpProxy } from './proxy.js'
 
 export interface SentinelHandle {

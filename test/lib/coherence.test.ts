@@ -11,7 +11,7 @@ import { RedisRepository, type RedisRepositoryOptions } from '../../lib/reposito
 import { MemoryRepository } from '../../lib/repository/memory.js'
 import type { Repository } from '../../lib/repository/types.js'
 import { TieredStore } from '../../lib/tiered-store.js'
-import { startRedis, type RedisHandle } from '../helpers/redis.js'
+import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 import { startProxy } from '../helpers/proxy.js'
 import { inc, interleaving, poll, sleep, violations as staleReads, writeAll, type Ack, type Read } from '../helpers/staleness.js'
 

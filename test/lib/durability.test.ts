@@ -1,7 +1,7 @@
 import t from 'tap'
 import { RedisRepository } from '../../lib/repository/redis.js'
 import { TieredStore } from '../../lib/tiered-store.js'
-import { startRedis } from '../helpers/redis.js'
+import { startRedis } from '../../scripts/redis-server.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))

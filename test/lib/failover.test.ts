@@ -10,7 +10,7 @@ import { RedisRepository } from '../../lib/repository/redis.js'
 import { TieredStore } from '../../lib/tiered-store.js'
 import { startCluster } from '../helpers/cluster.js'
 import { startSentinels, type SentinelHandle } from '../helpers/sentinel.js'
-import type { RedisHandle } from '../helpers/redis.js'
+import type { RedisHandle } from '../../scripts/redis-server.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))

@@ -9,7 +9,7 @@ import fastifyCookie from '@fastify/cookie'
 import fastifySession from '@fastify/session'
 import { handoffStore } from '../../plugins/store.js'
 import { TieredSessionStore } from '../../lib/session-store-adapter.js'
-import { startRedis } from '../helpers/redis.js'
+import { startRedis } from '../../scripts/redis-server.js'
 
 const SECRET = 'fastify-handoff adapter test secret, 32+ bytes'
 const COOKIE_SECRET = 'a @fastify/session cookie secret of 32+ chars'

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import fc from 'fast-check'
 import { RedisRepository } from '../../lib/repository/redis.js'
 import { TieredStore, type StoreValue } from '../../lib/tiered-store.js'
-import { startRedis, type RedisHandle } from '../helpers/redis.js'
+import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 interface Counter { [k: string]: StoreValue, n: number }

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { startRedis } from '../helpers/redis.js'
+import { startRedis } from '../../scripts/redis-server.js'
 import type { SessionInstanceConfig } from '../fixtures/session-instance.js'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))

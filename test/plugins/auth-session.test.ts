@@ -11,7 +11,7 @@ import type { LightMyRequestResponse } from 'fastify'
 import { handoffStore } from '../../plugins/store.js'
 import { authSession, resolveOptions, type AuthSessionOptions } from '../../plugins/auth-session.js'
 import { KeyRing } from '../../lib/seal.js'
-import { startRedis, type RedisHandle } from '../helpers/redis.js'
+import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 import { buildApp, TEST_SECRET, type SessionInstanceConfig } from '../fixtures/session-instance.js'
 
 type App = Awaited<ReturnType<typeof buildApp>>

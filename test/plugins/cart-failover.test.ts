@@ -6,7 +6,7 @@
 import t from 'tap'
 import { startShopCluster, type ShopCluster, type InstanceHandle } from '../../examples/checkout/cluster.js'
 import { ShopClient } from '../../examples/checkout/client.js'
-import { freePort } from '../helpers/redis.js'
+import { freePort } from '../../scripts/redis-server.js'
 
 let cluster: ShopCluster
 let a: InstanceHandle

@@ -6,7 +6,7 @@ import { Redis } from 'ioredis'
 import { handoffStore } from '../../plugins/store.js'
 import { authSession } from '../../plugins/auth-session.js'
 import { cart, type PaymentProvider, type ChargeRequest, type ChargeResult, type PurchaseDetails, type CartOptions } from '../../plugins/cart.js'
-import { startRedis, type RedisHandle } from '../helpers/redis.js'
+import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 const CARD = '4111111111111111'

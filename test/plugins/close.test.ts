@@ -3,7 +3,7 @@ import Fastify from 'fastify'
 import { request } from 'node:http'
 import { Redis } from 'ioredis'
 import { handoffStore } from '../../plugins/store.js'
-import { startRedis } from '../helpers/redis.js'
+import { startRedis } from '../../scripts/redis-server.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 const clients = (cli: (...a: string[]) => string): number => Number(/connected_clients:(\d+)/.exec(cli('INFO', 'clients'))?.[1])

@@ -4,7 +4,7 @@ import { handoffStore } from '../../plugins/store.js'
 import { handoffMetrics } from '../../plugins/metrics.js'
 import { RedisRepository } from '../../lib/repository/redis.js'
 import { TieredStore } from '../../lib/tiered-store.js'
-import { startRedis } from '../helpers/redis.js'
+import { startRedis } from '../../scripts/redis-server.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 

@@ -2,7 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import { handoffStore } from '../../plugins/store.js'
-import { startRedis } from '../helpers/redis.js'
+import { startRedis } from '../../scripts/redis-server.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 

@@ -22,7 +22,7 @@ import {
   handoffHttpsOptions, sessionIdContextFor, sessionProtocolVersion, tlsSessions, type TlsSessionsOptions
 } from '../../plugins/tls-sessions.js'
 import { testCerts } from '../helpers/certs.js'
-import { startRedis } from '../helpers/redis.js'
+import { startRedis } from '../../scripts/redis-server.js'
 import { DEFAULT_TEST_SECRET, runningInstances, spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../fixtures/tls-instance.js'
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/tls-instance.ts', import.meta.url))

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { RedisRepository } from '../../../lib/repository/redis.js'
-import { startRedis } from '../../helpers/redis.js'
+import { startRedis } from '../../../scripts/redis-server.js'
 import { repositoryContract } from './contract.js'
 
 const server = await startRedis()

@@ -2,7 +2,7 @@ import t from 'tap'
 import { RedisRepository } from '../../../lib/repository/redis.js'
 import { ShardedRepository } from '../../../lib/repository/sharded.js'
 import { TieredStore } from '../../../lib/tiered-store.js'
-import { startRedis, type RedisHandle } from '../../helpers/redis.js'
+import { startRedis, type RedisHandle } from '../../../scripts/redis-server.js'
 import { repositoryContract } from './contract.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'

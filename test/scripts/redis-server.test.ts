@@ -1,5 +1,5 @@
 import t from 'tap'
-import { startRedis } from './redis.js'
+import { startRedis } from '../../scripts/redis-server.js'
 
 t.test('private redis-server starts, pauses, restarts and stops by PID', async t => {
   const r = await startRedis({ private: true })

@@ -1,5 +1,6 @@
 /**
- * Private redis-server processes for tests: each on a free loopback port, nothing kept on disk, stopped by PID.
+ * Private redis-server processes for the tests, the benchmarks and the example's cluster: each on a free loopback
+ * port, nothing kept on disk, stopped by PID.
  * Tests can kill, pause (SIGSTOP) or restart them to inject faults. When REDIS_URL is set, `startRedis` returns a
  * handle on that server instead (fault injection is then unavailable and tests that need it skip).
  */
