@@ -39,6 +39,13 @@ export interface UpdateOptions {
   ttlMs?: number
   /** Do not start from a local copy older than this version (the client's version floor). */
   minVersion?: number
+  /**
+   * Refuse values whose JSON is larger than this many bytes (FST_HANDOFF_TOO_LARGE, 413), on top of the store's
+   * maxValueBytes: a per-kind limit checked on the JSON the store writes anyway, so callers need not serialize twice.
+   */
+  maxBytes?: number
+  /** What the value is, for the FST_HANDOFF_TOO_LARGE message ("Session", "Cart"). Default: 'Stored value'. */
+  label?: string
 }
 
 export interface UpdateResult<T> {
@@ -396,7 +403,17 @@ export class TieredStore<T = unknown> {
       }
       const json = JSON.stringify(next)
       const plain = Buffer.from(json)
-      if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value', `${plain.length} bytes`, `${this.maxValueBytes} bytes`)
+      const limit = opts?.maxBytes !== undefined && opts.maxBytes < this.maxValueBytes ? opts.maxBytes : this.maxValueBytes
+      if (plain.length > limit) {
+        // Judged on what is really there: a local copy may trail a write that made the value smaller, and "nothing"
+        // (the create-if-absent attempt) may not be what is stored.
+        if (base === undefined || baseIsLocal) {
+          base = await this.readBase(key)
+          baseIsLocal = false
+          continue
+        }
+        throw new TooLargeError(opts?.label ?? 'Stored value', `${plain.length} bytes`, `${limit} bytes`)
+      }
       const expected = base === undefined ? null : base.version
       const version = (expected ?? 0) + 1
       const sealed = this.sealer.seal(plain, entryAad(key, version))

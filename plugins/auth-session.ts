@@ -2,7 +2,7 @@ import { createHmac, randomBytes } from 'node:crypto'
 import type { FastifyInstance, FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Signer } from '@fastify/cookie'
-import { InvalidOptionError, TooLargeError, isHandoffError, SessionEndedError, SessionDisabledError } from '../lib/errors.js'
+import { InvalidOptionError, isHandoffError, SessionEndedError, SessionDisabledError } from '../lib/errors.js'
 import type { StoreEntry, StoreValue, TieredStore, UpdateInfo } from '../lib/tiered-store.js'
 
 /**
@@ -750,11 +750,11 @@ class SessionState implements HandoffSession {
       const cur = asStoredSession(current)
       if (cur === undefined) {
         // Absent: create it if it is ours to create; a stored session that vanished (expiry, lost by Redis) stays gone.
-        return isNew ? this.checkSize(this.apply({ d: {}, c: created }, ops, userChange, indexedWith)) : undefined
+        return isNew ? this.apply({ d: {}, c: created }, ops, userChange, indexedWith) : undefined
       }
       if (cur.c + rt.opts.absoluteTimeoutMs <= Date.now()) return undefined
-      return this.checkSize(this.apply(cur, ops, userChange, indexedWith))
-    }, { ttlMs, minVersion: this.existed ? this.baseVersion : 0 })
+      return this.apply(cur, ops, userChange, indexedWith)
+    }, { ttlMs, minVersion: this.existed ? this.baseVersion : 0, maxBytes: rt.opts.maxBytes, label: 'Session' })
     rt.metrics.conflicts += res.conflicts
     if (!res.written) {
       if (sawDeleted || !isNew) throw this.ended()
@@ -769,12 +769,6 @@ class SessionState implements HandoffSession {
     this.existed = true
     this.regressed = false
     this.wrote = true
-  }
-
-  private checkSize (next: StoredSession): StoredSession {
-    const bytes = Buffer.byteLength(JSON.stringify(next))
-    if (bytes > this.rt.opts.maxBytes) throw new TooLargeError('Session', `${bytes} bytes`, `${this.rt.opts.maxBytes} bytes`)
-    return next
   }
 
   /** The session was destroyed or expired under this request: forget it, clear the cookie, refuse the changes. */

@@ -214,8 +214,11 @@ t.test('no cookie: no store read; nothing stored: no write and no cookie; untouc
 
 t.test('a warm read costs no Redis command; a write costs one round trip; a cold instance reads once', async t => {
   const prefix = freshPrefix()
-  const a = await instance(t, { prefix, name: 'A' })
-  const b = await instance(t, { prefix, name: 'B' })
+  // Commands are counted: a lease lapse on a loaded machine (subscriber unheard for 250 ms, seen in CI) would flush
+  // the local tier and turn a warm read into a Redis read. Lapses have their own tests; here the lease is long.
+  const store = { coherence: { leaseMs: 5000 } }
+  const a = await instance(t, { prefix, name: 'A', store })
+  const b = await instance(t, { prefix, name: 'B', store })
   let cookie = await login(a, 'alice')
   cookie = setCookieOf(await call(a, 'POST', '/set', cookie, { a: 'one' })) as string
 
