@@ -369,6 +369,10 @@ export class TieredStore<T = unknown> {
   async update (key: string, mutate: Mutator<T>, opts?: UpdateOptions): Promise<UpdateResult<T>> {
     const ttlMs = opts?.ttlMs ?? this.defaultTtlMs
     if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new InvalidOptionError('ttlMs', `must be a positive integer, got ${String(ttlMs)}`)
+    const maxBytes = opts?.maxBytes
+    if (maxBytes !== undefined && (!Number.isSafeInteger(maxBytes) || maxBytes < 1)) {
+      throw new InvalidOptionError('maxBytes', `must be a positive integer, got ${String(maxBytes)}`)
+    }
     const partition = this.partitionOf(key)
     const stripe = this.stripeOf(partition)
     const readable = this.coherence === undefined || this.coherence.readable()
@@ -382,7 +386,10 @@ export class TieredStore<T = unknown> {
       baseIsLocal = true
     }
     let conflicts = 0
-    for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
+    // attempt counts compare-and-set rounds lost to other writers. A re-read of the real entry (after a local copy or
+    // "nothing" did not do) is not one: it happens at most once per update, since it leaves base real.
+    let attempt = 0
+    while (attempt < this.maxAttempts) {
       let next: T | undefined
       try {
         next = mutate(base?.value, { version: base?.version ?? 0, deleted: base?.deleted ?? false, attempt })
@@ -403,16 +410,17 @@ export class TieredStore<T = unknown> {
       }
       const json = JSON.stringify(next)
       const plain = Buffer.from(json)
-      const limit = opts?.maxBytes !== undefined && opts.maxBytes < this.maxValueBytes ? opts.maxBytes : this.maxValueBytes
-      if (plain.length > limit) {
-        // Judged on what is really there: a local copy may trail a write that made the value smaller, and "nothing"
-        // (the create-if-absent attempt) may not be what is stored.
+      if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value', `${plain.length} bytes`, `${this.maxValueBytes} bytes`)
+      if (maxBytes !== undefined && plain.length > maxBytes) {
+        // The caller's limit is about the value it makes from what is stored, so judge it on what is really there: a
+        // local copy may trail a write that made the value smaller, and "nothing" (the create-if-absent try) may not
+        // be what is stored.
         if (base === undefined || baseIsLocal) {
           base = await this.readBase(key)
           baseIsLocal = false
           continue
         }
-        throw new TooLargeError(opts?.label ?? 'Stored value', `${plain.length} bytes`, `${limit} bytes`)
+        throw new TooLargeError(opts?.label ?? 'Stored value', `${plain.length} bytes`, `${maxBytes} bytes`)
       }
       const expected = base === undefined ? null : base.version
       const version = (expected ?? 0) + 1
@@ -449,6 +457,7 @@ export class TieredStore<T = unknown> {
         ? { value: undefined, version: 0, deleted: false }
         : { value: this.decode(key, res.current), version: res.current.version, deleted: res.current.value === null }
       if (attempt >= 1) await backoff(attempt)
+      attempt++
     }
     this.counters.conflictsExhausted++
     throw new ConflictError(entryLabel(key), this.maxAttempts)

@@ -107,13 +107,14 @@ const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: Fas
     // WAIT runs under the command timeout: a longer wait would trip the breaker and fail every command.
     throw new InvalidOptionError('durability.timeoutMs', `must be below commandTimeoutMs (${commandTimeoutMs}), got ${opts.durability.timeoutMs}`)
   }
-  const { repository, owned } = createRepository(opts, (msg, fields) => fastify.log.warn(fields, msg))
-  const { redis: _r, repository: _repo, commandTimeoutMs: _t, connectTimeoutMs: _c, retryAfterSeconds, ...storeOpts } = opts
-  const retryAfterS = retryAfterSeconds ?? 1
+  // Checked before anything is opened: a Redis client made first would be left reconnecting by the failed boot.
+  const retryAfterS = opts.retryAfterSeconds === undefined ? 1 : opts.retryAfterSeconds
   if (!Number.isSafeInteger(retryAfterS) || retryAfterS < 0) {
-    throw new InvalidOptionError('retryAfterSeconds', `must be an integer >= 0, got ${String(retryAfterSeconds)}`)
+    throw new InvalidOptionError('retryAfterSeconds', `must be an integer >= 0, got ${String(opts.retryAfterSeconds)}`)
   }
   const retryAfter = String(retryAfterS)
+  const { repository, owned } = createRepository(opts, (msg, fields) => fastify.log.warn(fields, msg))
+  const { redis: _r, repository: _repo, commandTimeoutMs: _t, connectTimeoutMs: _c, retryAfterSeconds: _ra, ...storeOpts } = opts
   let store: TieredStore
   try {
     store = new TieredStore({ ...storeOpts, repository, logger: fastify.log })

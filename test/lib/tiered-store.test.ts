@@ -157,7 +157,8 @@ t.test('limits and options are checked with clear errors', async t => {
 t.test('a per-call maxBytes is checked on the JSON written, labelled, and judged on the stored value', async t => {
   const repo = new MemoryRepository()
   // Two instances over one repository, coherence off: A's local copy may trail B's writes (for up to localTtlMs).
-  const a = makeStore(repo, { coherence: false, localTtlMs: 60_000 })
+  // One attempt only: looking at the stored value is not a lost compare-and-set round, and must not turn into a 409.
+  const a = makeStore(repo, { coherence: false, localTtlMs: 60_000, maxAttempts: 1 })
   const b = makeStore(repo, { coherence: false })
   await a.start()
   await b.start()
@@ -175,6 +176,10 @@ t.test('a per-call maxBytes is checked on the JSON written, labelled, and judged
   await t.rejects(a.update(k, cur => ({ s: (cur as { s: string }).s + 'z'.repeat(120) }), limit), { code: 'FST_HANDOFF_TOO_LARGE' },
     'too large on the stored value too: refused')
   t.match(await repo.get(k), { version: 3 }, 'and nothing written')
+  for (const bad of [0, -1, 1.5, Number.NaN, '10']) {
+    await t.rejects(a.update(k, () => ({ s: '' }), { maxBytes: bad as number }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /maxBytes/ },
+      `maxBytes ${String(bad)}`)
+  }
   await a.close()
   await b.close()
 })

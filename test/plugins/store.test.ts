@@ -27,10 +27,16 @@ t.test('clear errors for missing or bad options, at registration', async t => {
     { code: 'FST_HANDOFF_INVALID_OPTION', message: /partitions/ })
   await t.rejects(async () => { const app = Fastify(); await app.register(handoffStore, { secret: SECRET, redis: 'redis://127.0.0.1:1', durability: { replicas: 1, timeoutMs: 1500 } }); await app.ready() },
     { code: 'FST_HANDOFF_INVALID_OPTION', message: /durability.timeoutMs.*below commandTimeoutMs/ })
-  for (const bad of [-1, 1.5, '2']) {
+  for (const bad of [-1, 1.5, '2', null]) {
     await t.rejects(async () => { const app = Fastify(); await app.register(handoffStore, { secret: SECRET, retryAfterSeconds: bad as number }); await app.ready() },
       { code: 'FST_HANDOFF_INVALID_OPTION', message: /retryAfterSeconds/ }, `retryAfterSeconds ${JSON.stringify(bad)}`)
   }
+  // Refused before a Redis client exists: a client made first would go on reconnecting after the failed boot.
+  const sockets = (): number => process.getActiveResourcesInfo().filter(r => r === 'TCPSocketWrap' || r === 'TCPConnectWrap').length
+  const open = sockets()
+  await t.rejects(async () => { const app = Fastify(); await app.register(handoffStore, { secret: SECRET, redis: 'redis://127.0.0.1:1', retryAfterSeconds: -1 }); await app.ready() },
+    { code: 'FST_HANDOFF_INVALID_OPTION', message: /retryAfterSeconds/ })
+  t.equal(sockets(), open, 'no connection left behind')
 })
 
 t.test('Redis by URL: connections are closed on fastify.close(); a client passed in is left open', async t => {
