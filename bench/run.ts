@@ -242,7 +242,8 @@ const md = [
   '',
   '![req/s as a ratio to bare Fastify](summary.svg)',
   '',
-  ...names.filter(n => existsSync(`${RESULTS}/${n}.md`)).map(n => {
+  // Every benchmark with results on disk, run now or earlier (each table carries its own date).
+  ...ALL.filter(n => existsSync(`${RESULTS}/${n}.md`)).map(n => {
     const text = readFileSync(`${RESULTS}/${n}.md`, 'utf8').trimEnd()
     const r = outcomes.find(o => o.name === n)
     // One heading level for every benchmark's section, whatever the benchmark wrote.
