@@ -19,11 +19,10 @@ import { createRequire } from 'node:module'
 import { randomBytes } from 'node:crypto'
 import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
-import Fastify, { type FastifyInstance, type FastifyPluginCallback, type FastifyRequest } from 'fastify'
-import fastifyCookie from '@fastify/cookie'
+import Fastify, { type FastifyInstance } from 'fastify'
 import { buildShop, PRODUCTS } from '../examples/checkout/app.js'
 import { startRedis, type RedisHandle } from '../scripts/redis-server.js'
-import { commandDelta, commandStats, countRoundTrips, median, progress, round, roundTripCounter, writeResult, serveUntilStopped, spawnServer, stopServer, type RedisLike } from './lib.js'
+import { commandDelta, commandStats, countRoundTrips, median, peerSession, progress, registerPeerSession, round, roundTripCounter, writeResult, serveUntilStopped, spawnServer, stopServer } from './lib.js'
 
 type Kind = 'bare' | 'handoff' | 'fsession-redis' | 'secure-session'
 type Case = 'add' | 'add-user' | 'checkout'
@@ -66,15 +65,6 @@ const requireCjs = createRequire(import.meta.url)
 
 interface Item { sku: string, name: string, unitPrice: number, currency: string, quantity: number }
 interface PeerCart { items: Item[], version: number }
-interface PeerSession {
-  get: (key: string) => unknown
-  set: (key: string, value: unknown) => void
-}
-/** The peers' session objects, typed by hand: their packages augment FastifyRequest.session with their own types. */
-function peerSession (request: FastifyRequest): PeerSession {
-  return (request as unknown as { session: PeerSession }).session
-}
-
 /** What every server answers to an add: the cart as the client may see it, as the shop's CartView does. */
 function cartView (items: Item[], version: number): Record<string, unknown> {
   let total = 0
@@ -127,27 +117,7 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
     })
   } else {
     app = Fastify({ logger: false, bodyLimit: 16 * 1024 })
-    if (kind === 'fsession-redis') {
-      // Loaded without their types: @fastify/session and our plugin both declare request.session.
-      const fastifySession = requireCjs('@fastify/session') as FastifyPluginCallback<Record<string, unknown>>
-      const { RedisStore } = requireCjs('connect-redis') as { RedisStore: new (o: { client: unknown }) => object }
-      const { createClient } = requireCjs('redis') as { createClient: (o: { url: string }) => RedisLike }
-      const client = createClient({ url: redisUrl })
-      client.on('error', () => {}) // without a listener node-redis errors crash the process (measured)
-      await client.connect()
-      close = async () => { await client.quit() }
-      await app.register(fastifyCookie)
-      await app.register(fastifySession, {
-        secret: SECRET,
-        store: new RedisStore({ client }),
-        saveUninitialized: false,
-        rolling: false,
-        cookie: { secure: false, maxAge: 1_800_000 }
-      })
-    } else {
-      const secureSession = requireCjs('@fastify/secure-session') as FastifyPluginCallback<Record<string, unknown>>
-      await app.register(secureSession, { key: Buffer.alloc(32, 7), cookie: { path: '/', httpOnly: true, secure: false } })
-    }
+    close = await registerPeerSession(app, kind, redisUrl, SECRET)
     app.post<{ Body: { user: string } }>('/bench/login', async (req) => {
       peerSession(req).set('user', req.body.user)
       return { user: req.body.user }

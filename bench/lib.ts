@@ -1,7 +1,9 @@
 // Shared benchmark helpers: medians of interleaved rounds, ratios from the same run, results on disk.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
-import type { FastifyInstance } from 'fastify'
+import { createRequire } from 'node:module'
+import type { FastifyInstance, FastifyPluginCallback, FastifyRequest } from 'fastify'
+import fastifyCookie from '@fastify/cookie'
 
 export function median (xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)
@@ -137,4 +139,50 @@ export async function stopServer (s: { child: ChildProcess }): Promise<void> {
   const exited = new Promise(resolve => s.child.once('exit', resolve))
   s.child.kill('SIGTERM')
   await exited
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The peers: @fastify/session + connect-redis (on node-redis) and @fastify/secure-session, set up alike in every
+// benchmark that compares against them. Loaded without their types: they and our auth-session plugin all declare
+// request.session.
+
+const requirePeer = createRequire(import.meta.url)
+
+export type PeerKind = 'fsession-redis' | 'secure-session'
+
+/** The peers' session objects, typed by hand: their packages augment FastifyRequest.session with their own types. */
+export interface PeerSession {
+  get: (key: string) => unknown
+  set: (key: string, value: unknown) => void
+}
+
+export function peerSession (request: FastifyRequest): PeerSession {
+  return (request as unknown as { session: PeerSession }).session
+}
+
+/**
+ * Registers a peer's session plugin on `app`; returns what closes its connections. @fastify/session runs with
+ * rolling: false, as in the issue's anchor: a read-only request costs one GET instead of GET + SET.
+ */
+export async function registerPeerSession (app: FastifyInstance, kind: PeerKind, redisUrl: string, secret: string): Promise<() => Promise<void>> {
+  if (kind === 'secure-session') {
+    const secureSession = requirePeer('@fastify/secure-session') as FastifyPluginCallback<Record<string, unknown>>
+    await app.register(secureSession, { key: Buffer.alloc(32, 7), cookie: { path: '/', httpOnly: true, secure: false } })
+    return async () => {}
+  }
+  const fastifySession = requirePeer('@fastify/session') as FastifyPluginCallback<Record<string, unknown>>
+  const { RedisStore } = requirePeer('connect-redis') as { RedisStore: new (o: { client: unknown }) => object }
+  const { createClient } = requirePeer('redis') as { createClient: (o: { url: string }) => RedisLike }
+  const client = createClient({ url: redisUrl })
+  client.on('error', () => {}) // without a listener node-redis errors crash the process (measured)
+  await client.connect()
+  await app.register(fastifyCookie)
+  await app.register(fastifySession, {
+    secret,
+    store: new RedisStore({ client }),
+    saveUninitialized: false,
+    rolling: false,
+    cookie: { secure: false, maxAge: 1_800_000 }
+  })
+  return async () => { await client.quit() }
 }

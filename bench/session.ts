@@ -15,14 +15,14 @@ import { createRequire } from 'node:module'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
-import Fastify, { type FastifyInstance, type FastifyPluginCallback, type FastifyRequest } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyCookie, { Signer } from '@fastify/cookie'
 import { Redis } from 'ioredis'
 import { handoffStore } from '../plugins/store.js'
 import { authSession } from '../plugins/auth-session.js'
 import { KeyRing, Sealer } from '../lib/seal.js'
 import { startRedis, type RedisHandle } from '../scripts/redis-server.js'
-import { commandDelta, commandStats, countRoundTrips, median, round, roundTripCounter, serveUntilStopped, spawnServer, stopServer, type RedisLike } from './lib.js'
+import { commandDelta, commandStats, countRoundTrips, median, peerSession, registerPeerSession, round, roundTripCounter, serveUntilStopped, spawnServer, stopServer } from './lib.js'
 
 declare module '../plugins/auth-session.js' {
   interface SessionData {
@@ -67,15 +67,6 @@ const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
 
 // ---------------------------------------------------------------------------------------------------------------
 // Servers (one process each)
-
-/** The peers' session objects, typed by hand: their packages augment FastifyRequest.session with their own types. */
-interface PeerSession {
-  get: (key: string) => unknown
-  set: (key: string, value: unknown) => void
-}
-function peerSession (request: FastifyRequest): PeerSession {
-  return (request as unknown as { session: PeerSession }).session
-}
 
 async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: FastifyInstance, close: () => Promise<void> }> {
   const app = Fastify({ logger: false })
@@ -132,38 +123,8 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
     app.get('/login', async (request) => { request.session.set('n', 0); return { n: 0 } })
     app.get('/read', async (request) => ({ n: request.session.get('n') }))
     app.get('/write', async (request) => ({ n: request.session.increment('n') }))
-  } else if (kind === 'fsession-redis') {
-    // Loaded without their types: @fastify/session and our plugin both declare request.session.
-    const fastifySession = requireCjs('@fastify/session') as FastifyPluginCallback<Record<string, unknown>>
-    const { RedisStore } = requireCjs('connect-redis') as { RedisStore: new (o: { client: unknown }) => object }
-    const { createClient } = requireCjs('redis') as { createClient: (o: { url: string }) => RedisLike }
-    const client = createClient({ url: redisUrl })
-    client.on('error', () => {}) // without a listener node-redis errors crash the process (measured)
-    await client.connect()
-    close = async () => { await client.quit() }
-    await app.register(fastifyCookie)
-    // rolling: false, as in the anchor: a read-only request costs one GET instead of GET + SET.
-    await app.register(fastifySession, {
-      secret: SECRET,
-      store: new RedisStore({ client }),
-      saveUninitialized: false,
-      rolling: false,
-      cookie: { secure: false, maxAge: 1_800_000 }
-    })
-    app.get('/login', async (request) => { peerSession(request).set('n', 0); return { n: 0 } })
-    app.get('/read', async (request) => ({ n: peerSession(request).get('n') }))
-    app.get('/write', async (request) => {
-      const s = peerSession(request)
-      const n = (s.get('n') as number) + 1
-      s.set('n', n)
-      return { n }
-    })
   } else {
-    const secureSession = requireCjs('@fastify/secure-session') as FastifyPluginCallback<Record<string, unknown>>
-    await app.register(secureSession, {
-      key: Buffer.alloc(32, 7),
-      cookie: { path: '/', httpOnly: true, secure: false }
-    })
+    close = await registerPeerSession(app, kind, redisUrl, SECRET)
     app.get('/login', async (request) => { peerSession(request).set('n', 0); return { n: 0 } })
     app.get('/read', async (request) => ({ n: peerSession(request).get('n') }))
     app.get('/write', async (request) => {
