@@ -829,7 +829,9 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
       const s = slotOf(this)
       if (s instanceof SessionState) return s
       if (s === null) {
-        // No cookie: a fresh anonymous session, made only when a handler looks at it.
+        // No cookie (the onRequest hook stopped before looking at the route): opted out here too.
+        if (optedOut(this)) throw new SessionDisabledError()
+        // A fresh anonymous session, made only when a handler looks at it.
         const fresh = new SessionState(rt, this)
         setSlot(this, fresh)
         return fresh
@@ -861,7 +863,7 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
       : jar[name]
     // Routes that never touch the session pay nothing when there is no cookie: no store read, no object.
     if (raw === undefined || raw === '') { next(); return }
-    if (request.routeOptions.config.handoffSession === false) { setSlot(request, OPTED_OUT); next(); return }
+    if (optedOut(request)) { setSlot(request, OPTED_OUT); next(); return }
     const state = new SessionState(rt, request)
     setSlot(request, state)
     const c = rt.readCookie(raw)
@@ -912,6 +914,11 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
   })
 
   done()
+}
+
+/** The route says `config: { handoffSession: false }`: it neither loads nor saves the session. */
+function optedOut (request: FastifyRequest): boolean {
+  return request.routeOptions.config.handoffSession === false
 }
 
 function parseCookieHeader (fastify: FastifyInstance, header: string | undefined, name: string): string | undefined {

@@ -210,6 +210,11 @@ t.test('no cookie: no store read; nothing stored: no write and no cookie; untouc
   const touch = await call(app, 'GET', '/opt-out-touch', cookie)
   t.equal(touch.statusCode, 500)
   t.equal(touch.json<{ code: string }>().code, 'FST_HANDOFF_SESSION_DISABLED', 'and using it there is a clear error')
+  const created = app.handoffSessions.metrics.created
+  const bare = await call(app, 'GET', '/opt-out-touch')
+  t.equal(bare.json<{ code: string }>().code, 'FST_HANDOFF_SESSION_DISABLED', 'without a cookie too')
+  t.equal(setCookieOf(bare), undefined, 'and no session is made there')
+  t.equal(app.handoffSessions.metrics.created, created)
 })
 
 t.test('a warm read costs no Redis command; a write costs one round trip; a cold instance reads once', async t => {
