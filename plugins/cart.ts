@@ -407,7 +407,7 @@ class RequestCart implements HandoffCart {
     const existing = (await this.rt.store.get(orderKey))?.value as Order | undefined
     if (existing !== undefined) {
       await this.deliver(orderKey, existing)
-      await this.markPlaced(cartKey, existing)
+      await this.markPlaced(owner, existing)
       return { orderId, status: 'placed', total: existing.amount, currency: existing.currency }
     }
 
@@ -487,14 +487,15 @@ class RequestCart implements HandoffCart {
       chargeId: result.chargeId,
       digest: record.digest,
       placedAt: Date.now(),
-      ownerTag: this.ownerTag(owner),
+      // Whoever checks out now owns the order: after sign-in, the user (also for a guest checkout finished then).
+      ownerTag: this.ownerTag(this.owner(false) ?? owner),
       delivered: this.rt.opts.onOrderPlaced === undefined
     }
     const created = await this.rt.store.update(orderKey, cur => cur === undefined ? order : undefined, { ttlMs: this.rt.opts.orderTtlMs })
     const placed = (created.value as Order | undefined) ?? order
     if (created.written) this.rt.metrics.ordersPlaced++
     await this.deliver(orderKey, placed)
-    await this.markPlaced(cartKey, placed)
+    await this.markPlaced(owner, placed)
     return { orderId, status: 'placed', total: placed.amount, currency: placed.currency }
   }
 
@@ -511,17 +512,18 @@ class RequestCart implements HandoffCart {
   }
 
   /** checking out -> placed: the cart is emptied, the record stays for retries of the same key. */
-  private async markPlaced (cartKey: string, order: Order): Promise<void> {
+  private async markPlaced (owner: string, order: Order): Promise<void> {
     const now = Date.now()
-    const r = await this.rt.store.update(cartKey, cur => {
+    const r = await this.rt.store.update(this.key(owner), cur => {
       const cart = cur as StoredCart | undefined
       const c = cart?.checkout
       if (cart === undefined || c?.orderId !== order.orderId || c.state !== 'checking_out') return undefined
       const emptied = applyChange({ ...cart, checkout: undefined }, { op: 'clear' }, this.rt.digestKey, this.rt.limits, now)
       return { ...emptied, checkout: { ...c, state: 'placed', chargeId: order.chargeId } }
     }, { ttlMs: this.rt.opts.cartTtlMs })
-    const owner = this.owner(false)
-    if (r.value !== undefined && owner !== undefined) this.setAnchor(owner, r.value as StoredCart)
+    // Anchored only when it is this client's current cart: a guest checkout finished after sign-in is not (its seq
+    // and digest under the user's tag would make the user's own cart look rolled back).
+    if (r.value !== undefined && owner === this.owner(false)) this.setAnchor(owner, r.value as StoredCart)
   }
 
   private ownerTag (owner: string): string { return this.tag('order-owner', owner, 24) }

@@ -237,6 +237,15 @@ t.test('review fixes: signing in during a pending guest checkout charges once; o
   t.same(delivered, [placed.orderId], 'the hook ran again until it succeeded, then not again')
   await b('POST', '/checkout', undefined, { 'idempotency-key': 'guest-key-1' })
   t.same(delivered, [placed.orderId])
+  // The guest checkout finished after sign-in belongs to the user, and leaves the user's own cart's history alone.
+  t.equal((await b('GET', `/orders/${placed.orderId as string}`)).statusCode, 200, 'the signed-in user can read the order')
+  t.equal((await b('GET', '/cart')).json().reviewNeeded, false, 'the user\'s cart is not flagged as rolled back')
+  await b('POST', '/items', { sku: 'H' })
+  await b('PUT', '/details', billing)
+  await b('PUT', '/payment', payment)
+  const own = await b('POST', '/checkout', undefined, { 'idempotency-key': 'user-key-1' })
+  t.equal(own.statusCode, 200, 'the user\'s own checkout is not refused as history')
+  t.equal(own.json().status, 'placed')
 })
 
 t.test('review fixes: a guest cart that cannot merge does not lock the user out of the cart', async t => {
