@@ -53,6 +53,7 @@ export class Coherence implements InvalidationListener {
   private globalEpoch = 0
   private leaseFrom = Number.NEGATIVE_INFINITY
   private suspended = true
+  private reliable: boolean
   private readonly tickets = new Map<string, FillTicket>()
   private readonly now: () => number
   private tier: LocalTier | undefined
@@ -61,7 +62,16 @@ export class Coherence implements InvalidationListener {
     this.lastSequence = new Float64Array(opts.partitions)
     this.partitionEpochs = new Uint32Array(opts.partitions)
     this.now = opts.now ?? (() => performance.now())
+    this.reliable = opts.reliable
     if (opts.reliable) this.suspended = false
+  }
+
+  /** Whether delivery can be lost, as the subscription reports it (Subscription.reliable) once it exists. */
+  setReliable (reliable: boolean): void {
+    if (reliable === this.reliable) return
+    this.reliable = reliable
+    // Unreliable from now on: local reads wait for a heartbeat, as at start.
+    this.suspended = !reliable
   }
 
   attach (tier: LocalTier): void { this.tier = tier }
@@ -71,7 +81,7 @@ export class Coherence implements InvalidationListener {
    * flushes every local copy (messages may have been lost while the subscriber was quiet) and then says true.
    */
   readable (): boolean {
-    if (this.opts.reliable) return true
+    if (this.reliable) return true
     const held = this.now() - this.leaseFrom <= this.opts.leaseMs
     if (held) {
       if (this.suspended) {
@@ -88,7 +98,7 @@ export class Coherence implements InvalidationListener {
   }
 
   /** Milliseconds since the newest answered heartbeat was sent (Infinity before the first). */
-  get leaseAge (): number { return this.opts.reliable ? 0 : this.now() - this.leaseFrom }
+  get leaseAge (): number { return this.reliable ? 0 : this.now() - this.leaseFrom }
 
   onHeartbeat (sentAt: number): void {
     if (sentAt > this.leaseFrom) this.leaseFrom = sentAt
@@ -98,7 +108,7 @@ export class Coherence implements InvalidationListener {
     this.counters.resyncs++
     if (partitions === undefined) {
       this.lastSequence.fill(0)
-      if (this.opts.reliable) {
+      if (this.reliable) {
         this.flushAll()
         return
       }

@@ -3,7 +3,7 @@ import { Coherence, type CoherenceCounters, type LocalTier } from './coherence.j
 import { ConflictError, DurabilityError, InvalidOptionError, TooLargeError, isHandoffError } from './errors.js'
 import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfKey } from './partitions.js'
 import type { Repository, StoredEntry, Subscription } from './repository/types.js'
-import { KeyRing, Sealer, entryAad, entryLabel, type SecretInput } from './seal.js'
+import { KeyRing, Sealer, entryLabel, openEntry, sealEntry, type SecretInput } from './seal.js'
 
 /**
  * A JSON value as the store keeps it (the store's type parameter may be any JSON-serializable type). Values handed
@@ -263,7 +263,9 @@ export class TieredStore<T = unknown> {
     }
     if (coherenceOn) {
       const leaseMs = positiveInt('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250)
-      // Until start() knows whether delivery is reliable, assume it is not: no local reads before the first heartbeat.
+      // Until start() subscribes and the subscription says whether delivery can be lost, the embedded repository is
+      // taken as reliable (usable before start(), as in-process state is) and any other as not (no local reads
+      // before the first heartbeat).
       this.coherence = new Coherence({ partitions: this.partitions, leaseMs, reliable: this.repository.kind === 'memory' })
       this.coherence.attach(this.localTier())
       this.counters = Object.assign(this.coherence.counters, this.counters)
@@ -286,6 +288,7 @@ export class TieredStore<T = unknown> {
     }
     if (this.coherence !== undefined) {
       this.subscription = await this.repository.subscribe({ prefix: this.prefix, partitions: this.partitions }, this.coherence)
+      this.coherence.setReliable(this.subscription.reliable)
       // Resolve once the first heartbeat proves the subscription live, so local copies are usable from the start.
       const deadline = performance.now() + 3000
       while (!this.coherence.readable()) {
@@ -424,7 +427,7 @@ export class TieredStore<T = unknown> {
       }
       const expected = base === undefined ? null : base.version
       const version = (expected ?? 0) + 1
-      const sealed = this.sealer.seal(plain, entryAad(key, version))
+      const sealed = sealEntry(this.sealer, key, version, plain)
       const ticket = this.coherence?.open(key, partition)
       let res
       try {
@@ -600,7 +603,7 @@ export class TieredStore<T = unknown> {
   private decode (key: string, stored: StoredEntry): T | undefined {
     if (stored.value === null) return undefined
     try {
-      const plain = this.sealer.open(stored.value, entryAad(key, stored.version), () => entryLabel(key))
+      const plain = openEntry(this.sealer, key, stored.version, stored.value)
       return deepFreeze(JSON.parse(plain.toString('utf8')) as T)
     } catch (err) {
       this.corrupt(key, err)

@@ -1,5 +1,6 @@
 import t from 'tap'
 import { MemoryRepository } from '../../lib/repository/memory.js'
+import { ShardedRepository } from '../../lib/repository/sharded.js'
 import { TieredStore, type StoreValue } from '../../lib/tiered-store.js'
 import { KeyRing } from '../../lib/seal.js'
 
@@ -152,6 +153,20 @@ t.test('limits and options are checked with clear errors', async t => {
   t.throws(() => makeStore(undefined, { durability: { replicas: 1 } }), { message: /memory repository has no replicas/ })
   t.throws(() => new TieredStore({ repository: new MemoryRepository(), secret: 'short' }), { code: 'FST_HANDOFF_INVALID_OPTION' })
   await t.rejects(store.get('no-partition-tag'), { code: 'FST_HANDOFF_INVALID_OPTION', message: /store.key/ })
+})
+
+t.test('coherence takes reliability from the subscription, not from the repository kind', async t => {
+  // Sharded over in-process nodes: its subscription reports reliable delivery (every node's is), so local copies
+  // answer without heartbeats, as on one MemoryRepository. (Deciding by repository.kind === 'memory' missed it.)
+  const store = makeStore(new ShardedRepository([{ id: 'n1', repository: new MemoryRepository() }, { id: 'n2', repository: new MemoryRepository() }]))
+  const started = performance.now()
+  await store.start()
+  t.ok(performance.now() - started < 1000, 'start did not wait for a heartbeat that never comes')
+  t.equal(store.health().localReads, true)
+  const k = store.key('sharded-1', 'session')
+  await store.update(k, () => ({ n: 1 }))
+  t.match(await store.get(k), { value: { n: 1 }, source: 'local' })
+  await store.close()
 })
 
 t.test('a per-call maxBytes is checked on the JSON written, labelled, and judged on the stored value', async t => {
