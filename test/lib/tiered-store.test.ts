@@ -1,6 +1,7 @@
 import t from 'tap'
 import { MemoryRepository } from '../../lib/repository/memory.js'
 import { ShardedRepository } from '../../lib/repository/sharded.js'
+import type { Repository } from '../../lib/repository/types.js'
 import { TieredStore, type StoreValue } from '../../lib/tiered-store.js'
 import { KeyRing } from '../../lib/seal.js'
 
@@ -9,7 +10,7 @@ const OTHER = 'another-cluster-secret-also-32-bytes-or-more'
 
 interface Counter { [k: string]: StoreValue, n: number }
 
-function makeStore (repo = new MemoryRepository(), extra: Partial<ConstructorParameters<typeof TieredStore>[0]> = {}): TieredStore {
+function makeStore (repo: Repository = new MemoryRepository(), extra: Partial<ConstructorParameters<typeof TieredStore>[0]> = {}): TieredStore {
   return new TieredStore({ repository: repo, secret: SECRET, partitions: 64, ...extra })
 }
 
