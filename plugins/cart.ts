@@ -80,7 +80,8 @@ export interface CartView {
 
 export interface CheckoutResult {
   orderId: string
-  status: 'placed' | 'failed' | 'pending'
+  /** An unanswered charge is not a result: checkout() throws FST_HANDOFF_PAYMENT_PENDING (503) instead. */
+  status: 'placed' | 'failed'
   total: number
   currency: string
   reason?: string

@@ -4,7 +4,8 @@
  */
 import Fastify from 'fastify'
 import handoff, { handoffStore, authSession, cart, tlsSessions, handoffHttpsOptions, type HandoffOptions, type CartView, type Order } from '../../plugins/index.js'
-import { TieredStore, MemoryRepository, type StoreEntry } from '../../lib/index.js'
+import { TieredStore, MemoryRepository, TicketKeySchedule, TieredTicketKeyStore, type StoreEntry } from '../../lib/index.js'
+import { resolveTlsSessionsOptions, TLS_SESSIONS_DEFAULTS } from '../../plugins/index.js'
 
 declare module '../../plugins/auth-session.js' {
   interface SessionData { visits?: number, theme?: 'dark' | 'light' }
@@ -49,3 +50,7 @@ export async function typeTests (): Promise<void> {
   await store.update(store.key('id', 'counter'), () => ({ m: 1 }))
   use(value, e)
 }
+
+// The TLS building blocks docs/tls-sessions.md lists as exported are reachable from the package's entries.
+const tlsDefaults: boolean = TLS_SESSIONS_DEFAULTS.sessionCache
+use(tlsDefaults, resolveTlsSessionsOptions, TicketKeySchedule, TieredTicketKeyStore)
