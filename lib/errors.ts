@@ -80,3 +80,16 @@ export function isHandoffError (err: unknown, code?: string): err is Error & { c
   const c = (err as { code?: unknown }).code
   return typeof c === 'string' && c.startsWith('FST_HANDOFF_') && (code === undefined || c === code)
 }
+
+/**
+ * An integer option: `dflt` when absent, else an integer in [min, max]; anything else is refused naming the option.
+ * The one check every plugin and the store use, so that they refuse alike.
+ */
+export function intOption (name: string, v: unknown, dflt: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (v === undefined) return dflt
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `between ${min} and ${max}`
+    throw new InvalidOptionError(name, `must be an integer ${range}, got ${typeof v === 'number' ? String(v) : typeof v}`)
+  }
+  return v
+}

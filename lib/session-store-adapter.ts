@@ -1,4 +1,4 @@
-import { InvalidOptionError } from './errors.js'
+import { InvalidOptionError, intOption } from './errors.js'
 import type { TieredStore } from './tiered-store.js'
 
 /**
@@ -51,10 +51,7 @@ export class TieredSessionStore<S extends object = Record<string, unknown>> {
     if (typeof this.kind !== 'string' || !/^[A-Za-z0-9_-]{1,32}$/.test(this.kind)) {
       throw new InvalidOptionError('kind', `must be 1 to 32 characters of A-Z a-z 0-9 _ -, got ${String(opts.kind)}`)
     }
-    this.ttlMs = opts.ttlMs ?? 86_400_000
-    if (!Number.isSafeInteger(this.ttlMs) || this.ttlMs < 1) {
-      throw new InvalidOptionError('ttlMs', `must be a positive integer, got ${String(opts.ttlMs)}`)
-    }
+    this.ttlMs = intOption('ttlMs', opts.ttlMs, 86_400_000, 1)
   }
 
   get (sessionId: string, callback: SessionStoreGetCallback<S>): void {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { InvalidOptionError } from './errors.js'
+import { InvalidOptionError, intOption } from './errors.js'
 import type { TieredStore } from './tiered-store.js'
 
 /**
@@ -101,13 +101,6 @@ const systemClock: Clock = {
   clearTimeout: (h) => { clearTimeout(h as NodeJS.Timeout) }
 }
 
-function checkMs (name: string, v: number | undefined, min: number, max: number): void {
-  if (v === undefined) return
-  if (!Number.isSafeInteger(v) || v < min || v > max) {
-    throw new InvalidOptionError(name, `must be an integer number of ms between ${min} and ${max}, got ${String(v)}`)
-  }
-}
-
 /** The longest setTimeout delay Node honours; longer ones fire after 1 ms. */
 const MAX_TIMER = 2 ** 31 - 1
 
@@ -138,18 +131,13 @@ export class TicketKeySchedule {
     if (opts === null || typeof opts !== 'object' || typeof opts.apply !== 'function' || opts.store === undefined) {
       throw new InvalidOptionError('ticketKeys', 'a TicketKeySchedule needs { store, apply, periodMs }')
     }
-    checkMs('ticketKeyPeriodMs', opts.periodMs, 1000, 366 * 86_400_000)
     if (opts.periodMs === undefined) throw new InvalidOptionError('ticketKeyPeriodMs', 'is required')
-    this.periodMs = opts.periodMs
+    this.periodMs = intOption('ticketKeyPeriodMs', opts.periodMs, 0, 1000, 366 * 86_400_000)
     const quarter = Math.floor(this.periodMs / 4)
-    checkMs('maxClockSkewMs', opts.maxClockSkewMs, 0, quarter)
-    this.maxClockSkewMs = opts.maxClockSkewMs ?? Math.min(5000, quarter)
-    checkMs('leadMs', opts.leadMs, 1, quarter)
-    this.leadMs = opts.leadMs ?? Math.min(quarter, 60_000)
-    checkMs('retryMs', opts.retryMs, 1, this.periodMs)
-    this.retryMs = opts.retryMs ?? Math.min(5000, Math.max(100, Math.floor(this.periodMs / 20)))
-    checkMs('maxTimerMs', opts.maxTimerMs, 1, MAX_TIMER)
-    this.maxTimerMs = opts.maxTimerMs ?? 60_000
+    this.maxClockSkewMs = intOption('maxClockSkewMs', opts.maxClockSkewMs, Math.min(5000, quarter), 0, quarter)
+    this.leadMs = intOption('leadMs', opts.leadMs, Math.min(quarter, 60_000), 1, quarter)
+    this.retryMs = intOption('retryMs', opts.retryMs, Math.min(5000, Math.max(100, Math.floor(this.periodMs / 20))), 1, this.periodMs)
+    this.maxTimerMs = intOption('maxTimerMs', opts.maxTimerMs, 60_000, 1, MAX_TIMER)
     this.store = opts.store
     this.applyKey = opts.apply
     this.clock = opts.clock ?? systemClock

@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache'
 import { Coherence, type CoherenceCounters, type LocalTier } from './coherence.js'
-import { ConflictError, DurabilityError, InvalidOptionError, TooLargeError, isHandoffError } from './errors.js'
+import { ConflictError, DurabilityError, InvalidOptionError, intOption, TooLargeError, isHandoffError } from './errors.js'
 import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfKey } from './partitions.js'
 import type { Repository, StoredEntry, Subscription } from './repository/types.js'
 import { KeyRing, Sealer, entryLabel, openEntry, sealEntry, type SecretInput } from './seal.js'
@@ -159,12 +159,6 @@ function deepFreeze<T> (v: T): T {
   return v
 }
 
-function positiveInt (name: string, v: number | undefined, dflt: number, min = 1): number {
-  if (v === undefined) return dflt
-  if (!Number.isSafeInteger(v) || v < min) throw new InvalidOptionError(name, `must be an integer >= ${min}, got ${String(v)}`)
-  return v
-}
-
 /**
  * The one primitive every plugin uses: a bounded local tier per instance (lru-cache, striped by partition) in front
  * of a shared Repository, with sealed values, optimistic compare-and-set updates and coherence between instances.
@@ -209,16 +203,16 @@ export class TieredStore<T = unknown> {
       throw new InvalidOptionError('stripes', `must be a power of two between 1 and partitions (${this.partitions}), got ${String(stripes)}`)
     }
     this.stripeMask = stripes - 1
-    const maxLocalBytes = positiveInt('maxLocalBytes', opts.maxLocalBytes, 64 * 1024 * 1024, 0)
+    const maxLocalBytes = intOption('maxLocalBytes', opts.maxLocalBytes, 64 * 1024 * 1024, 0)
     const coherenceOn = opts.coherence !== false
-    this.localTtlMs = positiveInt('localTtlMs', opts.localTtlMs, coherenceOn ? 300_000 : 1000, 0)
-    this.defaultTtlMs = positiveInt('defaultTtlMs', opts.defaultTtlMs, 86_400_000)
-    this.tombstoneTtlMs = positiveInt('tombstoneTtlMs', opts.tombstoneTtlMs, 60_000)
-    this.maxAttempts = positiveInt('maxAttempts', opts.maxAttempts, 64)
-    this.maxValueBytes = positiveInt('maxValueBytes', opts.maxValueBytes, 1024 * 1024)
+    this.localTtlMs = intOption('localTtlMs', opts.localTtlMs, coherenceOn ? 300_000 : 1000, 0)
+    this.defaultTtlMs = intOption('defaultTtlMs', opts.defaultTtlMs, 86_400_000, 1)
+    this.tombstoneTtlMs = intOption('tombstoneTtlMs', opts.tombstoneTtlMs, 60_000, 1)
+    this.maxAttempts = intOption('maxAttempts', opts.maxAttempts, 64, 1)
+    this.maxValueBytes = intOption('maxValueBytes', opts.maxValueBytes, 1024 * 1024, 1)
     if (opts.durability !== undefined) {
-      const replicas = positiveInt('durability.replicas', opts.durability.replicas, 1)
-      this.durability = { replicas, timeoutMs: positiveInt('durability.timeoutMs', opts.durability.timeoutMs, 100) }
+      const replicas = intOption('durability.replicas', opts.durability.replicas, 1, 1)
+      this.durability = { replicas, timeoutMs: intOption('durability.timeoutMs', opts.durability.timeoutMs, 100, 1) }
       if (this.repository.waitForReplicas === undefined) {
         throw new InvalidOptionError('durability', `the ${this.repository.kind} repository has no replicas to wait for`)
       }
@@ -262,7 +256,7 @@ export class TieredStore<T = unknown> {
       fillsSkipped: 0
     }
     if (coherenceOn) {
-      const leaseMs = positiveInt('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250)
+      const leaseMs = intOption('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250, 1)
       // Until start() subscribes and the subscription says whether delivery can be lost, the embedded repository is
       // taken as reliable (usable before start(), as in-process state is) and any other as not (no local reads
       // before the first heartbeat).
@@ -370,12 +364,8 @@ export class TieredStore<T = unknown> {
    * backoff, up to maxAttempts. Starting from a local copy, an uncontended update is one round trip.
    */
   async update (key: string, mutate: Mutator<T>, opts?: UpdateOptions): Promise<UpdateResult<T>> {
-    const ttlMs = opts?.ttlMs ?? this.defaultTtlMs
-    if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new InvalidOptionError('ttlMs', `must be a positive integer, got ${String(ttlMs)}`)
-    const maxBytes = opts?.maxBytes
-    if (maxBytes !== undefined && (!Number.isSafeInteger(maxBytes) || maxBytes < 1)) {
-      throw new InvalidOptionError('maxBytes', `must be a positive integer, got ${String(maxBytes)}`)
-    }
+    const ttlMs = intOption('ttlMs', opts?.ttlMs, this.defaultTtlMs, 1)
+    const maxBytes = opts?.maxBytes === undefined ? undefined : intOption('maxBytes', opts.maxBytes, 0, 1)
     const partition = this.partitionOf(key)
     const stripe = this.stripeOf(partition)
     const readable = this.coherence === undefined || this.coherence.readable()
@@ -506,6 +496,8 @@ export class TieredStore<T = unknown> {
 
   /** Extend an entry's expiry without rewriting it. Call it lazily (e.g. when half the idle time is used up). */
   async touch (key: string, ttlMs: number): Promise<boolean> {
+    // A foreign key is refused before any round trip, as by every other method.
+    const stripe = this.stripeOf(this.partitionOf(key))
     let ok: boolean
     try {
       ok = await this.timed('touch', this.repository.touch(key, ttlMs))
@@ -515,7 +507,6 @@ export class TieredStore<T = unknown> {
     }
     this.repositoryOk()
     this.counters.touches++
-    const stripe = this.stripeOf(this.partitionOf(key))
     const local = stripe?.peek(key)
     if (local !== undefined) {
       if (ok) local.expiresAt = this.now() + ttlMs

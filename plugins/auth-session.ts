@@ -2,7 +2,7 @@ import { createHmac, randomBytes } from 'node:crypto'
 import type { FastifyInstance, FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Signer } from '@fastify/cookie'
-import { InvalidOptionError, isHandoffError, SessionEndedError, SessionDisabledError } from '../lib/errors.js'
+import { InvalidOptionError, intOption, isHandoffError, SessionEndedError, SessionDisabledError } from '../lib/errors.js'
 import type { StoreEntry, StoreValue, TieredStore, UpdateInfo } from '../lib/tiered-store.js'
 
 /**
@@ -218,14 +218,6 @@ function isObject (v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
 }
 
-function int (name: string, v: unknown, dflt: number, min: number): number {
-  if (v === undefined) return dflt
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-    throw new InvalidOptionError(name, `must be an integer >= ${min}, got ${String(v)}`)
-  }
-  return v
-}
-
 function oneOf<T extends string | boolean> (name: string, v: unknown, allowed: readonly T[], dflt: T): T {
   if (v === undefined) return dflt
   if (!(allowed as readonly unknown[]).includes(v)) {
@@ -266,8 +258,8 @@ export function resolveOptions (opts: AuthSessionOptions = {}, storeRetryAfterSe
   if (sameSite === 'none' && secure !== true) {
     throw new InvalidOptionError('cookie.sameSite', '"none" requires cookie.secure: true (browsers drop SameSite=None cookies without Secure)')
   }
-  const idleTimeoutMs = int('idleTimeoutMs', opts.idleTimeoutMs, 1_800_000, 1000)
-  const absoluteTimeoutMs = int('absoluteTimeoutMs', opts.absoluteTimeoutMs, 43_200_000, 1000)
+  const idleTimeoutMs = intOption('idleTimeoutMs', opts.idleTimeoutMs, 1_800_000, 1000)
+  const absoluteTimeoutMs = intOption('absoluteTimeoutMs', opts.absoluteTimeoutMs, 43_200_000, 1000)
   if (absoluteTimeoutMs < idleTimeoutMs) {
     throw new InvalidOptionError('absoluteTimeoutMs', `must be >= idleTimeoutMs (${idleTimeoutMs}), got ${absoluteTimeoutMs}`)
   }
@@ -281,9 +273,9 @@ export function resolveOptions (opts: AuthSessionOptions = {}, storeRetryAfterSe
     idleTimeoutMs,
     absoluteTimeoutMs,
     refreshAfter,
-    maxBytes: int('maxBytes', opts.maxBytes, 16_384, 64),
-    maxSessionsPerUser: int('maxSessionsPerUser', opts.maxSessionsPerUser, 100, 1),
-    retryAfterSeconds: int('retryAfterSeconds', opts.retryAfterSeconds, storeRetryAfterSeconds, 0)
+    maxBytes: intOption('maxBytes', opts.maxBytes, 16_384, 64),
+    maxSessionsPerUser: intOption('maxSessionsPerUser', opts.maxSessionsPerUser, 100, 1),
+    retryAfterSeconds: intOption('retryAfterSeconds', opts.retryAfterSeconds, storeRetryAfterSeconds, 0)
   }
 }
 

@@ -9,7 +9,7 @@ import {
   CheckoutInProgressError, type CartChange, type CartItem, type CartLimits, type CheckoutRecord, type Order,
   type PaymentMethod, type PurchaseDetails, type StoredCart
 } from '../lib/cart.js'
-import { BadInputError, InvalidOptionError, UnavailableError, isHandoffError } from '../lib/errors.js'
+import { BadInputError, InvalidOptionError, intOption, UnavailableError, isHandoffError } from '../lib/errors.js'
 import type { TieredStore } from '../lib/tiered-store.js'
 
 export type { CartItem, CartItemExtra, Address, PurchaseDetails, PaymentMethod, Order } from '../lib/cart.js'
@@ -558,12 +558,6 @@ class RequestCart implements HandoffCart {
   }
 }
 
-function positive (name: string, v: number | undefined, dflt: number): number {
-  if (v === undefined) return dflt
-  if (!Number.isSafeInteger(v) || v < 1) throw new InvalidOptionError(name, `must be an integer >= 1, got ${String(v)}`)
-  return v
-}
-
 const cartPlugin: FastifyPluginAsync<CartOptions> = async (fastify: FastifyInstance, opts) => {
   if (opts.provider !== undefined && typeof opts.provider.charge !== 'function') {
     throw new InvalidOptionError('provider', 'must have a charge({ idempotencyKey, orderId, amount, currency, token }) method')
@@ -572,9 +566,9 @@ const cartPlugin: FastifyPluginAsync<CartOptions> = async (fastify: FastifyInsta
   const anchorCookie = opts.anchorCookie ?? 'handoff_cart'
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(anchorCookie)) throw new InvalidOptionError('anchorCookie', 'must be 1 to 64 of [A-Za-z0-9_-]')
   const limits: CartLimits = {
-    maxItems: positive('maxItems', opts.maxItems, DEFAULT_CART_LIMITS.maxItems),
-    maxQuantity: positive('maxQuantity', opts.maxQuantity, DEFAULT_CART_LIMITS.maxQuantity),
-    chainLength: positive('chainLength', opts.chainLength, DEFAULT_CART_LIMITS.chainLength)
+    maxItems: intOption('maxItems', opts.maxItems, DEFAULT_CART_LIMITS.maxItems, 1),
+    maxQuantity: intOption('maxQuantity', opts.maxQuantity, DEFAULT_CART_LIMITS.maxQuantity, 1),
+    chainLength: intOption('chainLength', opts.chainLength, DEFAULT_CART_LIMITS.chainLength, 1)
   }
   const ring = fastify.handoff.keyRing
   const ajv = new Ajv({ allErrors: false, strict: true })
@@ -582,9 +576,9 @@ const cartPlugin: FastifyPluginAsync<CartOptions> = async (fastify: FastifyInsta
     store: fastify.handoff.store,
     opts: {
       ...opts,
-      cartTtlMs: positive('cartTtlMs', opts.cartTtlMs, 30 * 86_400_000),
-      orderTtlMs: positive('orderTtlMs', opts.orderTtlMs, 90 * 86_400_000),
-      checkoutTimeoutMs: positive('checkoutTimeoutMs', opts.checkoutTimeoutMs, 600_000),
+      cartTtlMs: intOption('cartTtlMs', opts.cartTtlMs, 30 * 86_400_000, 1),
+      orderTtlMs: intOption('orderTtlMs', opts.orderTtlMs, 90 * 86_400_000, 1),
+      checkoutTimeoutMs: intOption('checkoutTimeoutMs', opts.checkoutTimeoutMs, 600_000, 1),
       anchorCookie,
       secureCookie: opts.secureCookie ?? true
     },

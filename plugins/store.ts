@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import { Redis, Cluster, type RedisOptions, type ClusterNode, type ClusterOptions } from 'ioredis'
-import { InvalidOptionError, isHandoffError } from '../lib/errors.js'
+import { InvalidOptionError, intOption, isHandoffError } from '../lib/errors.js'
 import { MemoryRepository } from '../lib/repository/memory.js'
 import { RedisRepository, type RedisClient } from '../lib/repository/redis.js'
 import { ShardedRepository } from '../lib/repository/sharded.js'
@@ -108,10 +108,7 @@ const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: Fas
     throw new InvalidOptionError('durability.timeoutMs', `must be below commandTimeoutMs (${commandTimeoutMs}), got ${opts.durability.timeoutMs}`)
   }
   // Checked before anything is opened: a Redis client made first would be left reconnecting by the failed boot.
-  const retryAfterS = opts.retryAfterSeconds === undefined ? 1 : opts.retryAfterSeconds
-  if (!Number.isSafeInteger(retryAfterS) || retryAfterS < 0) {
-    throw new InvalidOptionError('retryAfterSeconds', `must be an integer >= 0, got ${String(opts.retryAfterSeconds)}`)
-  }
+  const retryAfterS = intOption('retryAfterSeconds', opts.retryAfterSeconds, 1, 0)
   const retryAfter = String(retryAfterS)
   const { repository, owned } = createRepository(opts, (msg, fields) => fastify.log.warn(fields, msg))
   const { redis: _r, repository: _repo, commandTimeoutMs: _t, connectTimeoutMs: _c, retryAfterSeconds: _ra, ...storeOpts } = opts

@@ -2,7 +2,7 @@ import { createHash, createHmac } from 'node:crypto'
 import tls, { type TLSSocket } from 'node:tls'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { InvalidOptionError } from '../lib/errors.js'
+import { InvalidOptionError, intOption } from '../lib/errors.js'
 import { KeyRing, type SecretInput } from '../lib/seal.js'
 import { TicketKeySchedule, TieredTicketKeyStore, type TicketKeyEvent } from '../lib/ticket-keys.js'
 import type { TieredStore } from '../lib/tiered-store.js'
@@ -219,13 +219,6 @@ function editDistance (a: string, b: string): number {
   return prev[b.length] ?? 0
 }
 
-function checkInt (name: string, v: unknown, min: number, max: number): void {
-  if (v === undefined) return
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
-    throw new InvalidOptionError(name, `must be an integer between ${min} and ${max}, got ${typeof v === 'number' ? String(v) : typeof v}`)
-  }
-}
-
 function checkBool (name: string, v: unknown): void {
   if (v !== undefined && typeof v !== 'boolean') throw new InvalidOptionError(name, `must be true or false, got ${typeof v}`)
 }
@@ -240,14 +233,13 @@ export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRi
     const near = known.has(k) ? undefined : [...known].find(n => editDistance(k.toLowerCase(), n.toLowerCase()) <= 2)
     if (near !== undefined) throw new InvalidOptionError(k, `unknown option; did you mean "${near}"?`)
   }
-  checkInt('ticketKeyPeriodMs', opts.ticketKeyPeriodMs, 1000, 366 * 86_400_000)
-  const ticketKeyPeriodMs = opts.ticketKeyPeriodMs ?? TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs
+  const ticketKeyPeriodMs = intOption('ticketKeyPeriodMs', opts.ticketKeyPeriodMs, TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs, 1000, 366 * 86_400_000)
   const quarter = Math.floor(ticketKeyPeriodMs / 4)
-  checkInt('maxClockSkewMs', opts.maxClockSkewMs, 0, quarter)
+  const maxClockSkewMs = intOption('maxClockSkewMs', opts.maxClockSkewMs, Math.min(DEFAULT_MAX_CLOCK_SKEW_MS, quarter), 0, quarter)
   checkBool('applySessionIdContext', opts.applySessionIdContext)
   checkBool('sessionCache', opts.sessionCache)
   checkBool('singleUse', opts.singleUse)
-  checkInt('sessionLookupTimeoutMs', opts.sessionLookupTimeoutMs, 1, 5000)
+  const sessionLookupTimeoutMs = intOption('sessionLookupTimeoutMs', opts.sessionLookupTimeoutMs, TLS_SESSIONS_DEFAULTS.sessionLookupTimeoutMs, 1, 5000)
   if (opts.sessionIdContext !== undefined &&
     (typeof opts.sessionIdContext !== 'string' || !/^[\x21-\x7e]{1,32}$/.test(opts.sessionIdContext))) {
     throw new InvalidOptionError('sessionIdContext', `must be 1 to ${MAX_SESSION_ID_CONTEXT} printable ASCII characters (OpenSSL's limit)`)
@@ -259,11 +251,11 @@ export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRi
   }
   return {
     ticketKeyPeriodMs,
-    maxClockSkewMs: opts.maxClockSkewMs ?? Math.min(DEFAULT_MAX_CLOCK_SKEW_MS, quarter),
+    maxClockSkewMs,
     sessionIdContext: opts.sessionIdContext ?? sessionIdContextFor(ring),
     applySessionIdContext: opts.applySessionIdContext ?? TLS_SESSIONS_DEFAULTS.applySessionIdContext,
     sessionCache,
-    sessionLookupTimeoutMs: opts.sessionLookupTimeoutMs ?? TLS_SESSIONS_DEFAULTS.sessionLookupTimeoutMs,
+    sessionLookupTimeoutMs,
     singleUse
   }
 }

@@ -154,6 +154,12 @@ t.test('limits and options are checked with clear errors', async t => {
   t.throws(() => makeStore(undefined, { durability: { replicas: 1 } }), { message: /memory repository has no replicas/ })
   t.throws(() => new TieredStore({ repository: new MemoryRepository(), secret: 'short' }), { code: 'FST_HANDOFF_INVALID_OPTION' })
   await t.rejects(store.get('no-partition-tag'), { code: 'FST_HANDOFF_INVALID_OPTION', message: /store.key/ })
+  const calls = { n: 0 }
+  const counting = Object.create(new MemoryRepository()) as MemoryRepository
+  counting.touch = async () => { calls.n++; return true }
+  await t.rejects(makeStore(counting).touch('no-partition-tag', 1000), { code: 'FST_HANDOFF_INVALID_OPTION' })
+  t.equal(calls.n, 0, 'touch refuses a foreign key before asking the repository')
+  t.throws(() => makeStore(undefined, { maxAttempts: 0 }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /maxAttempts.*integer >= 1, got 0/ })
 })
 
 t.test('coherence takes reliability from the subscription, not from the repository kind', async t => {
