@@ -46,6 +46,7 @@ export class MemoryRepository implements Repository {
 
   async compareAndSet (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number): Promise<CasResult> {
     this.assertOpen()
+    const seqKey = sequenceKeyOf(key) // a key without a partition tag is refused before anything is stored
     const cur = this.live(key)
     if (expectedVersion === null ? cur !== undefined : (cur?.version ?? 0) !== expectedVersion) {
       return { ok: false, current: cur === undefined ? null : { ...cur } }
@@ -53,21 +54,22 @@ export class MemoryRepository implements Repository {
     const version = (cur?.version ?? 0) + 1
     const expiresAt = this.now() + ttlMs
     this.entries.set(key, { value, version, expiresAt })
-    this.publish(key, version)
+    this.publish(key, seqKey, version)
     return { ok: true, version, expiresAt }
   }
 
   async take (key: string, tombstoneTtlMs: number): Promise<StoredEntry | null> {
     this.assertOpen()
+    const seqKey = sequenceKeyOf(key)
     const cur = this.live(key)
     if (cur?.value == null) return null // taking nothing changes nothing
-    this.tombstone(key, cur, tombstoneTtlMs)
+    this.tombstone(key, seqKey, cur, tombstoneTtlMs)
     return { ...cur }
   }
 
   async delete (key: string, tombstoneTtlMs: number): Promise<number> {
     this.assertOpen()
-    return this.tombstone(key, this.live(key), tombstoneTtlMs)
+    return this.tombstone(key, sequenceKeyOf(key), this.live(key), tombstoneTtlMs)
   }
 
   async touch (key: string, ttlMs: number): Promise<boolean> {
@@ -94,10 +96,10 @@ export class MemoryRepository implements Repository {
     this.listeners.clear()
   }
 
-  private tombstone (key: string, cur: Slot | undefined, ttlMs: number): number {
+  private tombstone (key: string, seqKey: string, cur: Slot | undefined, ttlMs: number): number {
     const version = (cur?.version ?? 0) + 1
     this.entries.set(key, { value: null, version, expiresAt: this.now() + ttlMs })
-    this.publish(key, version)
+    this.publish(key, seqKey, version)
     return version
   }
 
@@ -111,13 +113,13 @@ export class MemoryRepository implements Repository {
     return e
   }
 
-  private publish (key: string, version: number): void {
+  /** `seqKey` is sequenceKeyOf(key), taken before the write: it also proves the key has a partition tag. */
+  private publish (key: string, seqKey: string, version: number): void {
     const partition = partitionOfKey(key)
-    const seqKey = sequenceKeyOf(key)
     const sequence = (this.sequences.get(seqKey) ?? 0) + 1
     this.sequences.set(seqKey, sequence)
     for (const { scope, listener } of this.listeners) {
-      if (!key.startsWith(scope.prefix) || partition < 0 || partition >= scope.partitions) continue
+      if (!key.startsWith(scope.prefix) || partition >= scope.partitions) continue
       try {
         listener.onInvalidation({ key, version, partition, sequence })
       } catch {

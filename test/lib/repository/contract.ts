@@ -19,6 +19,14 @@ export function repositoryContract (t: Tap, name: string, make: () => Promise<Re
     t.equal(await repo.get(key()), null)
   })
 
+  t.test(`${name}: a key without a partition tag is refused, and nothing is stored`, async t => {
+    const repo = await make()
+    const k = `contract:${name}:untagged-${n++}`
+    await t.rejects(repo.compareAndSet(k, null, Buffer.from('x'), 10_000))
+    await t.rejects(repo.delete(k, 10_000))
+    t.equal(await repo.get(k), null, 'nothing stored')
+  })
+
   t.test(`${name}: create if absent, then versions grow by one per write`, async t => {
     const repo = await make()
     const k = key()
