@@ -60,6 +60,7 @@ export class RedisSubscriber {
     this.conn = conn
     conn.on('error', (error: Error) => this.opts.onEvent?.({ type: 'error', error }))
     conn.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel.toString(), message.toString()))
+    // The one place a lost connection becomes a resync: however it ends (dropped, killed, given up by beat()).
     conn.on('close', () => {
       // A PING sent on the old connection must not renew the lease once replayed on the new one.
       this.pingInFlight = false
@@ -68,8 +69,8 @@ export class RedisSubscriber {
     })
     conn.on('ready', () => {
       if (!this.started || this.closed) return
-      // A reconnect: what was published meanwhile is gone. Re-subscribe; a later PING proves it active again.
-      this.listener.onResync()
+      // A reconnect: 'close' already resynced (what was published meanwhile is gone). Re-subscribe; a later PING,
+      // answered after the SSUBSCRIBEs on this connection, proves it active again.
       this.subscribeAll(conn).catch(() => {})
     })
     await conn.connect()
@@ -97,9 +98,6 @@ export class RedisSubscriber {
     this.conn?.disconnect()
   }
 
-  /** Kill the subscriber connection (for fault-injection tests); ioredis reconnects by itself. */
-  get connection (): Redis | undefined { return this.conn }
-
   private beat (): void {
     const conn = this.conn
     if (conn === undefined || conn.status !== 'ready') return
@@ -109,8 +107,7 @@ export class RedisSubscriber {
       if (performance.now() - this.pingSentAt > (this.opts.deadAfterMs ?? 3000)) {
         this.pingInFlight = false
         this.pingSentAt = 0
-        this.listener.onResync()
-        conn.disconnect(true)
+        conn.disconnect(true) // its 'close' resyncs
       }
       return
     }
