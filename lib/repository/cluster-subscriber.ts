@@ -8,9 +8,12 @@ import type { Invalidation, InvalidationListener, SubscriptionScope } from './ty
  * Invalidations on Redis Cluster: SPUBLISH delivers a message only on the shard that owns the channel's slot, so
  * one subscriber per primary follows the partitions that primary owns, each with its own heartbeat. The lease is
  * the oldest of the shards' latest heartbeats: local reads continue only while every shard is heard from.
- * The topology is re-read every `replanIntervalMs` and whenever ioredis refreshes it; when a partition's owner
+ * The topology is re-read every REPLAN_INTERVAL_MS and whenever ioredis refreshes it; when a partition's owner
  * changed (failover, slot migration), the affected subscribers are rebuilt and everything resyncs.
  */
+/** How often the topology is re-read besides ioredis' own refreshes, ms. */
+const REPLAN_INTERVAL_MS = 500
+
 export class ClusterSubscription {
   private readonly shards = new Map<string, { sub: RedisSubscriber, partitions: number[], lastBeat: number }>()
   private timer: NodeJS.Timeout | undefined
@@ -25,7 +28,7 @@ export class ClusterSubscription {
     private readonly cluster: Cluster,
     private readonly scope: SubscriptionScope,
     private readonly listener: InvalidationListener,
-    private readonly opts: RedisSubscriberOptions & { replanIntervalMs?: number } = {}
+    private readonly opts: RedisSubscriberOptions = {}
   ) {
     this.channelSlots = Array.from({ length: scope.partitions }, (_, p) => clusterKeySlot(channelName(scope.prefix, p)))
   }
@@ -34,7 +37,7 @@ export class ClusterSubscription {
     await this.replan()
     this.listener.onResync()
     this.cluster.on('refresh', this.onRefresh)
-    this.timer = setInterval(this.onRefresh, this.opts.replanIntervalMs ?? 500)
+    this.timer = setInterval(this.onRefresh, REPLAN_INTERVAL_MS)
     this.timer.unref()
   }
 

@@ -38,7 +38,6 @@ export class CommandGuard {
   }
 
   get tripped (): boolean { return this.trippedReason !== undefined }
-  get inFlight (): number { return this.pending.size }
 
   /** Reject at once when tripped; otherwise settle with `work` or fail when it outlives the timeout. */
   run<T> (work: () => Promise<T>): Promise<T> {

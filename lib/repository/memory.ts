@@ -35,9 +35,6 @@ export class MemoryRepository implements Repository {
 
   async connect (): Promise<void> { this.assertOpen() }
 
-  /** Entries held, tombstones included (for tests and metrics). */
-  get size (): number { return this.entries.size }
-
   async get (key: string): Promise<StoredEntry | null> {
     this.assertOpen()
     const e = this.live(key)

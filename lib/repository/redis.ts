@@ -134,9 +134,6 @@ export class RedisRepository implements Repository {
     })
   }
 
-  /** True while commands fail fast after a timeout, until a probe is answered. */
-  get unavailable (): boolean { return this.guard.tripped }
-
   async connect (): Promise<void> {
     this.assertOpen()
     if (this.client.status === 'ready') return
