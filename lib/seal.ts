@@ -191,6 +191,22 @@ export class KeyRing {
     const info = Buffer.from(purpose, 'utf8')
     return this.#entries.map((e) => Buffer.from(hkdfSync('sha256', e.secret, HKDF_SALT, info, SUBKEY_BYTES)))
   }
+
+  /** Id of the oldest secret: the last one a rotation retires. */
+  get oldestId (): string {
+    return (this.#entries[this.#entries.length - 1] as RingEntry).id
+  }
+
+  /**
+   * The oldest secret's subkey for `purpose` (the last of derive()'s). For what every instance must agree on across
+   * a rotation: putting a new secret in front, the first step of a rotation, leaves it unchanged, so the rolling
+   * deploy itself cannot split the cluster (TLS session id context, cart chain digests, order ids).
+   */
+  deriveOldest (purpose: string): Buffer {
+    checkPurpose(purpose)
+    const oldest = this.#entries[this.#entries.length - 1] as RingEntry
+    return Buffer.from(hkdfSync('sha256', oldest.secret, HKDF_SALT, Buffer.from(purpose, 'utf8'), SUBKEY_BYTES))
+  }
 }
 
 interface SealingKey {

@@ -371,7 +371,7 @@ export class TieredTicketKeyStore implements TicketKeyStore {
 
   constructor (store: TieredStore, opts: TieredTicketKeyStoreOptions = {}) {
     this.store = store
-    this.namespace = opts.namespace ?? store.keyRing.ids[store.keyRing.ids.length - 1] ?? store.keyRing.currentId
+    this.namespace = opts.namespace ?? store.keyRing.oldestId
     if (!/^[A-Za-z0-9._-]{1,64}$/.test(this.namespace)) {
       throw new InvalidOptionError('namespace', 'must be 1 to 64 characters of A-Z a-z 0-9 . _ -')
     }

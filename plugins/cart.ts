@@ -583,10 +583,10 @@ const cartPlugin: FastifyPluginAsync<CartOptions> = async (fastify: FastifyInsta
       secureCookie: opts.secureCookie ?? true
     },
     limits,
-    // The chain must verify on every instance across key rotations: it uses the oldest secret's subkey.
-    digestKey: ring.derive('cart-digest').at(-1) as Buffer,
-    ownerKey: ring.derive('cart-owner').at(-1) as Buffer,
-    orderKey: ring.derive('order-id').at(-1) as Buffer,
+    // The chain, owner tags and order ids must agree on every instance across key rotations: the oldest secret's.
+    digestKey: ring.deriveOldest('cart-digest'),
+    ownerKey: ring.deriveOldest('cart-owner'),
+    orderKey: ring.deriveOldest('order-id'),
     signer: new Signer(ring.derive('cart-anchor')),
     validate: {
       item: ajv.compile(SCHEMAS.item),

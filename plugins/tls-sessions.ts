@@ -125,23 +125,12 @@ const SESSION_ID_CONTEXT_PURPOSE = 'tls-session-id-context'
 const SESSION_CACHE_ID_PURPOSE = 'tls-session-cache-id'
 
 /**
- * Subkey of the oldest secret of the ring: putting a new secret in front (the first step of a rotation) must not
- * change what every instance has to agree on, or the rolling deploy itself would break resumption.
- */
-function oldestSubkey (ring: KeyRing, purpose: string): Buffer {
-  const keys = ring.derive(purpose)
-  const oldest = keys[keys.length - 1] as Buffer
-  for (const k of keys) if (k !== oldest) k.fill(0)
-  return oldest
-}
-
-/**
  * The session id context of a cluster: 32 hex characters derived from its secret (HKDF, own purpose), the same on
  * every instance and different for every cluster. Not secret, but reveals nothing about the secret.
  */
 export function sessionIdContextFor (secret: SecretInput | KeyRing): string {
   const ring = secret instanceof KeyRing ? secret : new KeyRing(secret)
-  const key = oldestSubkey(ring, SESSION_ID_CONTEXT_PURPOSE)
+  const key = ring.deriveOldest(SESSION_ID_CONTEXT_PURPOSE)
   const ctx = key.toString('hex').slice(0, MAX_SESSION_ID_CONTEXT)
   key.fill(0)
   return ctx
@@ -398,7 +387,7 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
   if (o.sessionCache) {
     // Keyed hash of the id: ids come from clients (resumeSession) and travel in clear under TLS 1.2; neither should
     // choose or reveal a store key.
-    const hashKey = idKey = oldestSubkey(handoff.keyRing, SESSION_CACHE_ID_PURPOSE)
+    const hashKey = idKey = handoff.keyRing.deriveOldest(SESSION_CACHE_ID_PURPOSE)
     const keyOf = (id: Buffer): string => store.key(createHmac('sha256', hashKey).update(id).digest('hex').slice(0, 32), 'tlssession')
     const internals = server as tls.Server & ServerInternals
     const ttlMs = (): number => {

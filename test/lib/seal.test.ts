@@ -227,6 +227,11 @@ t.test('derive() is deterministic and separates purposes and secrets', async (t)
   first.fill(0)
   t.same(ring.derive('cookie'), cookie, 'callers may zero what they got')
   t.match(thrown(() => ring.derive('')), { code: INVALID })
+  t.same(ring.deriveOldest('cookie'), cookie[1], 'deriveOldest: the oldest secret\'s subkey')
+  t.same(new KeyRing([{ id: 'new', secret: SECRET_C }, { id: 'b', secret: SECRET_B }, { id: 'a', secret: SECRET_A }]).deriveOldest('cookie'),
+    cookie[1], 'unchanged when a new secret is put in front (the first step of a rotation)')
+  t.equal(ring.oldestId, 'a')
+  t.match(thrown(() => ring.deriveOldest('')), { code: INVALID })
 })
 
 t.test('lone secrets get an id derived from the secret', async (t) => {
