@@ -184,7 +184,7 @@ export class TieredStore<T = unknown> {
   private readonly now: () => number
   private subscription: Subscription | undefined
   private started: Promise<void> | undefined
-  private degraded = false
+  private failing = false
   private corruptLoggedAt = Number.NEGATIVE_INFINITY
   private corruptSuppressed = 0
   private observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined
@@ -520,14 +520,22 @@ export class TieredStore<T = unknown> {
     this.observe = observe
   }
 
-  /** For health endpoints and metrics. */
-  health (): StoreHealth {
+  /** True while the repository is failing: writes answer 503, known local copies are served flagged degraded. */
+  get degraded (): boolean { return this.failing }
+
+  /** Ms since the newest answered invalidation heartbeat was sent; 0 without coherence or with reliable delivery, -1 before the first. */
+  get leaseAgeMs (): number {
     const leaseAge = this.coherence?.leaseAge ?? 0
+    return Number.isFinite(leaseAge) ? Math.round(leaseAge) : -1
+  }
+
+  /** For health endpoints. (Metrics read the getters each gauge needs.) */
+  health (): StoreHealth {
     return {
-      status: this.degraded ? 'degraded' : 'ok',
+      status: this.failing ? 'degraded' : 'ok',
       repository: this.repository.kind,
       localReads: this.coherence === undefined || this.coherence.readable(),
-      leaseAgeMs: Number.isFinite(leaseAge) ? Math.round(leaseAge) : -1,
+      leaseAgeMs: this.leaseAgeMs,
       localEntries: this.localEntries,
       localBytes: this.localBytes
     }
@@ -627,16 +635,16 @@ export class TieredStore<T = unknown> {
 
   private repositoryError (err: unknown): void {
     this.counters.repositoryErrors++
-    if (!this.degraded) {
-      this.degraded = true
+    if (!this.failing) {
+      this.failing = true
       this.logger?.warn({ repository: this.repository.kind, err: err instanceof Error ? err.message : String(err) },
         'fastify-handoff: repository unavailable; writes fail with 503 until it answers again, known local copies are still served')
     }
   }
 
   private repositoryOk (): void {
-    if (this.degraded) {
-      this.degraded = false
+    if (this.failing) {
+      this.failing = false
       this.logger?.info?.({ repository: this.repository.kind }, 'fastify-handoff: repository answers again')
     }
   }

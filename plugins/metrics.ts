@@ -91,9 +91,9 @@ const metricsPlugin: FastifyPluginAsync<HandoffMetricsOptions> = async (fastify:
   mirrorGauge(registry, `${prefix}store_local_bytes`, 'Bytes held by the local tier', () => store.localBytes)
   mirrorGauge(registry, `${prefix}store_local_entries`, 'Entries held by the local tier', () => store.localEntries)
   mirrorGauge(registry, `${prefix}store_local_hit_ratio`, 'Local hits / (hits + misses) since start', () => store.localHitRatio)
-  mirrorGauge(registry, `${prefix}store_degraded`, '1 while the repository is failing (writes answer 503)', () => store.health().status === 'degraded' ? 1 : 0)
+  mirrorGauge(registry, `${prefix}store_degraded`, '1 while the repository is failing (writes answer 503)', () => store.degraded ? 1 : 0)
   mirrorGauge(registry, `${prefix}store_lease_age_seconds`, 'Seconds since the newest answered invalidation heartbeat was sent', () => {
-    const age = store.health().leaseAgeMs
+    const age = store.leaseAgeMs
     return age < 0 ? undefined : age / 1000
   })
   const latency = new Histogram({
