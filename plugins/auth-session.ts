@@ -498,7 +498,6 @@ class SessionState implements HandoffSession {
 
   /** From the request's cookie: what it named, so onSend knows whether to set or clear it. */
   cookieId: string | undefined
-  cookieVersion = 0
   renewCookie = false
   /** The request brought a cookie that names no usable session: clear it unless a new session replaces it. */
   staleCookie = false
@@ -867,7 +866,6 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
       return
     }
     state.cookieId = c.id
-    state.cookieVersion = c.version
     state.renewCookie = c.renew
     // The cookie's version is the floor: never answer from a local copy older than what this client last wrote.
     // A warm session is answered synchronously by the local tier: no Redis command, not even a promise.
