@@ -10,7 +10,7 @@ import {
   type PaymentMethod, type PurchaseDetails, type StoredCart
 } from '../lib/cart.js'
 import { BadInputError, InvalidOptionError, intOption, UnavailableError, isHandoffError } from '../lib/errors.js'
-import type { TieredStore } from '../lib/tiered-store.js'
+import type { StoreEntry, TieredStore } from '../lib/tiered-store.js'
 
 export type { CartItem, CartItemExtra, Address, PurchaseDetails, PaymentMethod, Order } from '../lib/cart.js'
 
@@ -280,13 +280,16 @@ class RequestCart implements HandoffCart {
 
   private key (owner: string): string { return this.rt.store.key(owner, 'cart') }
 
-  /** After login: the anonymous cart still named in the session is merged into the user's, once. */
-  private async mergeAnonymous (userOwner: string): Promise<void> {
+  /**
+   * After login: the anonymous cart still named in the session is merged into the user's, once. `read`: the caller
+   * already read the anonymous cart (checkout does), so it is not read twice.
+   */
+  private async mergeAnonymous (userOwner: string, read?: { found: StoreEntry<unknown> | undefined }): Promise<void> {
     const session = this.request.session
     const anon = session.get(CART_FIELD)
     if (typeof anon !== 'string' || session.user === undefined) return
     const anonKey = this.key(anon)
-    const found = await this.rt.store.get(anonKey)
+    const found = read !== undefined ? read.found : await this.rt.store.get(anonKey)
     const from = found?.value as StoredCart | undefined
     // A guest checkout still running stays the guest's: merging it would re-key its order and charge twice.
     // It finishes (retry with the same Idempotency-Key, see checkout) and the emptied cart merges afterwards.
@@ -309,7 +312,8 @@ class RequestCart implements HandoffCart {
     if (owner === undefined) return view(emptyCart(Date.now()), 'new')
     if (owner.startsWith('u')) await this.mergeAnonymous(owner)
     const found = await this.rt.store.get(this.key(owner))
-    if (found === undefined) return view(emptyCart(Date.now()), 'new', this.readAnchor(owner) !== undefined && (this.readAnchor(owner)?.seq ?? 0) > 0)
+    // Gone although this client saw it hold something: rolled back (or expired), flag it for review.
+    if (found === undefined) return view(emptyCart(Date.now()), 'new', (this.readAnchor(owner)?.seq ?? 0) > 0)
     const cart = found.value as StoredCart
     return view(cart, found.source, !this.advanceAnchor(owner, cart))
   }
@@ -396,9 +400,10 @@ class RequestCart implements HandoffCart {
     if (owner.startsWith('u')) {
       // Signed in while a guest checkout of this key was pending: finish that one, under the guest's cart.
       const anon = this.request.session.get(CART_FIELD)
-      const guest = typeof anon === 'string' ? (await this.rt.store.get(this.key(anon)))?.value as StoredCart | undefined : undefined
-      if (anon !== undefined && guest?.checkout?.idempotencyKey === idempotencyKey) owner = anon
-      else await this.mergeAnonymous(owner)
+      const read = typeof anon === 'string' ? { found: await this.rt.store.get(this.key(anon)) } : undefined
+      const guest = read?.found?.value as StoredCart | undefined
+      if (typeof anon === 'string' && guest?.checkout?.idempotencyKey === idempotencyKey) owner = anon
+      else await this.mergeAnonymous(owner, read)
     }
     const cartKey = this.key(owner)
     const orderId = `ord_${hmacHex(this.rt.orderKey, owner, idempotencyKey).slice(0, 24)}`
