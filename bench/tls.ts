@@ -1,7 +1,7 @@
 /**
  * TLS session failover benchmark: `npx tsx bench/tls.ts` (about a minute on 2 cores).
  *
- * Three instance processes (test/fixtures/tls-instance.ts) per cluster share one private redis-server; a client
+ * Three instance processes (scripts/tls-instance.ts) per cluster share one private redis-server; a client
  * reconnects round-robin across them, each time offering the session it got last, as a client behind an L4 balancer
  * does. Per certificate type (RSA-2048, ECDSA P-256), in the same run:
  *   - the share of resumed handshakes over 1,000 reconnects with the plugin and with Node's defaults;
@@ -18,9 +18,10 @@ import net from 'node:net'
 import os from 'node:os'
 import tls from 'node:tls'
 import { fileURLToPath } from 'node:url'
-import { testCerts, type KeyType } from '../test/helpers/certs.js'
+import { testCerts, type KeyType } from '../scripts/certs.js'
 import { startRedis } from '../scripts/redis-server.js'
-import { spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../test/fixtures/tls-instance.js'
+import { spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../scripts/tls-instance.js'
+import { median, percentile } from './lib.js'
 import type { TlsSessionsOptions } from '../plugins/tls-sessions.js'
 
 const RECONNECTS = Number(process.env.BENCH_TLS_RECONNECTS ?? 1000)
@@ -119,17 +120,6 @@ interface Run {
   serverHandshakeErrors: number
 }
 
-function median (xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = Math.floor(s.length / 2)
-  return s.length % 2 === 1 ? (s[m] ?? 0) : ((s[m - 1] ?? 0) + (s[m] ?? 0)) / 2
-}
-
-function quantile (xs: number[], q: number): number {
-  const s = [...xs].sort((a, b) => a - b)
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? 0
-}
-
 /** `n` connections round-robin over the cluster; with `reuse`, each offers the last session received. */
 async function roundRobin (cluster: TlsInstance[], n: number, mode: Mode, reuse: boolean, idle: number): Promise<Run> {
   let session: Buffer | undefined
@@ -156,13 +146,14 @@ async function roundRobin (cluster: TlsInstance[], n: number, mode: Mode, reuse:
     resumedShare: resumed / n,
     serverResumed: after.resumed - counts.resumed,
     cpuUsPerHandshake: cpu / n,
-    p50Ms: quantile(times, 0.5),
-    p99Ms: quantile(times, 0.99),
+    p50Ms: percentile(times, 0.5),
+    p99Ms: percentile(times, 0.99),
     serverHandshakeErrors: after.errors - counts.errors
   }
 }
 
-const redis = await startRedis()
+// Private, as in every benchmark: with REDIS_URL set it would otherwise share that server.
+const redis = await startRedis({ private: true })
 const prefix = `benchtls${process.pid}:`
 const live: TlsInstance[] = []
 

@@ -1,5 +1,5 @@
 /**
- * TLS session failover over real TLS connections: separate server processes (test/fixtures/tls-instance.ts) share
+ * TLS session failover over real TLS connections: separate server processes (scripts/tls-instance.ts) share
  * one private redis-server; clients are Node's tls.connect and `openssl s_client`. In-process tests at the end cover
  * registration checks. Every process started here is stopped here, by PID.
  */
@@ -21,11 +21,11 @@ import { handoffStore } from '../../plugins/store.js'
 import {
   handoffHttpsOptions, sessionIdContextFor, sessionProtocolVersion, tlsSessions, type TlsSessionsOptions
 } from '../../plugins/tls-sessions.js'
-import { testCerts } from '../helpers/certs.js'
+import { testCerts } from '../../scripts/certs.js'
 import { startRedis } from '../../scripts/redis-server.js'
-import { DEFAULT_TEST_SECRET, runningInstances, spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../fixtures/tls-instance.js'
+import { DEFAULT_TEST_SECRET, runningInstances, spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../../scripts/tls-instance.js'
 
-const FIXTURE = fileURLToPath(new URL('../fixtures/tls-instance.ts', import.meta.url))
+const FIXTURE = fileURLToPath(new URL('../../scripts/tls-instance.ts', import.meta.url))
 const OTHER_SECRET = 'a different cluster secret, also 32+ bytes'
 const PREFIX = `tlstest${process.pid}:`
 const certs = testCerts()
