@@ -3,7 +3,7 @@
 -- KEYS[1] entry (hash: v = version, d = sealed data, e = expiry ms since epoch; no d = tombstone)
 -- KEYS[2] the partition's sequence counter (same hash tag, so same Cluster slot)
 -- ARGV[1] expected version, or '' for "create if absent"   ARGV[2] data   ARGV[3] ttl ms   ARGV[4] now ms
--- ARGV[5] invalidation channel (same hash tag)   ARGV[6] '1' to publish
+-- ARGV[5] invalidation channel (same hash tag)
 -- Returns {1, new version, expiresAt} or {0, current version, current data or false, current expiresAt}.
 local cur = redis.call('HMGET', KEYS[1], 'v', 'd', 'e')
 local v = tonumber(cur[1])
@@ -22,8 +22,6 @@ local ttl = tonumber(ARGV[3])
 local exp = tonumber(ARGV[4]) + ttl
 redis.call('HSET', KEYS[1], 'v', nv, 'd', ARGV[2], 'e', exp)
 redis.call('PEXPIRE', KEYS[1], ttl)
-if ARGV[6] == '1' then
-  local seq = redis.call('INCR', KEYS[2])
-  redis.call('SPUBLISH', ARGV[5], nv .. ' ' .. seq .. ' ' .. KEYS[1])
-end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('SPUBLISH', ARGV[5], nv .. ' ' .. seq .. ' ' .. KEYS[1])
 return {1, nv, exp}

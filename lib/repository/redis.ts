@@ -16,8 +16,8 @@ type Reply = Array<number | Buffer | null>
 
 /** The commands defineCommand adds; ioredis cannot type them itself. */
 interface Scripted {
-  handoffCasBuffer: (entry: string, seq: string, expected: string, data: Buffer, ttl: number, now: number, channel: string, publish: string) => Promise<Reply>
-  handoffRemoveBuffer: (entry: string, seq: string, ttl: number, now: number, channel: string, publish: string, returnOld: string) => Promise<Reply>
+  handoffCasBuffer: (entry: string, seq: string, expected: string, data: Buffer, ttl: number, now: number, channel: string) => Promise<Reply>
+  handoffRemoveBuffer: (entry: string, seq: string, ttl: number, now: number, channel: string, returnOld: string) => Promise<Reply>
   handoffTouch: (entry: string, ttl: number, now: number) => Promise<number>
 }
 
@@ -54,8 +54,6 @@ export interface RedisRepositoryOptions {
   heartbeatIntervalMs?: number
   /** A heartbeat unanswered this long (a path gone silent) drops and re-opens the subscriber connection. Default: 3000. */
   subscriberDeadAfterMs?: number
-  /** Publish an invalidation per write (needed for coherence between instances). Default: true. */
-  publishInvalidations?: boolean
   /** Called on state changes worth a log line (tripped, recovered). Never given a secret. */
   onEvent?: (event: RepositoryEvent) => void
 }
@@ -83,7 +81,6 @@ export class RedisRepository implements Repository {
   private readonly guard: CommandGuard
   private readonly probeIntervalMs: number
   private readonly connectTimeoutMs: number
-  private readonly publish: string
   private readonly onEvent: ((e: RepositoryEvent) => void) | undefined
   private probeTimer: NodeJS.Timeout | undefined
   private probing = false
@@ -97,7 +94,6 @@ export class RedisRepository implements Repository {
     this.onEvent = opts.onEvent
     this.probeIntervalMs = opts.probeIntervalMs ?? 100
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 5000
-    this.publish = opts.publishInvalidations === false ? '0' : '1'
     this.subscriberOptions = opts.subscriberOptions
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs
     this.subscriberDeadAfterMs = opts.subscriberDeadAfterMs
@@ -156,7 +152,7 @@ export class RedisRepository implements Repository {
   async compareAndSet (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number): Promise<CasResult> {
     const r = await this.run(key, () => this.scripted.handoffCasBuffer(
       key, sequenceKeyOf(key), expectedVersion === null ? '' : String(expectedVersion), value, ttlMs, Date.now(),
-      channelOf(key), this.publish))
+      channelOf(key)))
     if (r[0] === 1) return { ok: true, version: Number(r[1]), expiresAt: Number(r[2]) }
     const version = Number(r[1])
     if (version === 0) return { ok: false, current: null }
@@ -165,7 +161,7 @@ export class RedisRepository implements Repository {
 
   async take (key: string, tombstoneTtlMs: number): Promise<StoredEntry | null> {
     const r = await this.run(key, () => this.scripted.handoffRemoveBuffer(
-      key, sequenceKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), this.publish, '1'))
+      key, sequenceKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), '1'))
     const value = bufferOrNull(r[2])
     if (value === null) return null
     return { value, version: Number(r[1]), expiresAt: Number(r[3]) }
@@ -173,7 +169,7 @@ export class RedisRepository implements Repository {
 
   async delete (key: string, tombstoneTtlMs: number): Promise<number> {
     const r = await this.run(key, () => this.scripted.handoffRemoveBuffer(
-      key, sequenceKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), this.publish, '0'))
+      key, sequenceKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), '0'))
     return Number(r[0])
   }
 

@@ -2,22 +2,20 @@
 -- partition's sequence and publish, atomically. The tombstone makes a write still in flight fail its
 -- compare-and-set instead of bringing the entry back.
 -- KEYS[1] entry   KEYS[2] partition sequence counter
--- ARGV[1] tombstone ttl ms   ARGV[2] now ms   ARGV[3] channel   ARGV[4] '1' to publish   ARGV[5] '1' to return the old entry
+-- ARGV[1] tombstone ttl ms   ARGV[2] now ms   ARGV[3] channel   ARGV[4] '1' to return the old entry (take)
 -- Returns {tombstone version, old version or false, old data or false, old expiresAt or false}.
 local cur = redis.call('HMGET', KEYS[1], 'v', 'd', 'e')
 -- take of nothing (no value: absent or a tombstone) changes nothing: random TLS session ids must cost no write.
-if ARGV[5] == '1' and not cur[2] then return {0, false, false, false} end
+if ARGV[4] == '1' and not cur[2] then return {0, false, false, false} end
 local v = tonumber(cur[1]) or 0
 local nv = v + 1
 local ttl = tonumber(ARGV[1])
 redis.call('HDEL', KEYS[1], 'd')
 redis.call('HSET', KEYS[1], 'v', nv, 'e', tonumber(ARGV[2]) + ttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
+local seq = redis.call('INCR', KEYS[2])
+redis.call('SPUBLISH', ARGV[3], nv .. ' ' .. seq .. ' ' .. KEYS[1])
 if ARGV[4] == '1' then
-  local seq = redis.call('INCR', KEYS[2])
-  redis.call('SPUBLISH', ARGV[3], nv .. ' ' .. seq .. ' ' .. KEYS[1])
-end
-if ARGV[5] == '1' and cur[2] then
   return {nv, v, cur[2], tonumber(cur[3]) or 0}
 end
 return {nv, false, false, false}
