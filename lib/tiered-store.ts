@@ -590,6 +590,7 @@ export class TieredStore<T = unknown> {
   private async readBase (key: string): Promise<{ value: T | undefined, version: number, deleted: boolean }> {
     let stored: StoredEntry | null
     try {
+      this.counters.repositoryReads++ // update's reads count as get's do
       stored = await this.timed('get', this.repository.get(key))
     } catch (err) {
       if (!isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.repositoryError(err)

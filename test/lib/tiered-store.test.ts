@@ -192,8 +192,10 @@ t.test('a per-call maxBytes is checked on the JSON written, labelled, and judged
   await a.update(k, () => ({ s: 'x'.repeat(150) }), limit)
   await b.update(k, () => ({ s: 'small' }), limit)
   // On A's stale copy the change would be too large; on what is stored it fits: A must look before refusing.
+  const reads = a.counters.repositoryReads
   const r = await a.update(k, cur => ({ s: (cur as { s: string }).s + 'y'.repeat(80) }), limit)
   t.match(r, { written: true, version: 3 })
+  t.equal(a.counters.repositoryReads, reads + 1, 'the re-read is counted as a repository read')
   t.equal((r.value as { s: string }).s.length, 85, 'applied to the stored value, not the stale copy')
   await t.rejects(a.update(k, cur => ({ s: (cur as { s: string }).s + 'z'.repeat(120) }), limit), { code: 'FST_HANDOFF_TOO_LARGE' },
     'too large on the stored value too: refused')
