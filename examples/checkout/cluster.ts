@@ -3,10 +3,10 @@
  * instances as separate processes, and the TCP round-robin balancer in front. Used by `npm run demo`, the failover
  * drill and the end-to-end test. Without Redis, the instances run in this one process on one embedded repository.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import type { Server, Socket } from 'node:net'
-import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
+import { redisServerBinary, startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 import { MemoryRepository } from '../../lib/repository/memory.js'
 import { startBalancer, type Backend } from './balancer.js'
 import { buildShop } from './app.js'
@@ -48,7 +48,7 @@ const liveChildren = new Set<ChildProcess>()
 process.on('exit', () => { for (const c of liveChildren) { try { c.kill('SIGKILL') } catch {} } })
 
 function haveRedisServer (): boolean {
-  return spawnSync('redis-server', ['--version']).status === 0
+  try { redisServerBinary(); return true } catch { return false }
 }
 
 export async function startShopCluster (opts: ShopClusterOptions = {}): Promise<ShopCluster> {
