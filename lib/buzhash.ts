@@ -2,8 +2,7 @@
  * BUZhash (a cyclic polynomial hash) with a 64-bit state, used to spread server-generated random ids (session ids,
  * TLS session ids, cart ids) over partitions: `h = rotl1(h) ^ T[byte]` per input byte.
  *
- * Why this hash: it is a table lookup, a rotate and an XOR per byte, so it runs in plain JS at tens of nanoseconds
- * per 32-character id with no allocation, and its output is evenly spread when the input already is (random ids).
+ * Why this hash: it is a table lookup, a rotate and an XOR per byte, so it runs in plain JS with no allocation, and its output is evenly spread when the input already is (random ids).
  * The 64-bit state is kept in two 32-bit halves (`hi`, `lo`) so the hot path needs no BigInt.
  *
  * Documented limits (it is a spreading function, not a general-purpose or keyed hash):
@@ -20,15 +19,20 @@
 /** Fixed seed: the table, and with it every hash and every key's partition, must never change between releases. */
 const TABLE_SEED = 0x5eed_b0a7
 
-/** splitmix32: a small, well-mixed deterministic PRNG in 32-bit math, used only to build the table. */
+/** murmur3's fmix32 finalizer: a bijection on 32 bits in which every input bit affects every output bit. */
+export function fmix32 (x: number): number {
+  let h = x | 0
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b)
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35)
+  return (h ^ (h >>> 16)) >>> 0
+}
+
+/** splitmix32: a small, well-mixed deterministic PRNG in 32-bit math (a Weyl sequence through fmix32), used only to build the table. */
 function splitmix32 (seed: number): () => number {
   let state = seed | 0
   return () => {
     state = (state + 0x9e3779b9) | 0
-    let z = state
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b)
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35)
-    return (z ^ (z >>> 16)) >>> 0
+    return fmix32(state)
   }
 }
 

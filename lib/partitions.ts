@@ -1,4 +1,4 @@
-import { buzhash32 } from './buzhash.js'
+import { buzhash32, fmix32 } from './buzhash.js'
 import { InvalidOptionError } from './errors.js'
 
 /**
@@ -131,14 +131,6 @@ function fnv1a32 (s: string): number {
     h = Math.imul(h ^ byte, 0x01000193)
   }
   return h >>> 0
-}
-
-/** murmur3's fmix32 finalizer: a bijection on 32 bits in which every input bit affects every output bit. */
-function fmix32 (x: number): number {
-  let h = x | 0
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b)
-  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35)
-  return (h ^ (h >>> 16)) >>> 0
 }
 
 /**

@@ -686,7 +686,7 @@ export class TieredStore<T = unknown> {
 }
 
 async function backoff (attempt: number): Promise<void> {
-  // Jittered, capped: measured, one plain CAS loop once starved past 1,000 retries under contention.
+  // Jittered and capped, so that writers racing on one key spread out instead of retrying in lockstep.
   const cap = Math.min(64, 2 ** Math.min(attempt, 6))
   await new Promise(resolve => setTimeout(resolve, Math.random() * cap))
 }
