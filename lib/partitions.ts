@@ -14,7 +14,7 @@ import { InvalidOptionError } from './errors.js'
 export const MAX_PARTITIONS = 16384
 
 /** Longest accepted key prefix: it is repeated in every key, channel and Lua call. */
-export const MAX_PREFIX_LENGTH = 64
+const MAX_PREFIX_LENGTH = 64
 
 /** Throws unless `p` is a power of two in 1..16384, so `partitionOf` can mask instead of dividing. */
 export function assertPartitionCount (p: number): void {

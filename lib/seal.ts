@@ -59,9 +59,9 @@ export const IV_BYTES = 12
 /** Full-length tag: truncated GCM tags weaken forgery resistance more than their length suggests. */
 export const TAG_BYTES = 16
 /** A secret must carry at least the 256 bits of the AES key derived from it. */
-export const MIN_SECRET_BYTES = 32
+const MIN_SECRET_BYTES = 32
 /** Ids travel in every envelope, so they are short and printable; the limit also fits the 1-byte length field. */
-export const KEY_ID_PATTERN = /^[A-Za-z0-9._-]{1,32}$/
+const KEY_ID_PATTERN = /^[A-Za-z0-9._-]{1,32}$/
 
 const HEADER_FIXED_BYTES = 2
 const MIN_ENVELOPE_BYTES = HEADER_FIXED_BYTES + 1 + IV_BYTES + TAG_BYTES
