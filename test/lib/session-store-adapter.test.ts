@@ -145,3 +145,23 @@ t.test('adapter options are checked', async t => {
   const typed: fastifySession.SessionStore = new TieredSessionStore<Session>(app.handoff.store)
   t.type(typed.get, 'function')
 })
+
+t.test('touch (express-session stores): extends the entry\'s expiry to the cookie\'s, without a new version', async t => {
+  const app = await buildApp()
+  t.teardown(async () => { await app.close() })
+  const store = new TieredSessionStore<Session>(app.handoff.store)
+  const cb = async (f: (done: (err?: unknown) => void) => void): Promise<void> => await new Promise((resolve, reject) => {
+    f(err => { if (err === undefined || err === null) resolve(); else reject(err) })
+  })
+  const sid = 'touch-test-session-id-0123456789'
+  const soon = { cookie: { expires: new Date(Date.now() + 10_000) } } as unknown as Session
+  await cb(done => { store.set(sid, soon, done) })
+  const key = app.handoff.store.key(sid, 'fsession')
+  const before = await app.handoff.repository.get(key)
+  t.ok(before !== null && before.expiresAt <= Date.now() + 10_500, 'stored with the cookie\'s expiry')
+  const later = { cookie: { expires: new Date(Date.now() + 600_000) } }
+  await cb(done => { store.touch(sid, later, done) })
+  const after = await app.handoff.repository.get(key)
+  t.ok(after !== null && after.expiresAt > Date.now() + 590_000, 'expiry extended to the new cookie\'s')
+  t.equal(after?.version, before?.version, 'no rewrite: same version')
+})
