@@ -98,11 +98,6 @@ export interface AuthSessionOptions {
    * the sessions closest to their absolute expiry are destroyed. Default: 100.
    */
   maxSessionsPerUser?: number
-  /**
-   * Retry-After value, seconds, sent with 503 when the store is unavailable. Default: the store plugin's
-   * `retryAfterSeconds` (itself 1 by default), so that one setting covers every 503 of the suite.
-   */
-  retryAfterSeconds?: number
 }
 
 export interface SessionMetrics {
@@ -211,7 +206,6 @@ interface ResolvedOptions {
   refreshAfter: number
   maxBytes: number
   maxSessionsPerUser: number
-  retryAfterSeconds: number
 }
 
 function isObject (v: unknown): v is Record<string, unknown> {
@@ -227,9 +221,9 @@ function oneOf<T extends string | boolean> (name: string, v: unknown, allowed: r
 }
 
 /** Defaults in one place; every invalid option is refused here, naming it. */
-export function resolveOptions (opts: AuthSessionOptions = {}, storeRetryAfterSeconds = 1): ResolvedOptions {
+export function resolveOptions (opts: AuthSessionOptions = {}): ResolvedOptions {
   if (!isObject(opts)) throw new InvalidOptionError('options', 'must be an object')
-  const known = new Set(['cookie', 'idleTimeoutMs', 'absoluteTimeoutMs', 'refreshAfter', 'maxBytes', 'maxSessionsPerUser', 'retryAfterSeconds'])
+  const known = new Set(['cookie', 'idleTimeoutMs', 'absoluteTimeoutMs', 'refreshAfter', 'maxBytes', 'maxSessionsPerUser'])
   for (const k of Object.keys(opts)) {
     // Fastify passes its own registration options (prefix, logLevel) through: ignore those, refuse typos.
     if (!known.has(k) && !['prefix', 'logLevel', 'logSerializers'].includes(k)) {
@@ -274,8 +268,7 @@ export function resolveOptions (opts: AuthSessionOptions = {}, storeRetryAfterSe
     absoluteTimeoutMs,
     refreshAfter,
     maxBytes: intOption('maxBytes', opts.maxBytes, 16_384, 64),
-    maxSessionsPerUser: intOption('maxSessionsPerUser', opts.maxSessionsPerUser, 100, 1),
-    retryAfterSeconds: intOption('retryAfterSeconds', opts.retryAfterSeconds, storeRetryAfterSeconds, 0)
+    maxSessionsPerUser: intOption('maxSessionsPerUser', opts.maxSessionsPerUser, 100, 1)
   }
 }
 
@@ -288,13 +281,6 @@ function asStoredSession (v: unknown): StoredSession | undefined {
 
 function asStoredIndex (v: unknown): StoredIndex | undefined {
   return isObject(v) && isObject(v.s) ? v as unknown as StoredIndex : undefined
-}
-
-function attachRetryAfter (err: unknown, seconds: number): void {
-  if (isObject(err) && (err as { statusCode?: unknown }).statusCode === 503) {
-    const e = err as { headers?: Record<string, string> }
-    e.headers = { ...e.headers, 'retry-after': String(seconds) }
-  }
 }
 
 function is503 (err: unknown): err is Error & { code?: string } {
@@ -632,14 +618,10 @@ class SessionState implements HandoffSession {
   }
 
   private async serial (work: () => Promise<void>): Promise<void> {
+    // A 503 thrown from here gets its Retry-After from the store plugin's onError hook, like every 503 of the suite.
     const run = this.chain.then(work)
     this.chain = run.catch(() => {})
-    try {
-      await run
-    } catch (err) {
-      attachRetryAfter(err, this.rt.opts.retryAfterSeconds)
-      throw err
-    }
+    await run
   }
 
   /** Tombstone the current id (if stored), take it out of its user's index, continue as a new anonymous session. */
@@ -795,7 +777,7 @@ function setSlot (request: FastifyRequest, s: Slot): void {
 const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, done) => {
   let rt: Runtime
   try {
-    rt = new Runtime(fastify.handoff.store, resolveOptions(options, fastify.handoff.retryAfterSeconds), fastify)
+    rt = new Runtime(fastify.handoff.store, resolveOptions(options), fastify)
   } catch (err) {
     done(err as Error)
     return
@@ -880,8 +862,8 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
       loaded(state, c, entry)
       next()
     }, (err: unknown) => {
-      // Unknown locally and the store is down: routes that use the session get 503, the others still work.
-      attachRetryAfter(err, opts.retryAfterSeconds)
+      // Unknown locally and the store is down: routes that use the session get 503 (with the store plugin's
+      // Retry-After), the others still work.
       setSlot(request, { error: err instanceof Error ? err : new Error(String(err)) })
       next()
     })
@@ -896,7 +878,7 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
         // the store logs the outage once.
         metrics.unavailable++
         request.log.debug({ err }, 'fastify-handoff: session not saved, store unavailable')
-        next(null, unavailablePayload(reply, payload, err, opts.retryAfterSeconds))
+        next(null, unavailablePayload(reply, payload, err, fastify.handoff.retryAfterSeconds))
         return
       }
       next(err as Error)
