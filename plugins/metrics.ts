@@ -92,6 +92,8 @@ const metricsPlugin: FastifyPluginAsync<HandoffMetricsOptions> = async (fastify:
   mirrorGauge(registry, `${prefix}store_local_entries`, 'Entries held by the local tier', () => store.localEntries)
   mirrorGauge(registry, `${prefix}store_local_hit_ratio`, 'Local hits / (hits + misses) since start', () => store.localHitRatio)
   mirrorGauge(registry, `${prefix}store_degraded`, '1 while the repository is failing (writes answer 503)', () => store.degraded ? 1 : 0)
+  mirrorGauge(registry, `${prefix}repository_unavailable_nodes`, 'Redis nodes whose breaker is open (their partitions answer 503)',
+    () => store.repository.unavailableNodes?.().length ?? 0)
   mirrorGauge(registry, `${prefix}store_lease_age_seconds`, 'Seconds since the newest answered invalidation heartbeat was sent', () => {
     const age = store.leaseAgeMs
     return age < 0 ? undefined : age / 1000
@@ -123,7 +125,11 @@ const metricsPlugin: FastifyPluginAsync<HandoffMetricsOptions> = async (fastify:
     })
   }
   if (opts.healthEndpoint !== false) {
-    fastify.get(opts.healthEndpoint ?? '/health', { config }, async () => store.health())
+    fastify.get(opts.healthEndpoint ?? '/health', { config }, async () => ({
+      ...store.health(),
+      // Store-wide `status` flips with whichever node answered last; this names the nodes that are out.
+      unavailableNodes: store.repository.unavailableNodes?.() ?? []
+    }))
   }
   fastify.addHook('onClose', async () => { store.setObserver(undefined) })
 }

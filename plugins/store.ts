@@ -70,9 +70,10 @@ export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'rep
   const common = {
     commandTimeoutMs: opts.commandTimeoutMs,
     connectTimeoutMs: opts.connectTimeoutMs,
-    onEvent: (e: { type: string, reason?: string, error?: Error }) => {
-      if (e.type === 'unavailable') onEvent?.('fastify-handoff: Redis unavailable', { reason: e.reason })
-      else if (e.type === 'recovered') onEvent?.('fastify-handoff: Redis available again', {})
+    // One event per Redis node (a Cluster primary, a shard): only the partitions it serves are affected.
+    onEvent: (e: { type: string, reason?: string, node?: string, error?: Error }) => {
+      if (e.type === 'unavailable') onEvent?.('fastify-handoff: Redis unavailable', { reason: e.reason, node: e.node })
+      else if (e.type === 'recovered') onEvent?.('fastify-handoff: Redis available again', { node: e.node })
     }
   }
   if (r instanceof Redis || r instanceof Cluster) {

@@ -4,7 +4,7 @@ import clusterKeySlot from 'cluster-key-slot'
 import { CorruptEntryError, UnavailableError, ClosedError } from '../errors.js'
 import { channelOf, sequenceKeyOf } from '../partitions.js'
 import { entryLabel } from '../seal.js'
-import { CommandGuard } from './deadline.js'
+import { GuardsByNode } from './deadline.js'
 import type { CasResult, InvalidationListener, Repository, StoredEntry, Subscription, SubscriptionScope } from './types.js'
 import { RedisSubscriber } from './redis-subscriber.js'
 import { ClusterSubscription } from './cluster-subscriber.js'
@@ -41,7 +41,10 @@ export interface RedisRepositoryOptions {
    * Redis accepted the command and then froze. Default: 1000.
    */
   commandTimeoutMs?: number
-  /** While tripped by a timeout, probe Redis with a PING this often, in ms. Default: 100. */
+  /**
+   * While a node's breaker is tripped by a timeout, PING that node this often, in ms (on Cluster, also re-read the
+   * slot map at most once a second, so that slots failed over to another primary are served again). Default: 100.
+   */
   probeIntervalMs?: number
   /** How long connect() waits for the first ready connection, in ms (well under Fastify's pluginTimeout). Default: 5000. */
   connectTimeoutMs?: number
@@ -59,8 +62,9 @@ export interface RedisRepositoryOptions {
 }
 
 export type RepositoryEvent =
-  | { type: 'unavailable', reason: string }
-  | { type: 'recovered' }
+  /** `node`: the Redis node ("host:port"; on Cluster one primary) whose commands now fail at once. */
+  | { type: 'unavailable', reason: string, node: string }
+  | { type: 'recovered', node: string }
   | { type: 'error', error: Error }
 
 function isReplyError (err: unknown): err is Error {
@@ -78,12 +82,16 @@ export class RedisRepository implements Repository {
   readonly client: RedisClient
   private readonly scripted: Scripted
   private readonly ownsClient: boolean
-  private readonly guard: CommandGuard
+  /** One breaker per Redis node: a frozen Cluster primary fails only the slots it serves. */
+  private readonly guards: GuardsByNode
+  /** The node name of a standalone or Sentinel client (a Cluster names its nodes "host:port"). */
+  private readonly singleNode: string
   private readonly probeIntervalMs: number
   private readonly connectTimeoutMs: number
   private readonly onEvent: ((e: RepositoryEvent) => void) | undefined
   private probeTimer: NodeJS.Timeout | undefined
-  private probing = false
+  private readonly probing = new Set<string>()
+  private slotsRefreshedAt = Number.NEGATIVE_INFINITY
   private closed = false
   private readonly subscribers = new Set<RedisSubscriber | ClusterSubscription>()
   private readonly subscriberOptions: RedisOptions | undefined
@@ -121,10 +129,11 @@ export class RedisRepository implements Repository {
     // Without an error listener ioredis errors crash the process (measured on the peer stack).
     this.client.on('error', (error: Error) => this.onEvent?.({ type: 'error', error }))
     this.client.on('ready', () => this.recover())
-    this.guard = new CommandGuard({
+    this.singleNode = this.client instanceof Cluster ? ANY_NODE : nodeName(this.client)
+    this.guards = new GuardsByNode({
       timeoutMs: opts.commandTimeoutMs ?? 1000,
-      onTrip: reason => {
-        this.onEvent?.({ type: 'unavailable', reason })
+      onTrip: (node, reason) => {
+        this.onEvent?.({ type: 'unavailable', reason: `${reason} (${node})`, node })
         this.startProbing()
       }
     })
@@ -217,8 +226,9 @@ export class RedisRepository implements Repository {
     const nodes: Array<Redis> = this.client instanceof Cluster ? this.client.nodes('master') : [this.client]
     const warnings: string[] = []
     for (const node of nodes) {
-      const info = await this.run('(info)', async () => await node.info('server'))
-      const mem = await this.run('(info)', async () => await node.info('memory'))
+      const on = this.client instanceof Cluster ? nodeName(node) : this.singleNode
+      const info = await this.runOn(on, '(info)', async () => await node.info('server'))
+      const mem = await this.runOn(on, '(info)', async () => await node.info('memory'))
       const version = /redis_version:(\S+)/.exec(info)?.[1] ?? '0'
       const major = Number(version.split('.')[0])
       const where = `${node.options.host ?? '?'}:${node.options.port ?? '?'}`
@@ -239,58 +249,118 @@ export class RedisRepository implements Repository {
 
   /** Run a raw command under the same timeout (for INFO, WAIT, CONFIG GET and tests). */
   async command<T> (work: (client: RedisClient) => Promise<T>): Promise<T> {
-    return await this.run('(command)', () => work(this.client))
+    return await this.runOn(this.singleNode, '(command)', () => work(this.client))
+  }
+
+  /**
+   * The nodes whose breaker is open now ("host:port"): commands for the partitions they serve fail at once with
+   * FST_HANDOFF_UNAVAILABLE until a probe PING is answered. Empty while every node answers.
+   */
+  unavailableNodes (): string[] {
+    return this.guards.tripped()
   }
 
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
     if (this.probeTimer !== undefined) clearInterval(this.probeTimer)
+    this.probeTimer = undefined
     await Promise.all([...this.subscribers].map(async s => await s.close()))
     this.subscribers.clear()
     if (this.ownsClient) {
       // QUIT lets in-flight replies arrive; bounded, since a frozen Redis would never answer it.
-      if (this.client.status === 'ready') await this.guard.bound(async () => await this.client.quit()).catch(() => {})
+      if (this.client.status === 'ready') await this.guards.of(this.singleNode).bound(async () => await this.client.quit()).catch(() => {})
       this.client.disconnect()
     }
-    this.guard.failAll('repository closed')
+    this.guards.failAll('repository closed')
   }
 
   private async run<T> (key: string, work: () => Promise<T>): Promise<T> {
+    return await this.runOn(this.nodeOf(key), key, work)
+  }
+
+  private async runOn<T> (node: string, key: string, work: () => Promise<T>): Promise<T> {
     if (this.closed) throw new ClosedError('RedisRepository')
     try {
-      return await this.guard.run(work)
+      return await this.guards.of(node).run(work)
     } catch (err) {
       throw mapError(key, err)
     }
   }
 
+  /** The node a command on `key` goes to, as ioredis routes it: the primary of the key's slot in its slot map. */
+  private nodeOf (key: string): string {
+    if (!(this.client instanceof Cluster)) return this.singleNode
+    return this.client.slots[clusterKeySlot(key)]?.[0] ?? ANY_NODE
+  }
+
   private startProbing (): void {
     if (this.probeTimer !== undefined || this.closed) return
-    this.probeTimer = setInterval(() => {
-      if (this.probing) return
-      this.probing = true
-      this.guard.bound(async () => await this.client.ping())
-        .then(() => this.recover(), () => {})
-        .finally(() => { this.probing = false })
-    }, this.probeIntervalMs)
+    this.probeTimer = setInterval(() => this.probe(), this.probeIntervalMs)
     this.probeTimer.unref()
   }
 
-  private recover (): void {
-    if (this.probeTimer !== undefined) {
-      clearInterval(this.probeTimer)
+  /** PING each tripped node itself (not whichever node a keyless PING would reach); reset its guard on an answer. */
+  private probe (): void {
+    const tripped = this.guards.tripped()
+    if (tripped.length === 0 || this.closed) {
+      if (this.probeTimer !== undefined) clearInterval(this.probeTimer)
       this.probeTimer = undefined
+      return
     }
-    if (this.guard.tripped) {
-      this.guard.reset()
-      this.onEvent?.({ type: 'recovered' })
+    const cluster = this.client instanceof Cluster ? this.client : undefined
+    // While a primary is frozen its commands fail here before ioredis could see a MOVED: re-read the slot map
+    // ourselves, so that slots failed over to a replica route (and are guarded) by their new primary.
+    if (cluster !== undefined && performance.now() - this.slotsRefreshedAt >= SLOTS_REFRESH_MS) {
+      this.slotsRefreshedAt = performance.now()
+      cluster.refreshSlotsCache()
     }
+    for (const node of tripped) {
+      if (this.probing.has(node)) continue
+      let target: Redis | Cluster = this.client
+      if (cluster !== undefined && node !== ANY_NODE) {
+        const primary = cluster.nodes('master').find(n => nodeName(n) === node)
+        if (primary === undefined) {
+          // No longer a primary (failed over, or gone): no command routes to it, so its breaker has nothing to guard.
+          this.guards.drop(node, `${node} is no longer a primary`)
+          this.onEvent?.({ type: 'recovered', node })
+          continue
+        }
+        target = primary
+      }
+      this.probing.add(node)
+      this.guards.of(node).bound(async () => await target.ping())
+        .then(() => this.recoverNode(node), () => {})
+        .finally(() => { this.probing.delete(node) })
+    }
+  }
+
+  private recoverNode (node: string): void {
+    const guard = this.guards.of(node)
+    if (guard.tripped) {
+      guard.reset()
+      this.onEvent?.({ type: 'recovered', node })
+    }
+  }
+
+  /** The client (re)connected as a whole: every connection is new, so every breaker starts closed. */
+  private recover (): void {
+    for (const node of this.guards.tripped()) this.recoverNode(node)
   }
 
   private assertOpen (): void {
     if (this.closed) throw new ClosedError('RedisRepository')
   }
+}
+
+/** The guard of commands that ioredis sends to any node of a Cluster (no key, or a slot not mapped yet). */
+const ANY_NODE = '(any node)'
+/** While a Cluster breaker is open, re-read the slot map at most this often, ms. */
+const SLOTS_REFRESH_MS = 1000
+
+function nodeName (client: Redis): string {
+  if (client.options.sentinels != null && client.options.name !== undefined) return `sentinel:${client.options.name}`
+  return `${client.options.host ?? ''}:${client.options.port ?? ''}`
 }
 
 async function waitOnClusterNode (cluster: Cluster, key: string, replicas: number, timeoutMs: number): Promise<number> {

@@ -62,6 +62,11 @@ export class ShardedRepository implements Repository {
     return all.flat()
   }
 
+  /** The ids of the nodes whose repository has a breaker open now: only their partitions fail. */
+  unavailableNodes (): string[] {
+    return this.nodes.filter(n => (n.repository.unavailableNodes?.().length ?? 0) > 0).map(n => n.id)
+  }
+
   /**
    * One subscription per node (a partition's invalidations come only from its owner). The lease is the oldest of
    * the nodes' latest heartbeats: local reads go on only while every node is heard from.

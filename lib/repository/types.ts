@@ -85,6 +85,11 @@ export interface Repository {
   waitForReplicas?: (key: string, replicas: number, timeoutMs: number) => Promise<number>
   /** Optional: problems with the server's configuration worth a warning at start (eviction policy, version). */
   checkServer?: () => Promise<string[]>
+  /**
+   * Optional: the nodes whose breaker is open now (a command timed out and no probe has been answered since):
+   * commands for the partitions they serve fail at once with FST_HANDOFF_UNAVAILABLE, while the other nodes serve.
+   */
+  unavailableNodes?: () => string[]
   /** Follow the invalidations of every partition of `scope` (the channels named by partitions.ts). */
   subscribe: (scope: SubscriptionScope, listener: InvalidationListener) => Promise<Subscription>
   close: () => Promise<void>

@@ -12,6 +12,14 @@ export interface ClusterHandle {
   startupNodes: Array<{ host: string, port: number }>
   /** The node currently serving `slot` as primary. */
   primaryOf: (slot: number) => RedisHandle
+  /** The primaries as one live node sees them now: slot -> node, from one CLUSTER NODES (cheap to call per key). */
+  slotOwners: () => (slot: number) => RedisHandle
+  /**
+   * Freeze a node (SIGSTOP) / let it go on (SIGCONT). A frozen node is left out of every helper query here (a
+   * redis-cli call to it would hang until its timeout); `stop` resumes it before stopping it.
+   */
+  freeze: (node: RedisHandle) => void
+  thaw: (node: RedisHandle) => void
   /** Wait until every live node reports cluster_state:ok and the same primaries. */
   waitHealthy: (timeoutMs?: number) => Promise<void>
   stop: () => Promise<void>
@@ -42,30 +50,39 @@ export async function startCluster (opts: { nodeTimeoutMs?: number } = {}): Prom
     throw err
   }
 
+  const frozen = new Set<RedisHandle>()
   const alive = (): RedisHandle[] => nodes.filter(n => {
+    if (frozen.has(n)) return false
     try { return n.cli('PING') === 'PONG' } catch { return false }
   })
 
   const handle: ClusterHandle = {
     nodes,
     startupNodes: nodes.map(n => ({ host: n.host, port: n.port })),
-    primaryOf: (slot: number) => {
+    primaryOf: (slot: number) => handle.slotOwners()(slot),
+    slotOwners: () => {
       const view = alive()[0]
       const lines = view === undefined ? [] : view.cli('CLUSTER', 'NODES').split('\n')
+      const ranges: Array<{ from: number, to: number, node: RedisHandle }> = []
       for (const line of lines) {
         const f = line.split(' ')
         if (!(f[2] ?? '').includes('master') || (f[2] ?? '').includes('fail')) continue
+        const port = Number((f[1] ?? '').split('@')[0]?.split(':')[1])
+        const node = nodes.find(x => x.port === port)
+        if (node === undefined) continue
         for (const range of f.slice(8)) {
           const [a, b] = range.split('-').map(Number)
-          if (a !== undefined && slot >= a && slot <= (b ?? a)) {
-            const port = Number((f[1] ?? '').split('@')[0]?.split(':')[1])
-            const node = nodes.find(x => x.port === port)
-            if (node !== undefined) return node
-          }
+          if (a !== undefined && Number.isInteger(a)) ranges.push({ from: a, to: b ?? a, node })
         }
       }
-      throw new Error(`no primary for slot ${slot}`)
+      return (slot: number) => {
+        const hit = ranges.find(r => slot >= r.from && slot <= r.to)
+        if (hit === undefined) throw new Error(`no primary for slot ${slot}`)
+        return hit.node
+      }
     },
+    freeze: (node: RedisHandle) => { frozen.add(node); node.pause() },
+    thaw: (node: RedisHandle) => { node.resume(); frozen.delete(node) },
     waitHealthy: async (timeoutMs = 30_000) => {
       const deadline = Date.now() + timeoutMs
       while (Date.now() < deadline) {
@@ -80,7 +97,7 @@ export async function startCluster (opts: { nodeTimeoutMs?: number } = {}): Prom
       }
       throw new Error('cluster did not become healthy in time')
     },
-    stop: async () => { await Promise.all(nodes.map(async n => await n.stop())) }
+    stop: async () => { frozen.clear(); await Promise.all(nodes.map(async n => await n.stop())) }
   }
   await handle.waitHealthy()
   return handle
