@@ -98,3 +98,26 @@ t.test('session and cart counters of a scripted shop workload appear as they hap
   t.equal(value(m, 'handoff_session_regenerated_total'), 1, 'the login')
   t.ok(value(m, 'handoff_session_saved_total') >= 1)
 })
+
+t.test('a tripped breaker shows as handoff_repository_unavailable_nodes and in /health, and clears on recovery', async t => {
+  const server = await startRedis({ private: true })
+  t.teardown(async () => { server.resume(); await server.stop() })
+  const app = Fastify()
+  await app.register(handoffStore, { secret: SECRET, redis: server.url, commandTimeoutMs: 300 })
+  await app.register(handoffMetrics)
+  await app.ready()
+  t.teardown(async () => await app.close())
+  const store = app.handoff.store
+  const gauge = async (): Promise<number> => value((await app.inject('/metrics')).body, 'handoff_repository_unavailable_nodes')
+  t.equal(await gauge(), 0)
+  t.match((await app.inject('/health')).json(), { unavailableNodes: [] })
+
+  server.pause()
+  await t.rejects(store.update(store.key('frozen', 'counter'), () => ({ n: 1 })), { code: 'FST_HANDOFF_UNAVAILABLE' })
+  t.equal(await gauge(), 1)
+  t.match((await app.inject('/health')).json(), { status: 'degraded', unavailableNodes: [`127.0.0.1:${server.port}`] })
+  server.resume()
+  for (const deadline = Date.now() + 5000; Date.now() < deadline && await gauge() !== 0;) await new Promise(resolve => setTimeout(resolve, 50))
+  t.equal(await gauge(), 0, 'the probe PING closed the breaker')
+  t.match((await app.inject('/health')).json(), { unavailableNodes: [] })
+})

@@ -51,3 +51,36 @@ t.test('sharded: one node down fails only its own partitions', async t => {
   t.equal(ok + unavailable, keys.length, 'no other outcome')
   await (servers[2] as RedisHandle).restart()
 })
+
+t.test('sharded: a frozen node (SIGSTOP) trips only its own breaker; the other nodes keep serving', async t => {
+  const timeoutMs = 300
+  const sharded = new ShardedRepository(servers.map((s, i) => ({
+    id: `node-${i}`, repository: new RedisRepository({ url: s.url, commandTimeoutMs: timeoutMs })
+  })))
+  await sharded.connect()
+  const frozen = servers[1] as RedisHandle
+  t.teardown(async () => { frozen.resume(); await sharded.close() })
+  const s = new TieredStore({ repository: sharded, secret: SECRET, partitions: 256, coherence: false })
+  const keys = Array.from({ length: 60 }, (_, i) => s.key(`freeze-${i}`, 'cart'))
+  const onFrozen = keys.filter(k => sharded.nodeFor(k) === sharded.nodes[1]?.repository)
+  const elsewhere = keys.filter(k => !onFrozen.includes(k))
+  t.ok(onFrozen.length > 5 && elsewhere.length > 20, `${onFrozen.length} keys on the frozen node, ${elsewhere.length} elsewhere`)
+
+  frozen.pause()
+  await t.rejects(s.update(onFrozen[0] as string, () => ({ v: 1 })), { code: 'FST_HANDOFF_UNAVAILABLE' }, 'the first command times out')
+  t.same(sharded.unavailableNodes(), ['node-1'])
+  for (const k of onFrozen) {
+    const started = performance.now()
+    await t.rejects(s.update(k, () => ({ v: 1 })), { code: 'FST_HANDOFF_UNAVAILABLE' })
+    t.ok(performance.now() - started < timeoutMs, 'then at once, without waiting for a timeout')
+  }
+  for (const k of elsewhere) t.match(await s.update(k, () => ({ v: 1 })), { written: true }, 'the other nodes take writes')
+
+  frozen.resume()
+  let back = false
+  for (const deadline = Date.now() + 5000; !back && Date.now() < deadline; await sleep(50)) {
+    back = await s.update(onFrozen[0] as string, () => ({ v: 2 })).then(() => true, () => false)
+  }
+  t.ok(back, 'the probe closes the breaker once the node answers')
+  t.same(sharded.unavailableNodes(), [])
+})
