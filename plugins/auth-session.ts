@@ -2,8 +2,9 @@ import { createHmac, randomBytes } from 'node:crypto'
 import type { FastifyInstance, FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Signer } from '@fastify/cookie'
-import { InvalidOptionError, intOption, isHandoffError, SessionEndedError, SessionDisabledError } from '../lib/errors.js'
+import { InvalidOptionError, isHandoffError, SessionEndedError, SessionDisabledError } from '../lib/errors.js'
 import type { StoreEntry, StoreValue, TieredStore, UpdateInfo } from '../lib/tiered-store.js'
+import { compileOptions, cookieSchema, optionPath, resolveCookie, type CookieOptions, type OptionsCheck } from '../lib/options.js'
 
 /**
  * Your session fields. Empty here: add yours by declaration merging, e.g.
@@ -61,22 +62,8 @@ export interface HandoffSession {
   save: () => Promise<void>
 }
 
-export interface SessionCookieOptions {
-  /** Cookie name. Default: 'handoff.sid'. */
-  name?: string
-  /** Path attribute. Default: '/'. */
-  path?: string
-  /** Domain attribute. Default: none (host-only cookie). */
-  domain?: string
-  /** Secure attribute; 'auto' sets it on HTTPS requests only. Default: true. */
-  secure?: boolean | 'auto'
-  /** HttpOnly attribute. Default: true. */
-  httpOnly?: boolean
-  /** SameSite attribute. Default: 'lax'. 'none' requires secure: true. */
-  sameSite?: 'lax' | 'strict' | 'none'
-  /** Partitioned attribute (CHIPS). Default: false. */
-  partitioned?: boolean
-}
+/** The session cookie's attributes: the one cookie options shape of the suite (the cart's anchor cookie takes it too). */
+export type SessionCookieOptions = CookieOptions
 
 export interface AuthSessionOptions {
   /** Cookie attributes and name. Defaults: see SessionCookieOptions (HttpOnly, Secure, SameSite=Lax, Path=/). */
@@ -212,63 +199,40 @@ function isObject (v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
 }
 
-function oneOf<T extends string | boolean> (name: string, v: unknown, allowed: readonly T[], dflt: T): T {
-  if (v === undefined) return dflt
-  if (!(allowed as readonly unknown[]).includes(v)) {
-    throw new InvalidOptionError(name, `must be one of ${allowed.map(a => JSON.stringify(a)).join(', ')}, got ${JSON.stringify(v) ?? String(v)}`)
+/** The options' schema: types and ranges (lib/options.ts applies it the same way in every plugin). */
+export const AUTH_SESSION_OPTIONS_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    cookie: cookieSchema,
+    idleTimeoutMs: { type: 'integer', minimum: 1000 },
+    absoluteTimeoutMs: { type: 'integer', minimum: 1000 },
+    refreshAfter: { type: 'number', exclusiveMinimum: 0, exclusiveMaximum: 1, description: 'a number between 0 and 1 (exclusive)' },
+    maxBytes: { type: 'integer', minimum: 64 },
+    maxSessionsPerUser: { type: 'integer', minimum: 1 }
   }
-  return v as T
-}
+} as const
 
-/** Defaults in one place; every invalid option is refused here, naming it. */
-export function resolveOptions (opts: AuthSessionOptions = {}): ResolvedOptions {
-  if (!isObject(opts)) throw new InvalidOptionError('options', 'must be an object')
-  const known = new Set(['cookie', 'idleTimeoutMs', 'absoluteTimeoutMs', 'refreshAfter', 'maxBytes', 'maxSessionsPerUser'])
-  for (const k of Object.keys(opts)) {
-    // Fastify passes its own registration options (prefix, logLevel) through: ignore those, refuse typos.
-    if (!known.has(k) && !['prefix', 'logLevel', 'logSerializers'].includes(k)) {
-      throw new InvalidOptionError(k, `unknown option; known options are ${[...known].join(', ')}`)
-    }
-  }
-  const c: unknown = opts.cookie ?? {}
-  if (!isObject(c)) throw new InvalidOptionError('cookie', 'must be an object')
-  const cookieName = c.name ?? 'handoff.sid'
-  // RFC 6265 token: no separators, no controls.
-  if (typeof cookieName !== 'string' || !/^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$/.test(cookieName)) {
-    throw new InvalidOptionError('cookie.name', `must be 1 to 64 characters of an RFC 6265 token, got ${JSON.stringify(cookieName) ?? String(cookieName)}`)
-  }
-  const path = c.path ?? '/'
-  if (typeof path !== 'string' || !path.startsWith('/') || /[;\s]/.test(path)) {
-    throw new InvalidOptionError('cookie.path', 'must be a string starting with "/" without ";" or whitespace')
-  }
-  const domain = c.domain
-  if (domain !== undefined && (typeof domain !== 'string' || domain === '' || /[;\s]/.test(domain))) {
-    throw new InvalidOptionError('cookie.domain', 'must be a non-empty string without ";" or whitespace')
-  }
-  const secure = oneOf<boolean | 'auto'>('cookie.secure', c.secure, [true, false, 'auto'], true)
-  const httpOnly = oneOf<boolean>('cookie.httpOnly', c.httpOnly, [true, false], true)
-  const sameSite = oneOf('cookie.sameSite', c.sameSite, ['lax', 'strict', 'none'] as const, 'lax')
-  const partitioned = oneOf<boolean>('cookie.partitioned', c.partitioned, [true, false], false)
-  if (sameSite === 'none' && secure !== true) {
-    throw new InvalidOptionError('cookie.sameSite', '"none" requires cookie.secure: true (browsers drop SameSite=None cookies without Secure)')
-  }
-  const idleTimeoutMs = intOption('idleTimeoutMs', opts.idleTimeoutMs, 1_800_000, 1000)
-  const absoluteTimeoutMs = intOption('absoluteTimeoutMs', opts.absoluteTimeoutMs, 43_200_000, 1000)
+/** Refuses invalid auth-session options (unknown keys with a did-you-mean, types, ranges), naming the option. */
+export const checkAuthSessionOptions: OptionsCheck = compileOptions(AUTH_SESSION_OPTIONS_SCHEMA)
+
+/** Defaults in one place; every invalid option is refused here, naming it (under `path`: 'session.cookie.name'). */
+export function resolveOptions (opts: AuthSessionOptions = {}, path = ''): ResolvedOptions {
+  checkAuthSessionOptions(opts, path)
+  const { name: cookieName, ...cookie } = resolveCookie(opts.cookie, 'handoff.sid', optionPath(path, 'cookie'))
+  const idleTimeoutMs = opts.idleTimeoutMs ?? 1_800_000
+  const absoluteTimeoutMs = opts.absoluteTimeoutMs ?? 43_200_000
   if (absoluteTimeoutMs < idleTimeoutMs) {
-    throw new InvalidOptionError('absoluteTimeoutMs', `must be >= idleTimeoutMs (${idleTimeoutMs}), got ${absoluteTimeoutMs}`)
-  }
-  const refreshAfter = opts.refreshAfter ?? 0.25
-  if (typeof refreshAfter !== 'number' || !(refreshAfter > 0 && refreshAfter < 1)) {
-    throw new InvalidOptionError('refreshAfter', `must be a number between 0 and 1 (exclusive), got ${String(refreshAfter)}`)
+    throw new InvalidOptionError(optionPath(path, 'absoluteTimeoutMs'), `must be >= idleTimeoutMs (${idleTimeoutMs}), got ${absoluteTimeoutMs}`)
   }
   return {
     cookieName,
-    cookie: { path, domain, secure, httpOnly, sameSite, partitioned },
+    cookie,
     idleTimeoutMs,
     absoluteTimeoutMs,
-    refreshAfter,
-    maxBytes: intOption('maxBytes', opts.maxBytes, 16_384, 64),
-    maxSessionsPerUser: intOption('maxSessionsPerUser', opts.maxSessionsPerUser, 100, 1)
+    refreshAfter: opts.refreshAfter ?? 0.25,
+    maxBytes: opts.maxBytes ?? 16_384,
+    maxSessionsPerUser: opts.maxSessionsPerUser ?? 100
   }
 }
 

@@ -9,7 +9,8 @@ import {
   CheckoutInProgressError, type CartChange, type CartItem, type CartLimits, type CheckoutRecord, type Order,
   type PaymentMethod, type PurchaseDetails, type StoredCart
 } from '../lib/cart.js'
-import { BadInputError, InvalidOptionError, intOption, UnavailableError, isHandoffError } from '../lib/errors.js'
+import { BadInputError, InvalidOptionError, UnavailableError, isHandoffError } from '../lib/errors.js'
+import { compileOptions, optionPath, cookieNameSchema, cookieSchema, resolveCookie, type CookieOptions, type OptionsCheck, type ResolvedCookie } from '../lib/options.js'
 import type { StoreEntry, TieredStore } from '../lib/tiered-store.js'
 
 export type { CartItem, CartItemExtra, Address, PurchaseDetails, PaymentMethod, Order } from '../lib/cart.js'
@@ -53,9 +54,15 @@ export interface CartOptions {
   cartTtlMs?: number
   /** How long placed orders stay in the store (for idempotent retries and GET), ms. Default: 7776000000 (90 days). */
   orderTtlMs?: number
-  /** Name of the signed cookie holding the client's anchor (seq and digest it last saw). Default: 'handoff_cart'. */
+  /**
+   * The signed cookie holding the client's anchor (seq and digest it last saw): the same options shape as the
+   * session cookie. Its name must differ from the session cookie's. Defaults: name 'handoff_cart', Path=/, Secure,
+   * HttpOnly, SameSite=Lax.
+   */
+  cookie?: CookieOptions
+  /** @deprecated Use `cookie.name`. Name of the anchor cookie. Default: 'handoff_cart'. */
   anchorCookie?: string
-  /** Mark the anchor cookie Secure. Default: true. */
+  /** @deprecated Use `cookie.secure`. Mark the anchor cookie Secure. Default: true. */
   secureCookie?: boolean
 }
 
@@ -204,7 +211,9 @@ const CART_FIELD = 'handoffCart' as const
 
 interface Runtime {
   store: TieredStore
-  opts: Required<Pick<CartOptions, 'cartTtlMs' | 'orderTtlMs' | 'anchorCookie' | 'secureCookie' | 'checkoutTimeoutMs'>> & CartOptions
+  opts: Required<Pick<CartOptions, 'cartTtlMs' | 'orderTtlMs' | 'checkoutTimeoutMs'>> & CartOptions
+  /** The anchor cookie, every default applied. */
+  cookie: ResolvedCookie
   limits: CartLimits
   digestKey: Buffer
   ownerKey: Buffer
@@ -545,14 +554,18 @@ class RequestCart implements HandoffCart {
 
   private setAnchor (owner: string, cart: StoredCart): void {
     const value = `${this.anchorTag(owner)}.${cart.seq}.${cart.digest.slice(0, 24)}`
-    this.reply.setCookie(this.rt.opts.anchorCookie, this.rt.signer.sign(value), {
-      path: '/', httpOnly: true, secure: this.rt.opts.secureCookie, sameSite: 'lax', maxAge: Math.floor(this.rt.opts.cartTtlMs / 1000)
+    const { name, domain, partitioned, ...attributes } = this.rt.cookie
+    this.reply.setCookie(name, this.rt.signer.sign(value), {
+      ...attributes,
+      ...(domain !== undefined ? { domain } : {}),
+      ...(partitioned ? { partitioned } : {}),
+      maxAge: Math.floor(this.rt.opts.cartTtlMs / 1000)
     })
   }
 
   /** The seq and digest this client last saw of this owner's cart; undefined when absent, foreign or tampered. */
   private readAnchor (owner: string): { seq: number, digest: string } | undefined {
-    const raw = this.request.cookies?.[this.rt.opts.anchorCookie]
+    const raw = this.request.cookies?.[this.rt.cookie.name]
     if (raw === undefined) return undefined
     const u = this.rt.signer.unsign(raw)
     if (!u.valid || u.value === null) return undefined
@@ -563,17 +576,60 @@ class RequestCart implements HandoffCart {
   }
 }
 
-const cartPlugin: FastifyPluginAsync<CartOptions> = async (fastify: FastifyInstance, opts) => {
-  if (opts.provider !== undefined && typeof opts.provider.charge !== 'function') {
-    throw new InvalidOptionError('provider', 'must have a charge({ idempotencyKey, orderId, amount, currency, token }) method')
+/** The options' schema: types and ranges (lib/options.ts applies it the same way in every plugin). */
+export const CART_OPTIONS_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    provider: {
+      type: 'object',
+      required: ['charge'],
+      properties: { charge: { typeof: 'function' } },
+      description: 'an object with a charge({ idempotencyKey, orderId, amount, currency, token }) method'
+    },
+    onOrderPlaced: { typeof: 'function', description: 'a function (order, request)' },
+    checkoutTimeoutMs: { type: 'integer', minimum: 1 },
+    maxItems: { type: 'integer', minimum: 1 },
+    maxQuantity: { type: 'integer', minimum: 1 },
+    chainLength: { type: 'integer', minimum: 1 },
+    cartTtlMs: { type: 'integer', minimum: 1 },
+    orderTtlMs: { type: 'integer', minimum: 1 },
+    cookie: cookieSchema,
+    anchorCookie: cookieNameSchema,
+    secureCookie: { type: 'boolean' }
   }
-  if (opts.onOrderPlaced !== undefined && typeof opts.onOrderPlaced !== 'function') throw new InvalidOptionError('onOrderPlaced', 'must be a function')
-  const anchorCookie = opts.anchorCookie ?? 'handoff_cart'
-  if (!/^[A-Za-z0-9_-]{1,64}$/.test(anchorCookie)) throw new InvalidOptionError('anchorCookie', 'must be 1 to 64 of [A-Za-z0-9_-]')
+} as const
+
+/** Refuses invalid cart options (unknown keys with a did-you-mean, types, ranges), naming the option. */
+export const checkCartOptions: OptionsCheck = compileOptions(CART_OPTIONS_SCHEMA)
+
+/**
+ * The anchor cookie from `cookie` or the older `anchorCookie`/`secureCookie` (not both), refused when it would share
+ * the session cookie's name (each would overwrite the other on every response).
+ */
+export function resolveCartCookie (opts: CartOptions, sessionCookieName: string | undefined, path = ''): ResolvedCookie {
+  const at = (name: string): string => optionPath(path, name)
+  if (opts.cookie !== undefined && (opts.anchorCookie !== undefined || opts.secureCookie !== undefined)) {
+    throw new InvalidOptionError(at(opts.anchorCookie !== undefined ? 'anchorCookie' : 'secureCookie'), 'replaced by cookie.name / cookie.secure; give cookie alone')
+  }
+  const cookie = resolveCookie(opts.cookie ?? {
+    ...(opts.anchorCookie !== undefined ? { name: opts.anchorCookie } : {}),
+    ...(opts.secureCookie !== undefined ? { secure: opts.secureCookie } : {})
+  }, 'handoff_cart', at('cookie'))
+  if (cookie.name === sessionCookieName) {
+    const which = opts.anchorCookie !== undefined ? 'anchorCookie' : 'cookie.name'
+    throw new InvalidOptionError(at(which), `must differ from the session cookie's name ${JSON.stringify(sessionCookieName)}`)
+  }
+  return cookie
+}
+
+const cartPlugin: FastifyPluginAsync<CartOptions> = async (fastify: FastifyInstance, opts) => {
+  checkCartOptions(opts)
+  const cookie = resolveCartCookie(opts, fastify.handoffSessions.cookieName)
   const limits: CartLimits = {
-    maxItems: intOption('maxItems', opts.maxItems, DEFAULT_CART_LIMITS.maxItems, 1),
-    maxQuantity: intOption('maxQuantity', opts.maxQuantity, DEFAULT_CART_LIMITS.maxQuantity, 1),
-    chainLength: intOption('chainLength', opts.chainLength, DEFAULT_CART_LIMITS.chainLength, 1)
+    maxItems: opts.maxItems ?? DEFAULT_CART_LIMITS.maxItems,
+    maxQuantity: opts.maxQuantity ?? DEFAULT_CART_LIMITS.maxQuantity,
+    chainLength: opts.chainLength ?? DEFAULT_CART_LIMITS.chainLength
   }
   const ring = fastify.handoff.keyRing
   const ajv = new Ajv({ allErrors: false, strict: true })
@@ -581,12 +637,11 @@ const cartPlugin: FastifyPluginAsync<CartOptions> = async (fastify: FastifyInsta
     store: fastify.handoff.store,
     opts: {
       ...opts,
-      cartTtlMs: intOption('cartTtlMs', opts.cartTtlMs, 30 * 86_400_000, 1),
-      orderTtlMs: intOption('orderTtlMs', opts.orderTtlMs, 90 * 86_400_000, 1),
-      checkoutTimeoutMs: intOption('checkoutTimeoutMs', opts.checkoutTimeoutMs, 600_000, 1),
-      anchorCookie,
-      secureCookie: opts.secureCookie ?? true
+      cartTtlMs: opts.cartTtlMs ?? 30 * 86_400_000,
+      orderTtlMs: opts.orderTtlMs ?? 90 * 86_400_000,
+      checkoutTimeoutMs: opts.checkoutTimeoutMs ?? 600_000
     },
+    cookie,
     limits,
     // The chain, owner tags and order ids must agree on every instance across key rotations: the oldest secret's.
     digestKey: ring.deriveOldest('cart-digest'),

@@ -1,11 +1,13 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyCookie from '@fastify/cookie'
-import { handoffStore, type HandoffStoreOptions } from './store.js'
-import { tlsSessions, type TlsSessionsOptions } from './tls-sessions.js'
-import { authSession, type AuthSessionOptions } from './auth-session.js'
-import { cart, type CartOptions } from './cart.js'
-import { handoffMetrics, type HandoffMetricsOptions } from './metrics.js'
+import { InvalidOptionError } from '../lib/errors.js'
+import { compileOptions, type OptionsCheck } from '../lib/options.js'
+import { handoffStore, STORE_OPTIONS_SCHEMA, type HandoffStoreOptions } from './store.js'
+import { tlsSessions, checkTlsSessionsOptions, type TlsSessionsOptions } from './tls-sessions.js'
+import { authSession, resolveOptions, type AuthSessionOptions } from './auth-session.js'
+import { cart, checkCartOptions, resolveCartCookie, type CartOptions } from './cart.js'
+import { handoffMetrics, checkMetricsOptions, type HandoffMetricsOptions } from './metrics.js'
 
 export interface HandoffOptions extends HandoffStoreOptions {
   /** TLS session failover; needs Fastify's `https` option. `false` to leave out. Default: on when the server is HTTPS. */
@@ -20,11 +22,41 @@ export interface HandoffOptions extends HandoffStoreOptions {
 
 const opt = <T extends object>(v: T | boolean | undefined): T | undefined => v === false ? undefined : (v === true || v === undefined ? {} as T : v)
 
+const part = { anyOf: [{ type: 'boolean' }, { type: 'object' }], description: 'true, false or an options object' } as const
+
+/** The store's schema plus one key per part; each part's object is checked by its own plugin's schema. */
+export const HANDOFF_OPTIONS_SCHEMA = {
+  ...STORE_OPTIONS_SCHEMA,
+  properties: { ...STORE_OPTIONS_SCHEMA.properties, tls: part, session: part, cart: part, metrics: part }
+} as const
+
+const checkTopLevel: OptionsCheck = compileOptions(HANDOFF_OPTIONS_SCHEMA)
+
+/**
+ * Checks every part's options before anything is opened or registered, naming options by their full path
+ * ('session.cookie.name'), and refuses parts that contradict each other.
+ */
+export function checkHandoffOptions (opts: HandoffOptions): void {
+  checkTopLevel(opts)
+  const { tls, session, cart: cartOpts, metrics } = opts
+  if (typeof tls === 'object') checkTlsSessionsOptions(tls, 'tls')
+  const sessionOpts = opt(session)
+  const sessionCookieName = sessionOpts === undefined ? undefined : resolveOptions(sessionOpts, 'session').cookieName
+  if (typeof cartOpts === 'object') checkCartOptions(cartOpts, 'cart')
+  if (session === false && cartOpts !== undefined && cartOpts !== false) {
+    throw new InvalidOptionError('cart', 'carts need auth sessions: remove `session: false`, or set `cart: false`')
+  }
+  const c = opt(cartOpts)
+  if (c !== undefined) resolveCartCookie(c, sessionCookieName, 'cart')
+  if (typeof metrics === 'object') checkMetricsOptions(metrics, 'metrics')
+}
+
 /**
  * Everything at once: the store, then TLS sessions (on an HTTPS server), auth sessions, carts and metrics, all
  * sharing one TieredStore per instance. Each part is also a plugin of its own.
  */
 const handoffPlugin: FastifyPluginAsync<HandoffOptions> = async (fastify: FastifyInstance, opts) => {
+  checkHandoffOptions(opts)
   const { tls, session, cart: cartOpts, metrics, ...storeOpts } = opts
   await fastify.register(handoffStore, storeOpts)
   const isHttps = typeof (fastify.server as { setTicketKeys?: unknown }).setTicketKeys === 'function'

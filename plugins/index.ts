@@ -1,9 +1,10 @@
 // fastify-handoff: the umbrella plugin and each part on its own.
-export { handoff, handoff as default } from './handoff.js'
+export { handoff, handoff as default, checkHandoffOptions } from './handoff.js'
 export type { HandoffOptions } from './handoff.js'
 export { handoffStore, createRepository } from './store.js'
 export type { HandoffStoreOptions, HandoffDecorator, RedisConnection } from './store.js'
 export * from '../lib/errors.js'
+export type { CookieOptions } from '../lib/options.js'
 export { tlsSessions, handoffHttpsOptions, sessionIdContextFor, resolveTlsSessionsOptions, TLS_SESSIONS_DEFAULTS } from './tls-sessions.js'
 export type { TlsSessionsOptions, TlsSessionMetrics, HandoffTlsDecorator } from './tls-sessions.js'
 export { handoffMetrics } from './metrics.js'

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { InvalidOptionError } from '../lib/errors.js'
+import { compileOptions, optionPath, type OptionsCheck } from '../lib/options.js'
 
 export interface HandoffMetricsOptions {
   /** Route serving the Prometheus text format; `false` for none (use `fastify.handoffMetrics.registry`). Default: '/metrics'. */
@@ -75,15 +76,49 @@ function mirrorAll (registry: Registry, prefix: string, group: string, source: (
   }
 }
 
-const metricsPlugin: FastifyPluginAsync<HandoffMetricsOptions> = async (fastify: FastifyInstance, opts) => {
-  const prefix = opts.prefix ?? 'handoff_'
-  if (!/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix)) throw new InvalidOptionError('prefix', `must be a valid Prometheus name prefix, got ${JSON.stringify(prefix)}`)
-  for (const name of ['endpoint', 'healthEndpoint'] as const) {
-    const v = opts[name]
-    if (v !== undefined && v !== false && (typeof v !== 'string' || !v.startsWith('/'))) {
-      throw new InvalidOptionError(name, `must be a path starting with "/" or false, got ${JSON.stringify(v)}`)
+const routePath = {
+  anyOf: [{ type: 'string', pattern: '^/' }, { const: false }],
+  description: 'a path starting with "/" or false'
+} as const
+
+/** The options' schema: types and ranges (lib/options.ts applies it the same way in every plugin). */
+export const METRICS_OPTIONS_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    endpoint: routePath,
+    healthEndpoint: routePath,
+    // A Registry from another copy of prom-client is fine: only its methods are used.
+    registry: {
+      type: 'object',
+      required: ['registerMetric', 'metrics'],
+      properties: { registerMetric: { typeof: 'function' }, metrics: { typeof: 'function' } },
+      description: 'a prom-client Registry'
+    },
+    prefix: { type: 'string', pattern: '^[a-zA-Z_:][a-zA-Z0-9_:]*$', description: 'a valid Prometheus name prefix' },
+    latencyBuckets: {
+      type: 'array',
+      minItems: 1,
+      items: { type: 'number', exclusiveMinimum: 0 },
+      description: 'a non-empty array of increasing numbers of seconds, > 0'
     }
   }
+} as const
+
+const checkMetricsSchema: OptionsCheck = compileOptions(METRICS_OPTIONS_SCHEMA)
+
+/** Refuses invalid metrics options (unknown keys with a did-you-mean, types, ranges), naming the option. */
+export function checkMetricsOptions (opts: unknown, path = ''): void {
+  checkMetricsSchema(opts, path)
+  const buckets = (opts as HandoffMetricsOptions | undefined)?.latencyBuckets
+  if (buckets !== undefined && buckets.some((b, i) => i > 0 && b <= (buckets[i - 1] as number))) {
+    throw new InvalidOptionError(optionPath(path, 'latencyBuckets'), `must be increasing, got [${buckets.join(', ')}]`)
+  }
+}
+
+const metricsPlugin: FastifyPluginAsync<HandoffMetricsOptions> = async (fastify: FastifyInstance, opts) => {
+  checkMetricsOptions(opts)
+  const prefix = opts.prefix ?? 'handoff_'
   const registry = opts.registry ?? new Registry()
   const store = fastify.handoff.store
 

@@ -1,7 +1,8 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import { Redis, Cluster, type RedisOptions, type ClusterNode, type ClusterOptions } from 'ioredis'
-import { InvalidOptionError, intOption, isHandoffError } from '../lib/errors.js'
+import { InvalidOptionError, isHandoffError } from '../lib/errors.js'
+import { compileOptions, type OptionsCheck } from '../lib/options.js'
 import { MemoryRepository } from '../lib/repository/memory.js'
 import { RedisRepository, type RedisClient } from '../lib/repository/redis.js'
 import { ShardedRepository } from '../lib/repository/sharded.js'
@@ -99,25 +100,79 @@ export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'rep
   throw new InvalidOptionError('redis', 'expected a redis:// URL, ioredis options, an ioredis client, { cluster: [...] } or { shards: [...] }')
 }
 
-const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: FastifyInstance, opts) => {
-  if (opts.secret === undefined) {
-    throw new InvalidOptionError('secret', 'required: the cluster secret (>= 32 bytes, identical on every instance)')
+const integerAtLeast = (minimum: number): { type: 'integer', minimum: number } => ({ type: 'integer', minimum })
+
+/** The options' schema: types and ranges (lib/options.ts applies it the same way in every plugin). */
+export const STORE_OPTIONS_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['secret'],
+  properties: {
+    // The key ring checks the secret itself (length, entries), before anything is opened.
+    secret: { description: 'the cluster secret (>= 32 bytes, identical on every instance) or a key ring [{ id, secret }]' },
+    redis: {
+      anyOf: [{ type: 'string', pattern: '^(rediss?://|/)' }, { type: 'object' }],
+      description: 'a redis:// URL, ioredis options, an ioredis client, { cluster: [...] } or { shards: [...] }'
+    },
+    repository: { type: 'object', required: ['kind'], description: 'a Repository (RedisRepository, MemoryRepository, ShardedRepository)' },
+    commandTimeoutMs: integerAtLeast(1),
+    connectTimeoutMs: integerAtLeast(1),
+    retryAfterSeconds: integerAtLeast(0),
+    // TieredStore's own options: their finer rules (powers of two, key prefix characters) are its constructor's.
+    prefix: { type: 'string' },
+    partitions: { type: 'integer', minimum: 1, maximum: 16384 },
+    stripes: integerAtLeast(1),
+    maxLocalBytes: integerAtLeast(0),
+    localTtlMs: integerAtLeast(0),
+    coherence: {
+      anyOf: [{ const: false }, { type: 'object', additionalProperties: false, properties: { leaseMs: integerAtLeast(1) } }],
+      description: 'false or { leaseMs }'
+    },
+    defaultTtlMs: integerAtLeast(1),
+    tombstoneTtlMs: integerAtLeast(1),
+    maxAttempts: integerAtLeast(1),
+    maxValueBytes: integerAtLeast(1),
+    durability: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['replicas'],
+      properties: { replicas: integerAtLeast(1), timeoutMs: integerAtLeast(1) }
+    },
+    // Checked by TieredStore (lib/tiered-store.ts), which defines it.
+    maxDegradedMs: {},
+    now: { typeof: 'function' },
+    observe: { typeof: 'function' }
   }
+} as const
+
+/** Refuses invalid store options (unknown keys with a did-you-mean, types, ranges), naming the option. */
+export const checkStoreOptions: OptionsCheck = compileOptions(STORE_OPTIONS_SCHEMA)
+
+const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: FastifyInstance, opts) => {
+  // Everything is checked before anything is opened: a Redis client made first would be left reconnecting by the
+  // failed boot.
+  checkStoreOptions(opts)
+  const keyRing = opts.secret instanceof KeyRing ? opts.secret : new KeyRing(opts.secret)
   const commandTimeoutMs = opts.commandTimeoutMs ?? 1000
   if (opts.durability?.timeoutMs !== undefined && opts.durability.timeoutMs >= commandTimeoutMs) {
     // WAIT runs under the command timeout: a longer wait would trip the breaker and fail every command.
     throw new InvalidOptionError('durability.timeoutMs', `must be below commandTimeoutMs (${commandTimeoutMs}), got ${opts.durability.timeoutMs}`)
   }
-  // Checked before anything is opened: a Redis client made first would be left reconnecting by the failed boot.
-  const retryAfterS = intOption('retryAfterSeconds', opts.retryAfterSeconds, 1, 0)
+  const retryAfterS = opts.retryAfterSeconds ?? 1
   const retryAfter = String(retryAfterS)
   const { repository, owned } = createRepository(opts, (msg, fields) => fastify.log.warn(fields, msg))
   const { redis: _r, repository: _repo, commandTimeoutMs: _t, connectTimeoutMs: _c, retryAfterSeconds: _ra, ...storeOpts } = opts
   let store: TieredStore
   try {
-    store = new TieredStore({ ...storeOpts, repository, logger: fastify.log })
+    store = new TieredStore({ ...storeOpts, secret: keyRing, repository, logger: fastify.log })
     if (repository.kind === 'memory') {
-      fastify.log.info('fastify-handoff: no Redis configured, using the embedded in-process repository (one instance only)')
+      if (process.env.NODE_ENV === 'production') {
+        // In production this is almost always a missing or misspelt `redis`: say what it costs, loudly.
+        fastify.log.warn('fastify-handoff: no Redis configured (NODE_ENV=production): each instance keeps its own in-process store, ' +
+          'so instances will not share state (sessions, carts, TLS sessions); set the `redis` option')
+      } else {
+        fastify.log.info('fastify-handoff: no Redis configured, using the embedded in-process repository (one instance only)')
+      }
     }
     await store.start()
   } catch (err) {

@@ -3,6 +3,7 @@ import tls, { type TLSSocket } from 'node:tls'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { InvalidOptionError, intOption } from '../lib/errors.js'
+import { compileOptions, optionPath, type OptionsCheck } from '../lib/options.js'
 import { KeyRing, type SecretInput } from '../lib/seal.js'
 import { TicketKeySchedule, TieredTicketKeyStore, type TicketKeyEvent } from '../lib/ticket-keys.js'
 import type { TieredStore } from '../lib/tiered-store.js'
@@ -195,49 +196,46 @@ export function sessionProtocolVersion (der: Buffer): number | undefined {
   return protocolLength === 1 ? der[i] : der.readUInt16BE(i)
 }
 
-/** Levenshtein distance, for "did you mean" on option names (a dozen short strings, once at registration). */
-function editDistance (a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j)
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i]
-    for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min((prev[j] ?? 0) + 1, (cur[j - 1] ?? 0) + 1, (prev[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1))
-    }
-    prev = cur
+/** The options' schema: types and ranges (lib/options.ts applies it the same way in every plugin). */
+export const TLS_SESSIONS_OPTIONS_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    ticketKeyPeriodMs: { type: 'integer', minimum: 1000, maximum: 366 * 86_400_000 },
+    // Its upper bound depends on ticketKeyPeriodMs: checked once that is known.
+    maxClockSkewMs: { type: 'integer', minimum: 0 },
+    sessionIdContext: { type: 'string', pattern: '^[\\x21-\\x7e]{1,32}$', description: `1 to ${MAX_SESSION_ID_CONTEXT} printable ASCII characters (OpenSSL's limit)` },
+    applySessionIdContext: { type: 'boolean' },
+    sessionCache: { type: 'boolean' },
+    sessionLookupTimeoutMs: { type: 'integer', minimum: 1, maximum: 5000 },
+    singleUse: { type: 'boolean' }
   }
-  return prev[b.length] ?? 0
-}
+} as const
 
-function checkBool (name: string, v: unknown): void {
-  if (v !== undefined && typeof v !== 'boolean') throw new InvalidOptionError(name, `must be true or false, got ${typeof v}`)
+const checkTlsSessionsSchema: OptionsCheck = compileOptions(TLS_SESSIONS_OPTIONS_SCHEMA)
+
+/**
+ * Refuses invalid TLS session options (unknown keys with a did-you-mean, types, ranges, contradictions), naming the
+ * option under `path`.
+ */
+export function checkTlsSessionsOptions (opts: unknown, path = ''): void {
+  checkTlsSessionsSchema(opts, path)
+  const o = (opts ?? {}) as TlsSessionsOptions
+  const quarter = Math.floor((o.ticketKeyPeriodMs ?? TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs) / 4)
+  intOption(optionPath(path, 'maxClockSkewMs'), o.maxClockSkewMs, 0, 0, quarter)
+  if ((o.singleUse ?? TLS_SESSIONS_DEFAULTS.singleUse) && !(o.sessionCache ?? TLS_SESSIONS_DEFAULTS.sessionCache)) {
+    throw new InvalidOptionError(optionPath(path, 'singleUse'), 'applies to the session cache only; set sessionCache: true as well (tickets cannot be single-use)')
+  }
 }
 
 /** Checks every option and applies the defaults. Exported for tests and for the umbrella plugin. */
 export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRing): Required<TlsSessionsOptions> {
-  if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('options', 'must be an object')
-  const known = new Set(['ticketKeyPeriodMs', 'maxClockSkewMs', 'sessionIdContext', 'applySessionIdContext', 'sessionCache',
-    'sessionLookupTimeoutMs', 'singleUse'])
-  for (const k of Object.keys(opts)) {
-    // Other keys may be Fastify's (prefix, logLevel) or an umbrella plugin's shared options: only flag likely typos.
-    const near = known.has(k) ? undefined : [...known].find(n => editDistance(k.toLowerCase(), n.toLowerCase()) <= 2)
-    if (near !== undefined) throw new InvalidOptionError(k, `unknown option; did you mean "${near}"?`)
-  }
-  const ticketKeyPeriodMs = intOption('ticketKeyPeriodMs', opts.ticketKeyPeriodMs, TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs, 1000, 366 * 86_400_000)
-  const quarter = Math.floor(ticketKeyPeriodMs / 4)
-  const maxClockSkewMs = intOption('maxClockSkewMs', opts.maxClockSkewMs, Math.min(DEFAULT_MAX_CLOCK_SKEW_MS, quarter), 0, quarter)
-  checkBool('applySessionIdContext', opts.applySessionIdContext)
-  checkBool('sessionCache', opts.sessionCache)
-  checkBool('singleUse', opts.singleUse)
-  const sessionLookupTimeoutMs = intOption('sessionLookupTimeoutMs', opts.sessionLookupTimeoutMs, TLS_SESSIONS_DEFAULTS.sessionLookupTimeoutMs, 1, 5000)
-  if (opts.sessionIdContext !== undefined &&
-    (typeof opts.sessionIdContext !== 'string' || !/^[\x21-\x7e]{1,32}$/.test(opts.sessionIdContext))) {
-    throw new InvalidOptionError('sessionIdContext', `must be 1 to ${MAX_SESSION_ID_CONTEXT} printable ASCII characters (OpenSSL's limit)`)
-  }
+  checkTlsSessionsOptions(opts)
+  const ticketKeyPeriodMs = opts.ticketKeyPeriodMs ?? TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs
+  const maxClockSkewMs = opts.maxClockSkewMs ?? Math.min(DEFAULT_MAX_CLOCK_SKEW_MS, Math.floor(ticketKeyPeriodMs / 4))
+  const sessionLookupTimeoutMs = opts.sessionLookupTimeoutMs ?? TLS_SESSIONS_DEFAULTS.sessionLookupTimeoutMs
   const sessionCache = opts.sessionCache ?? TLS_SESSIONS_DEFAULTS.sessionCache
   const singleUse = opts.singleUse ?? TLS_SESSIONS_DEFAULTS.singleUse
-  if (singleUse && !sessionCache) {
-    throw new InvalidOptionError('singleUse', 'applies to the session cache only; set sessionCache: true as well (tickets cannot be single-use)')
-  }
   return {
     ticketKeyPeriodMs,
     maxClockSkewMs,
