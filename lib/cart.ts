@@ -139,43 +139,8 @@ export function chainDigest (key: Buffer, previous: string, seq: number, change:
 
 // ---------------------------------------------------------------------------------------------- raw card numbers
 
-function luhn (digits: string): boolean {
-  let sum = 0
-  let double = false
-  for (let i = digits.length - 1; i >= 0; i--) {
-    let d = digits.charCodeAt(i) - 48
-    if (double) { d *= 2; if (d > 9) d -= 9 }
-    sum += d
-    double = !double
-  }
-  return sum % 10 === 0
-}
-
-/** 13 to 19 digits, optionally grouped by single spaces or dashes, passing the Luhn check. */
-export function looksLikeCardNumber (s: string): boolean {
-  const runs = s.match(/\d(?:[ -]?\d)*/g)
-  if (runs === null) return false
-  for (const run of runs) {
-    const digits = run.replace(/[ -]/g, '')
-    if (digits.length >= 13 && digits.length <= 19 && luhn(digits)) return true
-  }
-  return false
-}
-
-/** Refuses any input holding a raw card number, in any field, at any depth. The number is never echoed. */
-export function refuseCardNumbers (input: unknown, path = 'body'): void {
-  if (typeof input === 'string') {
-    if (looksLikeCardNumber(input)) {
-      throw new BadInputError(`${path} looks like a payment card number: send a payment-provider token instead, never the card number`)
-    }
-  } else if (typeof input === 'number') {
-    if (Number.isInteger(input)) refuseCardNumbers(String(input), path)
-  } else if (Array.isArray(input)) {
-    input.forEach((v, i) => refuseCardNumbers(v, `${path}[${i}]`))
-  } else if (input !== null && typeof input === 'object') {
-    for (const [k, v] of Object.entries(input)) refuseCardNumbers(v, `${path}.${k}`)
-  }
-}
+// The detector lives in lib/pan.ts (also used for log redaction); re-exported here where it always was.
+export { looksLikeCardNumber, refuseCardNumbers } from './pan.js'
 
 // ----------------------------------------------------------------------------------------------------- changes
 

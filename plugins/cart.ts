@@ -14,6 +14,7 @@ import { compileOptions, optionPath, cookieNameSchema, cookieSchema, resolveCook
 import type { StoreEntry, TieredStore } from '../lib/tiered-store.js'
 
 export type { CartItem, CartItemExtra, Address, PurchaseDetails, PaymentMethod, Order } from '../lib/cart.js'
+export { redactedRequestSerializer } from './redact.js'
 
 /** The application's payment provider. It must deduplicate by `idempotencyKey` (every real provider does). */
 export interface PaymentProvider {
@@ -200,7 +201,8 @@ export const SCHEMAS = {
     properties: {
       // Provider tokens (tok_..., pm_...) carry letters; a bare digit string is refused before this anyway.
       token: { type: 'string', pattern: '^[A-Za-z][A-Za-z0-9_-]{5,200}$' },
-      brand: { type: 'string', minLength: 1, maxLength: 30 },
+      // Display text copied into every order: letters only (visa, mastercard, "American Express", cartes_bancaires).
+      brand: { type: 'string', pattern: '^[A-Za-z][A-Za-z _-]{0,29}$' },
       last4: { type: 'string', pattern: '^[0-9]{4}$' }
     }
   },
@@ -401,6 +403,8 @@ class RequestCart implements HandoffCart {
   }
 
   async checkout (idempotencyKey: string): Promise<CheckoutResult> {
+    // A key with letters is a UUID or a random token, never scanned (0.71% of UUIDs would trip the text rule).
+    if (typeof idempotencyKey === 'string' && !/[A-Za-z]/.test(idempotencyKey)) this.guard(idempotencyKey, 'Idempotency-Key')
     check(this.rt.validate.idempotencyKey, idempotencyKey, 'Idempotency-Key')
     const provider = this.rt.opts.provider
     if (provider === undefined) throw new NoProviderError()

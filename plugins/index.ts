@@ -14,3 +14,6 @@ export type { AuthSessionOptions, SessionData, SessionUser, HandoffSession, Hand
 export { cart, SCHEMAS as cartSchemas, PaymentDeclinedError, PaymentPendingError, NoProviderError } from './cart.js'
 export type { CartOptions, CartView, CheckoutResult, HandoffCart, HandoffCartDecorator, CartMetrics, PaymentProvider, ChargeRequest, ChargeResult, CartItem, CartItemExtra, Address, PurchaseDetails, PaymentMethod, Order } from './cart.js'
 export { TieredSessionStore } from '../lib/session-store-adapter.js'
+export { redactedRequestSerializer } from './redact.js'
+export type { SerializableRequest, SerializedRequest } from './redact.js'
+export { looksLikeCardNumber, redactCardNumbers, refuseCardNumbers } from '../lib/pan.js'

@@ -9,7 +9,7 @@ import fastifyCookie from '@fastify/cookie'
 import { handoffStore } from '../../plugins/store.js'
 import { authSession } from '../../plugins/auth-session.js'
 import { tlsSessions, handoffHttpsOptions } from '../../plugins/tls-sessions.js'
-import { cart, type PaymentProvider, type ChargeRequest, type ChargeResult } from '../../plugins/cart.js'
+import { cart, redactedRequestSerializer, type PaymentProvider, type ChargeRequest, type ChargeResult } from '../../plugins/cart.js'
 import { handoffMetrics } from '../../plugins/metrics.js'
 import type { TieredStore } from '../../lib/tiered-store.js'
 import type { Repository } from '../../lib/repository/types.js'
@@ -79,9 +79,16 @@ function passwordOk (username: string, password: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
+/** The logger options with card numbers redacted from the logged URLs (a DELETE /api/cart/items/<number>). */
+function withRedactedUrls (logger: ShopOptions['logger']): ShopOptions['logger'] {
+  if (logger === undefined || logger === false) return false
+  const given = logger === true ? {} : logger
+  return { ...given, serializers: { ...given.serializers, req: redactedRequestSerializer } }
+}
+
 export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInstance, provider: FakeProvider }> {
   const app = Fastify({
-    logger: opts.logger ?? false,
+    logger: withRedactedUrls(opts.logger),
     ...(opts.tls === undefined ? {} : { https: handoffHttpsOptions({ cert: opts.tls.cert, key: opts.tls.key }, { secret: opts.secret }) }),
     bodyLimit: 16 * 1024
   })
@@ -136,12 +143,25 @@ export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInsta
 
   app.get('/api/cart', async (req) => withInstance(await req.cart.get()))
 
-  app.post<{ Body: { sku: string, qty?: number } }>('/api/cart/items', {
-    schema: { body: { type: 'object', required: ['sku'], properties: { sku: { type: 'string', maxLength: 64 }, qty: { type: 'integer', minimum: 1, maximum: 999 } } } }
+  app.post<{ Body: { sku: string, qty?: number, options?: Record<string, string> } }>('/api/cart/items', {
+    schema: {
+      body: {
+        type: 'object',
+        required: ['sku'],
+        properties: {
+          sku: { type: 'string', maxLength: 64 },
+          qty: { type: 'integer', minimum: 1, maximum: 999 },
+          // The shopper's choices kept with the item (size, gift message): free text the cart plugin checks.
+          options: { type: 'object', maxProperties: 8, additionalProperties: { type: 'string', maxLength: 200 } }
+        }
+      }
+    }
   }, async (req, reply) => {
     const product = PRODUCTS.find(p => p.sku === req.body.sku)
-    if (product === undefined) return await reply.code(404).send({ error: `no product ${req.body.sku}` })
-    return withInstance(await req.cart.add({ sku: product.sku, name: product.name, unitPrice: product.price, currency: product.currency, quantity: req.body.qty ?? 1 }))
+    // The sku is not echoed: it is whatever the client sent.
+    if (product === undefined) return await reply.code(404).send({ error: 'no such product' })
+    const options = req.body.options === undefined ? {} : { options: req.body.options }
+    return withInstance(await req.cart.add({ ...options, sku: product.sku, name: product.name, unitPrice: product.price, currency: product.currency, quantity: req.body.qty ?? 1 }))
   })
 
   app.delete<{ Params: { sku: string } }>('/api/cart/items/:sku', async (req) => withInstance(await req.cart.remove(req.params.sku)))
@@ -175,6 +195,9 @@ export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInsta
     if (typeof req.body.delayAfterMs === 'number') provider.delayAfterMs = Math.min(Math.max(0, req.body.delayAfterMs), 60_000)
     return { fail: provider.fail, delayBeforeMs: provider.delayBeforeMs, delayAfterMs: provider.delayAfterMs }
   })
+
+  // Fastify's default answer and log line for an unknown route repeat the URL, whatever it holds.
+  app.setNotFoundHandler(async (_req, reply) => await reply.code(404).send({ error: 'not found' }))
 
   const page = readFileSync(new URL('./public/index.html', import.meta.url), 'utf8')
   app.get('/', { config: { handoffSession: false } }, async (_req, reply) => await reply.type('text/html; charset=utf-8').send(page))
