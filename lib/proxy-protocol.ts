@@ -1,7 +1,7 @@
 import { BlockList, SocketAddress, isIP, isIPv4, isIPv6 } from 'node:net'
 import {
-  AddressFamilyType, Command, INETProtocol, IPv4ProxyAddress, IPv6ProxyAddress, TransportProtocol, V1ProxyProtocol,
-  V2ProxyProtocol
+  AddressFamilyType, Command, INETProtocol, IPv4Address, IPv4ProxyAddress, IPv6Address, IPv6ProxyAddress, TransportProtocol,
+  V1ProxyProtocol, V2ProxyProtocol
 } from 'proxy-protocol-js'
 import { InvalidOptionError } from './errors.js'
 
@@ -118,6 +118,45 @@ function ipv6FromBytes (bytes: ArrayLike<number>): string {
   const words: string[] = []
   for (let i = 0; i < 16; i += 2) words.push((((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0)).toString(16))
   return nodeIPv6Text(words.join(':'))
+}
+
+/** The 16 bytes of an IPv6 address given in any valid text form. */
+function ipv6ToBytes (text: string): number[] {
+  let normal = nodeIPv6Text(text)
+  const tail: string[] = []
+  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(normal) // Node writes only ::ffff:a.b.c.d this way
+  if (dotted !== null) {
+    const q = dotted.slice(1).map(Number)
+    tail.push((((q[0] ?? 0) << 8) | (q[1] ?? 0)).toString(16), (((q[2] ?? 0) << 8) | (q[3] ?? 0)).toString(16))
+    normal = normal.slice(0, dotted.index) + tail.join(':')
+  }
+  const [left = '', right] = normal.split('::')
+  const head = left === '' ? [] : left.split(':')
+  const rest = right === undefined || right === '' ? [] : right.split(':')
+  const words = [...head, ...new Array<string>(8 - head.length - rest.length).fill('0'), ...rest].map(w => parseInt(w, 16))
+  return words.flatMap(w => [w >> 8, w & 0xff])
+}
+
+export interface Endpoint { address: string, port: number }
+
+/**
+ * A PROXY protocol v2 header (PROXY command, TCP) announcing `source` connected to `destination`, what a balancer
+ * sends first on each connection to a backend. IPv4-mapped IPv6 addresses are sent as IPv4; when the two families
+ * differ, IPv4 is sent as IPv4-mapped IPv6.
+ */
+export function encodeProxyHeaderV2 (source: Endpoint, destination: Endpoint): Buffer {
+  const unmap = (a: string): string => /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(a) ? a.slice(7) : a
+  const src = unmap(source.address)
+  const dst = unmap(destination.address)
+  if (isIP(src) === 0 || isIP(dst) === 0) throw new InvalidOptionError('address', `not IP addresses: ${source.address}, ${destination.address}`)
+  if (isIPv4(src) && isIPv4(dst)) {
+    const v4 = (a: string): IPv4Address => IPv4Address.createFrom(a.split('.').map(Number))
+    return Buffer.from(new V2ProxyProtocol(Command.PROXY, TransportProtocol.STREAM,
+      new IPv4ProxyAddress(v4(src), source.port, v4(dst), destination.port)).build())
+  }
+  const v6 = (a: string): IPv6Address => IPv6Address.createFrom(ipv6ToBytes(isIPv4(a) ? `::ffff:${a}` : a))
+  return Buffer.from(new V2ProxyProtocol(Command.PROXY, TransportProtocol.STREAM,
+    new IPv6ProxyAddress(v6(src), source.port, v6(dst), destination.port)).build())
 }
 
 /**

@@ -6,6 +6,7 @@ import { tlsSessions, type TlsSessionsOptions } from './tls-sessions.js'
 import { authSession, type AuthSessionOptions } from './auth-session.js'
 import { cart, type CartOptions } from './cart.js'
 import { handoffMetrics, type HandoffMetricsOptions } from './metrics.js'
+import { proxyProtocol, type ProxyProtocolOptions } from './proxy-protocol.js'
 
 export interface HandoffOptions extends HandoffStoreOptions {
   /** TLS session failover; needs Fastify's `https` option. `false` to leave out. Default: on when the server is HTTPS. */
@@ -16,6 +17,8 @@ export interface HandoffOptions extends HandoffStoreOptions {
   cart?: CartOptions | boolean
   /** Prometheus metrics and /health. `false` to leave out. Default: on. */
   metrics?: HandoffMetricsOptions | boolean
+  /** Client addresses from a PROXY protocol header sent by these trusted balancers (docs/proxy-protocol.md). Default: off. */
+  proxyProtocol?: ProxyProtocolOptions
 }
 
 const opt = <T extends object>(v: T | boolean | undefined): T | undefined => v === false ? undefined : (v === true || v === undefined ? {} as T : v)
@@ -25,7 +28,8 @@ const opt = <T extends object>(v: T | boolean | undefined): T | undefined => v =
  * sharing one TieredStore per instance. Each part is also a plugin of its own.
  */
 const handoffPlugin: FastifyPluginAsync<HandoffOptions> = async (fastify: FastifyInstance, opts) => {
-  const { tls, session, cart: cartOpts, metrics, ...storeOpts } = opts
+  const { tls, session, cart: cartOpts, metrics, proxyProtocol: proxyOpts, ...storeOpts } = opts
+  if (proxyOpts !== undefined) await fastify.register(proxyProtocol, proxyOpts)
   await fastify.register(handoffStore, storeOpts)
   const isHttps = typeof (fastify.server as { setTicketKeys?: unknown }).setTicketKeys === 'function'
   const tlsOpts = tls === undefined ? (isHttps ? {} : undefined) : opt(tls)

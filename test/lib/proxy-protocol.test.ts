@@ -4,7 +4,7 @@
  */
 import t from 'tap'
 import fc from 'fast-check'
-import { scanProxyHeader, trustedAddresses } from '../../lib/proxy-protocol.js'
+import { encodeProxyHeaderV2, scanProxyHeader, trustedAddresses } from '../../lib/proxy-protocol.js'
 import { isHandoffError } from '../../lib/errors.js'
 
 const SIG = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]
@@ -108,4 +108,22 @@ t.test('trusted addresses: addresses, CIDR blocks, IPv4-mapped peers; bad entrie
     try { trustedAddresses(bad, 'proxyProtocol.trusted') } catch (e) { err = e }
     t.ok(isHandoffError(err, 'FST_HANDOFF_INVALID_OPTION') && err.message.includes('proxyProtocol.trusted'), `refuses ${JSON.stringify(bad)}`)
   }
+})
+
+t.test('encodeProxyHeaderV2: what a balancer sends decodes to the same client, per family', async t => {
+  const cases: Array<[string, string, string]> = [
+    ['203.0.113.7', '10.0.0.1', '203.0.113.7'],
+    ['::ffff:203.0.113.7', '::ffff:10.0.0.1', '203.0.113.7'],
+    ['2001:DB8::42', '2001:db8::1', '2001:db8::42'],
+    ['2001:db8::42', '10.0.0.1', '2001:db8::42'],
+    ['::ffff:198.51.100.9', 'fd00::1', '::ffff:198.51.100.9'],
+    ['::', '::1', '::']
+  ]
+  for (const [source, destination, want] of cases) {
+    const header = encodeProxyHeaderV2({ address: source, port: 40000 }, { address: destination, port: 443 })
+    t.match(scanProxyHeader(header), { kind: 'header', version: 2, length: header.length, client: { address: want, port: 40000 } }, `${source} -> ${destination}`)
+  }
+  // Written out from the specification: 203.0.113.7:51234 -> 10.0.0.1:443.
+  t.same(encodeProxyHeaderV2({ address: '203.0.113.7', port: 51234 }, { address: '10.0.0.1', port: 443 }), v2Tcp4())
+  t.throws(() => encodeProxyHeaderV2({ address: 'example.com', port: 1 }, { address: '10.0.0.1', port: 2 }))
 })
