@@ -8,6 +8,7 @@ import { tlsSessions, checkTlsSessionsOptions, type TlsSessionsOptions } from '.
 import { authSession, resolveOptions, type AuthSessionOptions } from './auth-session.js'
 import { cart, checkCartOptions, resolveCartCookie, type CartOptions } from './cart.js'
 import { handoffMetrics, checkMetricsOptions, type HandoffMetricsOptions } from './metrics.js'
+import { proxyProtocol, resolveProxyProtocolOptions, type ProxyProtocolOptions } from './proxy-protocol.js'
 
 export interface HandoffOptions extends HandoffStoreOptions {
   /** TLS session failover; needs Fastify's `https` option. `false` to leave out. Default: on when the server is HTTPS. */
@@ -18,6 +19,8 @@ export interface HandoffOptions extends HandoffStoreOptions {
   cart?: CartOptions | boolean
   /** Prometheus metrics and /health. `false` to leave out. Default: on. */
   metrics?: HandoffMetricsOptions | boolean
+  /** Client addresses from a PROXY protocol header sent by these trusted balancers (docs/proxy-protocol.md). Default: off. */
+  proxyProtocol?: ProxyProtocolOptions
 }
 
 const opt = <T extends object>(v: T | boolean | undefined): T | undefined => v === false ? undefined : (v === true || v === undefined ? {} as T : v)
@@ -27,7 +30,14 @@ const part = { anyOf: [{ type: 'boolean' }, { type: 'object' }], description: 't
 /** The store's schema plus one key per part; each part's object is checked by its own plugin's schema. */
 export const HANDOFF_OPTIONS_SCHEMA = {
   ...STORE_OPTIONS_SCHEMA,
-  properties: { ...STORE_OPTIONS_SCHEMA.properties, tls: part, session: part, cart: part, metrics: part }
+  properties: {
+    ...STORE_OPTIONS_SCHEMA.properties,
+    tls: part,
+    session: part,
+    cart: part,
+    metrics: part,
+    proxyProtocol: { type: 'object', description: 'an options object such as { trusted: [\'10.0.0.0/24\'] }' }
+  }
 } as const
 
 const checkTopLevel: OptionsCheck = compileOptions(HANDOFF_OPTIONS_SCHEMA)
@@ -38,7 +48,8 @@ const checkTopLevel: OptionsCheck = compileOptions(HANDOFF_OPTIONS_SCHEMA)
  */
 export function checkHandoffOptions (opts: HandoffOptions): void {
   checkTopLevel(opts)
-  const { tls, session, cart: cartOpts, metrics } = opts
+  const { tls, session, cart: cartOpts, metrics, proxyProtocol: proxyOpts } = opts
+  if (proxyOpts !== undefined) resolveProxyProtocolOptions(proxyOpts)
   if (typeof tls === 'object') checkTlsSessionsOptions(tls, 'tls')
   const sessionOpts = opt(session)
   const sessionCookieName = sessionOpts === undefined ? undefined : resolveOptions(sessionOpts, 'session').cookieName
@@ -57,7 +68,8 @@ export function checkHandoffOptions (opts: HandoffOptions): void {
  */
 const handoffPlugin: FastifyPluginAsync<HandoffOptions> = async (fastify: FastifyInstance, opts) => {
   checkHandoffOptions(opts)
-  const { tls, session, cart: cartOpts, metrics, ...storeOpts } = opts
+  const { tls, session, cart: cartOpts, metrics, proxyProtocol: proxyOpts, ...storeOpts } = opts
+  if (proxyOpts !== undefined) await fastify.register(proxyProtocol, proxyOpts)
   await fastify.register(handoffStore, storeOpts)
   const isHttps = typeof (fastify.server as { setTicketKeys?: unknown }).setTicketKeys === 'function'
   const tlsOpts = tls === undefined ? (isHttps ? {} : undefined) : opt(tls)

@@ -11,6 +11,7 @@ import { authSession } from '../../plugins/auth-session.js'
 import { tlsSessions, handoffHttpsOptions } from '../../plugins/tls-sessions.js'
 import { cart, redactedRequestSerializer, type PaymentProvider, type ChargeRequest, type ChargeResult } from '../../plugins/cart.js'
 import { handoffMetrics } from '../../plugins/metrics.js'
+import { proxyProtocol, type ProxyProtocolOptions } from '../../plugins/proxy-protocol.js'
 import type { TieredStore } from '../../lib/tiered-store.js'
 import type { Repository } from '../../lib/repository/types.js'
 
@@ -38,6 +39,8 @@ export interface ShopOptions {
   logger?: FastifyServerOptions['logger']
   /** Anchor and session cookies marked Secure. Default: true when `tls` is set. */
   secureCookies?: boolean
+  /** Read the client's address from a PROXY protocol header sent by these balancers. None: off. */
+  proxyProtocol?: ProxyProtocolOptions
 }
 
 /**
@@ -93,6 +96,7 @@ export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInsta
     bodyLimit: 16 * 1024
   })
   const secure = opts.secureCookies ?? opts.tls !== undefined
+  if (opts.proxyProtocol !== undefined) await app.register(proxyProtocol, opts.proxyProtocol)
   await app.register(fastifyCookie)
   await app.register(handoffStore, {
     secret: opts.secret,
@@ -118,6 +122,7 @@ export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInsta
 
   app.get('/api/whoami', async (req) => ({
     instance: opts.instanceName,
+    ip: req.ip,
     user: req.session.user?.id ?? null,
     tls: tlsInfo(req as never),
     session: { version: req.session.version, isNew: req.session.isNew }

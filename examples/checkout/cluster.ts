@@ -40,7 +40,16 @@ export interface ShopClusterOptions {
   secret?: string
   logLevel?: string
   onLog?: (line: string) => void
+  /**
+   * The balancer sends a PROXY protocol v2 header from BALANCER_SOURCE_ADDRESS, the one address the instances trust,
+   * so they see each client's address (`ip` in /api/whoami); direct connections to an instance still work.
+   * Needs 127.0.0.2 on the loopback interface (Linux has 127.0.0.0/8). Default: false.
+   */
+  proxyProtocol?: boolean
 }
+
+/** Where the demo balancer connects from when it sends PROXY headers. */
+export const BALANCER_SOURCE_ADDRESS = '127.0.0.2'
 
 // Instance processes die with this one (as scripts/redis-server.ts does for redis-server): a crashed demo, drill or
 // test must not leave shops listening.
@@ -71,7 +80,7 @@ export async function startShopCluster (opts: ShopClusterOptions = {}): Promise<
       const port = opts.ports?.[i] ?? basePort + i
       let app: Awaited<ReturnType<typeof buildShop>>['app'] | undefined
       const start = async (): Promise<void> => {
-        app = (await buildShop({ instanceName: name, secret, tls: devCertificate(), repository: Object.assign(Object.create(repository) as MemoryRepository, { close: async () => {} }) })).app
+        app = (await buildShop({ instanceName: name, secret, tls: devCertificate(), repository: Object.assign(Object.create(repository) as MemoryRepository, { close: async () => {} }), ...(opts.proxyProtocol === true ? { proxyProtocol: { trusted: [BALANCER_SOURCE_ADDRESS] } } : {}) })).app
         await app.listen({ port, host: '127.0.0.1' })
       }
       await start()
@@ -88,7 +97,7 @@ export async function startShopCluster (opts: ShopClusterOptions = {}): Promise<
   }
   const backends = (): Backend[] => instances.filter(x => x.alive()).map(x => ({ host: '127.0.0.1', port: x.port, name: x.name }))
   const balancerPort = opts.balancerPort ?? 8443
-  const balancer: Server = await startBalancer(backends, balancerPort)
+  const balancer: Server = await startBalancer(backends, balancerPort, '127.0.0.1', opts.proxyProtocol === true ? { proxyProtocol: true, localAddress: BALANCER_SOURCE_ADDRESS } : {})
   // Closing the balancer waits for its connections; a browser keeps them open (keep-alive), so stop ends them.
   const clients = new Set<Socket>()
   balancer.on('connection', (s: Socket) => { clients.add(s); s.once('close', () => clients.delete(s)) })
@@ -111,7 +120,7 @@ async function spawnInstance (name: string, port: number, redisUrl: string, secr
   let child: ChildProcess | undefined
   const start = async (): Promise<void> => {
     const c = spawn(process.execPath, ['--import', 'tsx', new URL('./instance.ts', import.meta.url).pathname], {
-      env: { ...process.env, PORT: String(port), INSTANCE_NAME: name, REDIS_URL: redisUrl, HANDOFF_SECRET: secret, LOG_LEVEL: opts.logLevel ?? 'warn' },
+      env: { ...process.env, PORT: String(port), INSTANCE_NAME: name, REDIS_URL: redisUrl, HANDOFF_SECRET: secret, LOG_LEVEL: opts.logLevel ?? 'warn', PROXY_PROTOCOL_TRUSTED: opts.proxyProtocol === true ? BALANCER_SOURCE_ADDRESS : '' },
       stdio: ['ignore', 'pipe', 'pipe']
     })
     child = c

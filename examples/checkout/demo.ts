@@ -4,12 +4,14 @@
  */
 import { startShopCluster } from './cluster.js'
 
-const cluster = await startShopCluster({ onLog: line => process.stderr.write(`${line}\n`) })
+// The balancer passes each client's address on in a PROXY header, from 127.0.0.2 (on the loopback of Linux only).
+const proxyProtocol = process.platform === 'linux'
+const cluster = await startShopCluster({ onLog: line => process.stderr.write(`${line}\n`), proxyProtocol })
 console.log(`
 fastify-handoff checkout demo
   repository: ${cluster.mode === 'redis' ? `Redis at ${cluster.redisUrl ?? ''}` : 'embedded (no redis-server installed: the three instances share one process)'}
   instances:  ${cluster.instances.map(i => `${i.name} https://localhost:${i.port}`).join(', ')}
-  balancer:   round-robin, layer 4 (TLS passthrough), no stickiness
+  balancer:   round-robin, layer 4 (TLS passthrough), no stickiness${proxyProtocol ? ', client address passed on by PROXY protocol v2' : ''}
 
   Open https://localhost:${cluster.balancerPort}/ (self-signed development certificate: accept it once).
   Log in as alice/alice or bob/bob, fill the cart, check out. Every request may land on another instance:

@@ -2,7 +2,8 @@
  * One HTTPS shop instance (npm run example:instance), configured by environment:
  * PORT (8444), HOST (127.0.0.1), REDIS_URL (absent: embedded repository), HANDOFF_SECRET (cluster secret; a
  * development default with a loud warning), INSTANCE_NAME, TLS_CERT / TLS_KEY (paths; default: the shared
- * development certificate). Prints one JSON line {"instance","port","pid"} when listening.
+ * development certificate), PROXY_PROTOCOL_TRUSTED (comma-separated balancer addresses or CIDR blocks that send a
+ * PROXY protocol header, as haproxy.cfg's `send-proxy-v2`; absent: off). Prints one JSON line {"instance","port","pid"} when listening.
  */
 import { readFileSync } from 'node:fs'
 import { buildShop } from './app.js'
@@ -24,7 +25,8 @@ const { app } = await buildShop({
   secret,
   tls,
   ...(env.REDIS_URL === undefined || env.REDIS_URL === '' ? {} : { redisUrl: env.REDIS_URL }),
-  logger: { level: env.LOG_LEVEL ?? 'warn' }
+  logger: { level: env.LOG_LEVEL ?? 'warn' },
+  ...(env.PROXY_PROTOCOL_TRUSTED === undefined || env.PROXY_PROTOCOL_TRUSTED === '' ? {} : { proxyProtocol: { trusted: env.PROXY_PROTOCOL_TRUSTED.split(',') } })
 })
 const address = await app.listen({ port: Number(env.PORT ?? 8444), host: env.HOST ?? '127.0.0.1' })
 const port = Number(new URL(address).port)

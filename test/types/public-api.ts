@@ -6,6 +6,8 @@ import Fastify from 'fastify'
 import handoff, { handoffStore, authSession, cart, tlsSessions, handoffHttpsOptions, type HandoffOptions, type CartView, type Order } from '../../plugins/index.js'
 import { TieredStore, MemoryRepository, TicketKeySchedule, TieredTicketKeyStore, type StoreEntry } from '../../lib/index.js'
 import { resolveTlsSessionsOptions, TLS_SESSIONS_DEFAULTS } from '../../plugins/index.js'
+import { proxyProtocol, encodeProxyHeaderV2, PROXY_PROTOCOL_DEFAULTS, type ProxyProtocolOptions } from '../../plugins/index.js'
+import { scanProxyHeader } from '../../lib/index.js'
 
 declare module '../../plugins/auth-session.js' {
   interface SessionData { visits?: number, theme?: 'dark' | 'light' }
@@ -54,3 +56,16 @@ export async function typeTests (): Promise<void> {
 // The TLS building blocks docs/tls-sessions.md lists as exported are reachable from the package's entries.
 const tlsDefaults: boolean = TLS_SESSIONS_DEFAULTS.sessionCache
 use(tlsDefaults, resolveTlsSessionsOptions, TicketKeySchedule, TieredTicketKeyStore)
+
+// PROXY protocol: the plugin and its pieces are exported; `trusted` is required.
+export async function proxyProtocolTypeTests (): Promise<void> {
+  const app = Fastify()
+  await app.register(proxyProtocol, { trusted: ['10.0.0.0/8'], headerTimeoutMs: 1000, allowDirect: false })
+  // @ts-expect-error trusted balancer addresses are required
+  const noTrusted: ProxyProtocolOptions = { headerTimeoutMs: 1000 }
+  const refused: number = app.handoffProxyProtocol.metrics.refusedUntrusted
+  const header: Buffer = encodeProxyHeaderV2({ address: '203.0.113.7', port: 1 }, { address: '10.0.0.1', port: 443 })
+  const scan = scanProxyHeader(header)
+  const ip: string | undefined = scan.kind === 'header' ? scan.client?.address : undefined
+  use(noTrusted, refused, ip, PROXY_PROTOCOL_DEFAULTS.headerTimeoutMs)
+}
