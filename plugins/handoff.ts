@@ -6,6 +6,7 @@ import { tlsSessions, type TlsSessionsOptions } from './tls-sessions.js'
 import { authSession, type AuthSessionOptions } from './auth-session.js'
 import { cart, type CartOptions } from './cart.js'
 import { handoffMetrics, type HandoffMetricsOptions } from './metrics.js'
+import { handoffDrain, type HandoffDrainOptions } from './drain.js'
 
 export interface HandoffOptions extends HandoffStoreOptions {
   /** TLS session failover; needs Fastify's `https` option. `false` to leave out. Default: on when the server is HTTPS. */
@@ -16,16 +17,18 @@ export interface HandoffOptions extends HandoffStoreOptions {
   cart?: CartOptions | boolean
   /** Prometheus metrics and /health. `false` to leave out. Default: on. */
   metrics?: HandoffMetricsOptions | boolean
+  /** Graceful drain and the readiness route (signal handling stays opt-in). `false` to leave out. Default: on. */
+  drain?: HandoffDrainOptions | boolean
 }
 
 const opt = <T extends object>(v: T | boolean | undefined): T | undefined => v === false ? undefined : (v === true || v === undefined ? {} as T : v)
 
 /**
- * Everything at once: the store, then TLS sessions (on an HTTPS server), auth sessions, carts and metrics, all
+ * Everything at once: the store, then TLS sessions (on an HTTPS server), auth sessions, carts, metrics and drain, all
  * sharing one TieredStore per instance. Each part is also a plugin of its own.
  */
 const handoffPlugin: FastifyPluginAsync<HandoffOptions> = async (fastify: FastifyInstance, opts) => {
-  const { tls, session, cart: cartOpts, metrics, ...storeOpts } = opts
+  const { tls, session, cart: cartOpts, metrics, drain, ...storeOpts } = opts
   await fastify.register(handoffStore, storeOpts)
   const isHttps = typeof (fastify.server as { setTicketKeys?: unknown }).setTicketKeys === 'function'
   const tlsOpts = tls === undefined ? (isHttps ? {} : undefined) : opt(tls)
@@ -39,6 +42,8 @@ const handoffPlugin: FastifyPluginAsync<HandoffOptions> = async (fastify: Fastif
   }
   const m = opt(metrics)
   if (m !== undefined) await fastify.register(handoffMetrics, m)
+  const d = opt(drain)
+  if (d !== undefined) await fastify.register(handoffDrain, d)
 }
 
 export const handoff = fp(handoffPlugin, { fastify: '5.x', name: 'fastify-handoff' })

@@ -8,6 +8,8 @@ export { tlsSessions, handoffHttpsOptions, sessionIdContextFor, resolveTlsSessio
 export type { TlsSessionsOptions, TlsSessionMetrics, HandoffTlsDecorator } from './tls-sessions.js'
 export { handoffMetrics } from './metrics.js'
 export type { HandoffMetricsOptions, HandoffMetricsDecorator } from './metrics.js'
+export { handoffDrain } from './drain.js'
+export type { HandoffDrainOptions } from './drain.js'
 export { authSession } from './auth-session.js'
 export type { AuthSessionOptions, SessionData, SessionUser, HandoffSession, HandoffSessions, SessionMetrics, SessionCookieOptions } from './auth-session.js'
 export { cart, SCHEMAS as cartSchemas, PaymentDeclinedError, PaymentPendingError, NoProviderError } from './cart.js'
