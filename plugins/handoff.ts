@@ -9,6 +9,7 @@ import { authSession, resolveOptions, type AuthSessionOptions } from './auth-ses
 import { cart, checkCartOptions, resolveCartCookie, type CartOptions } from './cart.js'
 import { handoffMetrics, checkMetricsOptions, type HandoffMetricsOptions } from './metrics.js'
 import { proxyProtocol, resolveProxyProtocolOptions, type ProxyProtocolOptions } from './proxy-protocol.js'
+import { handoffDrain, type HandoffDrainOptions } from './drain.js'
 
 export interface HandoffOptions extends HandoffStoreOptions {
   /** TLS session failover; needs Fastify's `https` option. `false` to leave out. Default: on when the server is HTTPS. */
@@ -21,6 +22,8 @@ export interface HandoffOptions extends HandoffStoreOptions {
   metrics?: HandoffMetricsOptions | boolean
   /** Client addresses from a PROXY protocol header sent by these trusted balancers (docs/proxy-protocol.md). Default: off. */
   proxyProtocol?: ProxyProtocolOptions
+  /** Graceful drain and the readiness route (signal handling stays opt-in). `false` to leave out. Default: on. */
+  drain?: HandoffDrainOptions | boolean
 }
 
 const opt = <T extends object>(v: T | boolean | undefined): T | undefined => v === false ? undefined : (v === true || v === undefined ? {} as T : v)
@@ -36,6 +39,7 @@ export const HANDOFF_OPTIONS_SCHEMA = {
     session: part,
     cart: part,
     metrics: part,
+    drain: part,
     proxyProtocol: { type: 'object', description: 'an options object such as { trusted: [\'10.0.0.0/24\'] }' }
   }
 } as const
@@ -63,12 +67,12 @@ export function checkHandoffOptions (opts: HandoffOptions): void {
 }
 
 /**
- * Everything at once: the store, then TLS sessions (on an HTTPS server), auth sessions, carts and metrics, all
+ * Everything at once: the store, then TLS sessions (on an HTTPS server), auth sessions, carts, metrics and drain, all
  * sharing one TieredStore per instance. Each part is also a plugin of its own.
  */
 const handoffPlugin: FastifyPluginAsync<HandoffOptions> = async (fastify: FastifyInstance, opts) => {
   checkHandoffOptions(opts)
-  const { tls, session, cart: cartOpts, metrics, proxyProtocol: proxyOpts, ...storeOpts } = opts
+  const { tls, session, cart: cartOpts, metrics, proxyProtocol: proxyOpts, drain, ...storeOpts } = opts
   if (proxyOpts !== undefined) await fastify.register(proxyProtocol, proxyOpts)
   await fastify.register(handoffStore, storeOpts)
   const isHttps = typeof (fastify.server as { setTicketKeys?: unknown }).setTicketKeys === 'function'
@@ -83,6 +87,8 @@ const handoffPlugin: FastifyPluginAsync<HandoffOptions> = async (fastify: Fastif
   }
   const m = opt(metrics)
   if (m !== undefined) await fastify.register(handoffMetrics, m)
+  const d = opt(drain)
+  if (d !== undefined) await fastify.register(handoffDrain, d)
 }
 
 export const handoff = fp(handoffPlugin, { fastify: '5.x', name: 'fastify-handoff' })

@@ -12,6 +12,8 @@ export { proxyProtocol, resolveProxyProtocolOptions, PROXY_PROTOCOL_DEFAULTS } f
 export type { ProxyProtocolOptions, ProxyProtocolMetrics, HandoffProxyProtocolDecorator } from './proxy-protocol.js'
 export { encodeProxyHeaderV2 } from '../lib/proxy-protocol.js'
 export type { HandoffMetricsOptions, HandoffMetricsDecorator } from './metrics.js'
+export { handoffDrain } from './drain.js'
+export type { HandoffDrainOptions } from './drain.js'
 export { authSession } from './auth-session.js'
 export type { AuthSessionOptions, SessionData, SessionUser, HandoffSession, HandoffSessions, SessionMetrics, SessionCookieOptions } from './auth-session.js'
 export { cart, SCHEMAS as cartSchemas, PaymentDeclinedError, PaymentPendingError, NoProviderError } from './cart.js'

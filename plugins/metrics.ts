@@ -148,6 +148,9 @@ const metricsPlugin: FastifyPluginAsync<HandoffMetricsOptions> = async (fastify:
     mirrorAll(registry, prefix, 'tls', () => f.handoffTls?.metrics, new Set(['ticketKeyEpoch', 'ticketKeyAppliedAt']))
     mirrorAll(registry, prefix, 'session', () => f.handoffSessions?.metrics)
     mirrorAll(registry, prefix, 'cart', () => f.handoffCart?.metrics)
+    if (fastify.hasDecorator('handoffDraining')) {
+      mirrorGauge(registry, `${prefix}draining`, '1 from the start of the drain (readiness answers 503)', () => (fastify as unknown as { handoffDraining: boolean }).handoffDraining ? 1 : 0)
+    }
   })
 
   fastify.decorate('handoffMetrics', { registry })
