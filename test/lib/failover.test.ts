@@ -11,9 +11,9 @@ import { TieredStore } from '../../lib/tiered-store.js'
 import { startCluster } from '../helpers/cluster.js'
 import { startSentinels, type SentinelHandle } from '../helpers/sentinel.js'
 import type { RedisHandle } from '../../scripts/redis-server.js'
+import { elapse, waitFor } from '../helpers/wait-for.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
-const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 interface Counter { n: number }
 const inc = (cur: unknown): Counter => ({ n: ((cur as Counter | undefined)?.n ?? 0) + 1 })
 
@@ -53,14 +53,16 @@ async function run (t: Test, setup: Setup, durable: boolean): Promise<Outcome> {
       } catch (err) {
         const code = (err as { code?: string }).code ?? (err as Error).message
         errors[code] = (errors[code] ?? 0) + 1
-        await sleep(10)
+        await elapse(10) // back off: a failing shard answers at once
       }
     }
   })
-  await sleep(800)
+  // A workload under way (counted in writes, not in time: a loaded machine writes less per second).
+  await waitFor(() => writes >= 300, { timeoutMs: 30_000 })
   if (setup.lagReplica !== undefined) {
     setup.lagReplica()
-    await sleep(300)
+    const atLag = writes
+    await waitFor(() => writes >= atLag + 100, { timeoutMs: 30_000 })
   }
   const killedAt = performance.now()
   const killed = await setup.killPrimaryOf(target)
@@ -75,9 +77,10 @@ async function run (t: Test, setup: Setup, durable: boolean): Promise<Outcome> {
   let lostWrites = 0
   for (const [k, n] of acked) {
     let stored: number | undefined
-    for (let attempt = 0; stored === undefined && attempt < 100; attempt++) {
-      try { stored = ((await reader.get(k))?.value as Counter | undefined)?.n ?? 0 } catch { await sleep(50) }
-    }
+    await waitFor(async () => {
+      try { stored = ((await reader.get(k))?.value as Counter | undefined)?.n ?? 0 } catch {}
+      return stored !== undefined
+    }, { timeoutMs: 5000, intervalMs: 50 })
     if ((stored ?? 0) < n) { lostKeys++; lostWrites += n - (stored ?? 0) }
   }
   await reader.close()
@@ -85,14 +88,13 @@ async function run (t: Test, setup: Setup, durable: boolean): Promise<Outcome> {
   // A promoted primary has no replica: WAIT 1 fails until the old primary is back as its replica.
   await killed.restart()
   let unavailableMs = -1
-  const deadline = performance.now() + 30_000
-  while (performance.now() < deadline) {
+  await waitFor(async () => {
     try {
       await store.update(target, inc)
       unavailableMs = performance.now() - killedAt
-      break
-    } catch { await sleep(25) }
-  }
+      return true
+    } catch { return false }
+  }, { timeoutMs: 30_000, intervalMs: 25 })
   t.ok(unavailableMs > 0, `writes to the failed shard came back ${unavailableMs.toFixed(0)} ms after the kill`)
   t.comment(`${durable ? 'with' : 'without'} WAIT: ${writes} acknowledged writes, ${lostWrites} lost on ${lostKeys} keys, ` +
     `unavailable ${unavailableMs.toFixed(0)} ms, errors ${JSON.stringify(errors)}`)
@@ -112,11 +114,7 @@ t.test('Redis Cluster: a primary killed under load', async t => {
       const slot = clusterKeySlot(key)
       const node = cluster.primaryOf(slot)
       await node.kill()
-      const deadline = Date.now() + 15_000
-      while (Date.now() < deadline) {
-        try { if (cluster.primaryOf(slot) !== node) break } catch {}
-        await sleep(50)
-      }
+      await waitFor(() => { try { return cluster.primaryOf(slot) !== node } catch { return false } }, { timeoutMs: 15_000, intervalMs: 50 })
       return node
     }
   }
@@ -139,8 +137,7 @@ function sentinelSetup (s: SentinelHandle): Setup {
       const port = s.currentPrimaryPort()
       const node = [s.primary, s.replica].find(n => n.port === port) as RedisHandle
       await node.kill()
-      const deadline = Date.now() + 20_000
-      while (s.currentPrimaryPort() === port && Date.now() < deadline) await sleep(50)
+      await waitFor(() => s.currentPrimaryPort() !== port, { timeoutMs: 20_000, intervalMs: 50 })
       return node
     }
   }

@@ -7,11 +7,11 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { startRedis } from '../../scripts/redis-server.js'
 import type { SessionInstanceConfig } from '../fixtures/session-instance.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const FIXTURE = fileURLToPath(new URL('../fixtures/session-instance.ts', import.meta.url))
 const PREFIX = `sessfailover${process.pid}:`
-const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 
 interface Instance { name: string, child: ChildProcess, base: string }
 
@@ -116,8 +116,14 @@ t.test('10 concurrent requests on one session over two instances: no lost change
 t.test('logout on one instance while a slow write runs on another: the session stays gone', async t => {
   const cookie = (await req(B, 'POST', '/login', undefined, { user: 'carol' })).cookie as string
   t.match((await req(C, 'GET', '/me', cookie)).body, { user: { id: 'carol' } }, 'C has it warm')
-  const slow = req(C, 'POST', '/slow-set', cookie, { ms: 400, a: 'late write' })
-  await sleep(150)
+  // The logout starts once the slow request has loaded the session (C counts it), with a second and a half to spare.
+  const loads = async (): Promise<number> => {
+    const m = (await req(C, 'GET', '/metrics')).body.session as Record<string, number>
+    return (m.loadedLocal ?? 0) + (m.loadedRemote ?? 0)
+  }
+  const loadsBefore = await loads()
+  const slow = req(C, 'POST', '/slow-set', cookie, { ms: 1500, a: 'late write' })
+  t.ok(await waitFor(async () => await loads() > loadsBefore, { intervalMs: 20 }), 'the slow request has loaded the session')
   const out = await req(B, 'POST', '/logout', cookie)
   t.equal(out.status, 200)
   t.equal(out.cookie, 'handoff.sid=', 'logout clears the cookie')
@@ -132,7 +138,9 @@ t.test('logout everywhere from one instance ends the sessions made on the others
   const s2 = (await req(C, 'POST', '/login', undefined, { user: 'dave' })).cookie as string
   const res = await req(C, 'POST', '/logout-all', s2)
   t.same(res.body, { destroyed: 2 })
-  await sleep(50) // B drops its copy when the invalidation arrives (bounded by the 250 ms coherence lease)
+  // B drops its copy when the invalidation arrives (bounded by the 250 ms coherence lease, plus machine stalls).
+  const gone = async (cookie: string): Promise<boolean> => ((await req(B, 'GET', '/me', cookie)).body.user ?? null) === null
+  t.ok(await waitFor(async () => await gone(s1) && await gone(s2)), 'B: both sessions gone')
   t.match((await req(B, 'GET', '/me', s1)).body, { user: null })
   t.match((await req(B, 'GET', '/me', s2)).body, { user: null })
 })

@@ -13,10 +13,10 @@ import { authSession, resolveOptions, type AuthSessionOptions } from '../../plug
 import { KeyRing } from '../../lib/seal.js'
 import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 import { buildApp, TEST_SECRET, type SessionInstanceConfig } from '../fixtures/session-instance.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 type App = Awaited<ReturnType<typeof buildApp>>
 
-const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 const redis = await startRedis()
 t.teardown(async () => { await redis.stop() })
 
@@ -82,17 +82,31 @@ async function me (app: App, cookie?: string): Promise<Me> {
 
 /**
  * Another instance drops its local copy when the invalidation arrives (normally within a millisecond; at worst the
- * coherence lease, 250 ms, later): a logout seen there is eventual, within that bound. Polls until `ok` or 1 s.
+ * coherence lease, 250 ms, later): a logout seen there is eventual. The time is reported, not asserted: on a loaded
+ * 2-core machine a 300 ms bound failed for stalls of the process, not of coherence (whose bound the coherence tests
+ * check).
  */
 async function eventually (t: Test, what: string, ok: () => Promise<boolean>): Promise<void> {
   const started = Date.now()
-  let done = await ok()
-  while (!done && Date.now() - started < 1000) {
-    await sleep(5)
-    done = await ok()
-  }
-  const took = Date.now() - started
-  t.ok(done && took <= 300, `${what} (after ${took} ms)`)
+  const done = await waitFor(ok, { timeoutMs: 5000, intervalMs: 5 })
+  t.ok(done, `${what} (after ${Date.now() - started} ms)`)
+}
+
+/**
+ * Makes `cookie`'s session warm on `app`: the coherence lease held and the session answered from the local tier.
+ * A lease that lapsed (Redis paused, or the machine stalled past the 250 ms lease) flushes every local copy on the
+ * first read after it is regained; a copy read in before that is gone the moment the lease comes back, and a degraded
+ * read after a Redis kill then has nothing to answer from. Waiting for a local hit with the lease held settles that.
+ */
+async function warm (t: Test, app: App, cookie: string, expected: Record<string, unknown>): Promise<void> {
+  const store = app.handoff.store
+  const hit = await waitFor(async () => {
+    if (!store.health().localReads) return false
+    const before = store.counters.localHits
+    t.match((await me(app, cookie)).data, expected)
+    return store.counters.localHits > before
+  }, { timeoutMs: 10_000, intervalMs: 20 })
+  t.ok(hit, 'the session is answered from the local tier, with the coherence lease held')
 }
 
 async function login (app: App, user: string, cookie?: string, keep?: string[]): Promise<string> {
@@ -339,8 +353,11 @@ t.test('logout: a slow request still in flight cannot bring the session back', a
   const id = (await me(b, cookie)).id as string
   t.equal((await me(b, cookie)).user?.id, 'alice', 'B has the session in its local tier')
 
-  const slow = call(b, 'POST', '/slow-set', cookie, { ms: 300, a: 'written after logout' })
-  await sleep(100)
+  // The slow request has loaded the session before the logout starts, and still has a second to go.
+  const loads = (): number => b.handoffSessions.metrics.loadedLocal + b.handoffSessions.metrics.loadedRemote
+  const loadsBefore = loads()
+  const slow = call(b, 'POST', '/slow-set', cookie, { ms: 1000, a: 'written after logout' })
+  t.ok(await waitFor(() => loads() > loadsBefore), 'the slow request has loaded the session')
   const out = await call(a, 'POST', '/logout', cookie)
   t.equal(out.statusCode, 200)
   t.equal(setCookieOf(out), '', 'logout clears the cookie')
@@ -382,10 +399,13 @@ t.test('logout everywhere: every session of the user, on every instance, and nob
 
 t.test('maxSessionsPerUser: a login beyond the cap ends the oldest session of that user', async t => {
   const app = await instance(t, { prefix: freshPrefix(), session: { maxSessionsPerUser: 2 } })
+  // Distinct creation times, so that "oldest" is well defined: each login waits for the clock to move on.
   const first = await login(app, 'alice')
-  await sleep(5) // distinct creation times: "oldest" is well defined
+  let at = Date.now()
+  await waitFor(() => Date.now() > at)
   const second = await login(app, 'alice')
-  await sleep(5)
+  at = Date.now()
+  await waitFor(() => Date.now() > at)
   const third = await login(app, 'alice')
   t.equal((await me(app, first)).user, null, 'the oldest is gone')
   t.equal((await me(app, second)).user?.id, 'alice')
@@ -474,37 +494,45 @@ t.test('an entry sealed with a foreign secret, or moved to another key, gives an
 })
 
 t.test('idle timeout slides lazily (no write per request); the absolute timeout ends the session anyway', async t => {
+  // Reads in the first quarter of the idle window send nothing. A 60 s window: a loaded machine cannot stall the five
+  // reads past its first quarter (with a 1 s window it did, and a refresh was then due). A 10 s coherence lease: with
+  // 250 ms a stall lapsed it, and the reads went to Redis for want of a readable local tier.
+  const calm = await instance(t, { prefix: freshPrefix(), session: { idleTimeoutMs: 60_000, refreshAfter: 0.25 }, store: { coherence: { leaseMs: 10_000 } } })
+  const calmCookie = await login(calm, 'calm')
+  await warm(t, calm, calmCookie, {})
+  const before = commandStats()
+  for (let i = 0; i < 5; i++) await me(calm, calmCookie)
+  t.same(commandsSince(before), {}, 'reads in the first quarter of the idle window: no refresh, no command')
+  t.equal(calm.handoffSessions.metrics.touched, 0)
+
+  // Windows long enough for a loaded machine: a read is due every 100 ms; a stall would have to exceed 1.5 s (the
+  // idle window less the refresh fraction) to end the busy session.
   const prefix = freshPrefix()
-  const app = await instance(t, { prefix, session: { idleTimeoutMs: 1000, absoluteTimeoutMs: 2500, refreshAfter: 0.25 } })
+  const app = await instance(t, { prefix, session: { idleTimeoutMs: 2000, absoluteTimeoutMs: 5000, refreshAfter: 0.25 } })
   const m = app.handoffSessions.metrics
   const active = await login(app, 'busy')
   const idle = await login(app, 'idle')
   const started = Date.now()
 
-  const before = commandStats()
-  for (let i = 0; i < 5; i++) await me(app, active)
-  t.same(commandsSince(before), {}, 'reads in the first quarter of the idle window: no refresh, no command')
-  t.equal(m.touched, 0)
-
   // Keep one session busy (a read every 100 ms), well past its first idle deadline; leave the other alone.
   let reads = 0
   let alive = true
-  while (Date.now() - started < 1600) {
-    await sleep(100)
+  await waitFor(async () => {
     alive &&= (await me(app, active)).user?.id === 'busy'
     reads++
-  }
+    return Date.now() - started >= 3200
+  }, { timeoutMs: 10_000, intervalMs: 100 })
   t.ok(alive, `the busy session stayed alive for ${Date.now() - started} ms, past its first idle deadline`)
-  // A refresh only once more than a quarter of the 1 s window has passed: about one per 250 ms, not one per read.
+  // A refresh only once more than a quarter of the 2 s window has passed: about one per 500 ms, not one per read.
   t.ok(m.touched >= 2 && m.touched <= reads / 2, `refreshed lazily: ${m.touched} touches for ${reads} reads`)
-  t.equal((await me(app, idle)).user, null, 'the idle one expired after 1 s')
-  t.ok(Number(redis.cli('PTTL', app.handoff.store.key((await me(app, active)).id as string, 'session'))) <= 1000)
+  t.equal((await me(app, idle)).user, null, 'the idle one expired after 2 s')
+  t.ok(Number(redis.cli('PTTL', app.handoff.store.key((await me(app, active)).id as string, 'session'))) <= 2000)
 
-  while (Date.now() - started < 2600) {
-    await sleep(100)
+  await waitFor(async () => {
     await me(app, active)
-  }
-  t.equal((await me(app, active)).user, null, 'absolute timeout: gone after 2.5 s however busy')
+    return Date.now() - started >= 5200
+  }, { timeoutMs: 10_000, intervalMs: 100 })
+  t.equal((await me(app, active)).user, null, 'absolute timeout: gone after 5 s however busy')
 })
 
 t.test('size limit: a session above maxBytes is refused with 413, and nothing is stored', async t => {
@@ -543,13 +571,7 @@ t.test('Redis outage: warm reads go on, writes fail fast with 503 + Retry-After,
     logger: { level: 'info', stream: { write: (l: string) => { lines.push(JSON.parse(l) as { level: number, msg: string }) } } }
   })
   const cookie = setCookieOf(await call(app, 'POST', '/set', await login(app, 'alice'), { a: 'before' })) as string
-  // Warm: answered from the local tier. (On a loaded machine the coherence lease can lapse for a moment, and regaining
-  // it flushes the local tier; a read then refills it.)
-  for (let i = 0, hits = -1; hits !== app.handoff.store.counters.localHits && i < 50; i++) {
-    hits = app.handoff.store.counters.localHits
-    t.equal((await me(app, cookie)).data.a, 'before')
-    if (hits === app.handoff.store.counters.localHits) { hits = -1; await sleep(20) }
-  }
+  await warm(t, app, cookie, { a: 'before' })
 
   own.pause()
   const log0 = lines.length
@@ -560,14 +582,15 @@ t.test('Redis outage: warm reads go on, writes fail fast with 503 + Retry-After,
   t.equal(w1.statusCode, 503)
   t.equal(w1.headers['retry-after'], '2')
   t.match(w1.json(), { code: 'FST_HANDOFF_UNAVAILABLE' })
-  t.ok(took < 1000, `the write failed within the 300 ms command timeout (+ slack): ${took} ms`)
+  // Bounds for a loaded 2-core machine: what they tell apart is failing after a command timeout from hanging.
+  t.ok(took < 3000, `the write failed after the 300 ms command timeout (+ slack for a loaded machine): ${took} ms`)
   started = Date.now()
   for (let i = 0; i < 5; i++) {
     const w = await call(app, 'POST', '/set', cookie, { a: 'during' })
     t.equal(w.statusCode, 503)
     t.equal(w.headers['retry-after'], '2')
   }
-  t.ok(Date.now() - started < 300, 'further writes fail at once')
+  t.ok(Date.now() - started < 1500, `further writes fail at once, not after a 300 ms timeout each: 5 in ${Date.now() - started} ms`)
   t.equal((await me(app, cookie)).data.a, 'before', 'reads of the session still answer after its failed writes')
   const logged = lines.slice(log0).filter(l => l.level >= 40)
   t.ok(logged.length <= 2, `the outage is logged once (store and repository), not per request: ${logged.map(w => w.msg).join(' | ')}`)
@@ -583,33 +606,33 @@ t.test('Redis outage: warm reads go on, writes fail fast with 503 + Retry-After,
   t.equal((await call(app, 'GET', '/plain', unknown)).statusCode, 200)
 
   own.resume()
-  let recovered = false
   let last: LightMyRequestResponse | undefined
-  for (let i = 0; i < 60 && !recovered; i++) {
-    await sleep(100)
+  let recovered = await waitFor(async () => {
     last = await call(app, 'POST', '/set', cookie, { b: 'after pause' })
-    recovered = last.statusCode === 200
-  }
+    return last.statusCode === 200
+  }, { timeoutMs: 10_000, intervalMs: 100 })
   t.ok(recovered, 'writes work again once Redis answers, without restarting the app')
   // The first write of the outage timed out in our process but was still in Redis's input buffer: Redis ran it on
   // resuming. A 503 after a timeout means "outcome unknown", never "stored"; here it was stored.
-  const known = await me(app, setCookieOf(last as LightMyRequestResponse))
+  const afterPause = setCookieOf(last as LightMyRequestResponse) as string
+  const known = await me(app, afterPause)
   t.match(known, { user: { id: 'alice' }, data: { b: 'after pause' } })
 
+  // The pause lapsed the lease: its first read once regained flushes the local tier. Before killing Redis, wait until
+  // that has happened and the session is back in the local tier, or the degraded read below has nothing to answer.
+  await warm(t, app, afterPause, known.data)
   await own.kill()
   t.same((await me(app, cookie)).data, known.data, 'Redis killed: warm reads still answer')
   started = Date.now()
   const w2 = await call(app, 'POST', '/set', cookie, { a: 'dead' })
   t.equal(w2.statusCode, 503)
-  t.ok(Date.now() - started < 1000, 'a write to a dead Redis fails fast')
+  t.ok(Date.now() - started < 3000, `a write to a dead Redis fails fast: ${Date.now() - started} ms`)
 
   await own.restart()
-  recovered = false
-  for (let i = 0; i < 100 && !recovered; i++) {
-    await sleep(100)
+  recovered = await waitFor(async () => {
     last = await call(app, 'POST', '/inc', cookie, {})
-    recovered = last.statusCode === 200
-  }
+    return last.statusCode === 200
+  }, { timeoutMs: 10_000, intervalMs: 100 })
   t.ok(recovered, `service recovered after the restart without restarting the app (last: ${last?.statusCode ?? '-'})`)
   t.same(await me(app, setCookieOf(last as LightMyRequestResponse)), { ...known, version: known.version + 1, data: { ...known.data, counter: 1 } },
     'and the session is intact (Redis persisted it)')

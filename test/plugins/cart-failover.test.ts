@@ -7,6 +7,7 @@ import t from 'tap'
 import { startShopCluster, type ShopCluster, type InstanceHandle } from '../../examples/checkout/cluster.js'
 import { ShopClient } from '../../examples/checkout/client.js'
 import { freePort } from '../../scripts/redis-server.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 let cluster: ShopCluster
 let a: InstanceHandle
@@ -74,8 +75,7 @@ t.test('the first instance dies right after the charge call: the retry elsewhere
   const key = `killed-${Date.now()}`
   await c.call('POST', '/api/_provider', { delayAfterMs: 5000 }, {}, { port: a.port })
   const first = c.call('POST', '/api/checkout', undefined, { 'idempotency-key': key }, { port: a.port, retries: 0 }).catch((err: Error) => err)
-  const deadline = Date.now() + 10_000
-  while (await charges(c) === before && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 25))
+  await waitFor(async () => await charges(c) !== before, { timeoutMs: 10_000, intervalMs: 25 })
   t.equal(await charges(c) - before, 1, 'the provider charged during the first attempt')
   await a.kill()
   t.type(await first, Error, 'the first attempt never answered')

@@ -7,6 +7,7 @@ import { handoffStore } from '../../plugins/store.js'
 import { authSession } from '../../plugins/auth-session.js'
 import { cart, type PaymentProvider, type ChargeRequest, type ChargeResult, type PurchaseDetails, type CartOptions } from '../../plugins/cart.js'
 import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 const CARD = '4111111111111111'
@@ -17,12 +18,13 @@ class TestProvider implements PaymentProvider {
   charges = new Map<string, ChargeResult>()
   calls = 0
   decline = false
-  delayMs = 0
+  /** While set, charge() waits for it: a checkout held at the provider for as long as the test needs (no timing). */
+  hold: Promise<void> | undefined
   /** Charge, then fail to answer (a timeout after the money moved). */
   loseAnswers = 0
   async charge (req: ChargeRequest): Promise<ChargeResult> {
     this.calls++
-    if (this.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.delayMs))
+    if (this.hold !== undefined) await this.hold
     const prior = this.charges.get(req.idempotencyKey)
     if (prior !== undefined) return prior
     const r: ChargeResult = this.decline ? { status: 'declined', reason: 'insufficient funds' } : { status: 'succeeded', chargeId: `ch_${this.charges.size + 1}` }
@@ -166,12 +168,16 @@ t.test('checkout: one order per idempotency key, changes refused while it runs, 
   const declined = await b('POST', '/checkout', undefined, { 'idempotency-key': 'key-00000002' })
   t.match(declined.json(), { status: 'failed', reason: 'insufficient funds', total: 3000 })
   provider.decline = false
-  provider.delayMs = 200
+  let release = (): void => {}
+  provider.hold = new Promise(resolve => { release = resolve })
+  const callsBefore = provider.calls
   const running = b('POST', '/checkout', undefined, { 'idempotency-key': 'key-00000003' })
-  await new Promise(resolve => setTimeout(resolve, 50))
+  t.ok(await waitFor(() => provider.calls > callsBefore), 'the checkout reached the provider')
   const blocked = await b('POST', '/items', { sku: 'LATE' })
   t.equal(blocked.statusCode, 409)
   t.equal(blocked.json().code, 'FST_HANDOFF_CHECKOUT_IN_PROGRESS')
+  provider.hold = undefined
+  release()
   const placed = (await running).json()
   t.match(placed, { status: 'placed', total: 3000, currency: 'EUR' })
   const again = (await b('POST', '/checkout', undefined, { 'idempotency-key': 'key-00000003' })).json()
@@ -267,15 +273,20 @@ t.test('review fixes: a guest cart that cannot merge does not lock the user out 
 })
 
 t.test('review fixes: a checkout whose client lost its key is re-driven after checkoutTimeoutMs instead of locking the cart', async t => {
-  const { app, provider } = await shop(t, redis, { checkoutTimeoutMs: 50 })
+  // 1.5 s: the "still running" request must come within it, which a loaded machine could not promise with 50 ms.
+  const checkoutTimeoutMs = 1500
+  const { app, provider } = await shop(t, redis, { checkoutTimeoutMs })
   const b = browser(app)
   await b('POST', '/items', { sku: 'S' })
   await b('PUT', '/details', billing)
   await b('PUT', '/payment', payment)
   provider.loseAnswers = 1
   t.equal((await b('POST', '/checkout', undefined, { 'idempotency-key': 'lost-key-1' })).statusCode, 503)
+  // The stored checkout started before this instant.
+  const firstAnswered = Date.now()
   t.equal((await b('POST', '/checkout', undefined, { 'idempotency-key': 'new-key-01' })).statusCode, 409, 'still running: refused')
-  await new Promise(resolve => setTimeout(resolve, 80))
+  // This test is about time itself: let checkoutTimeoutMs pass since the first checkout started.
+  await waitFor(() => Date.now() - firstAnswered > checkoutTimeoutMs, { timeoutMs: checkoutTimeoutMs + 5000, intervalMs: 25 })
   const r = (await b('POST', '/checkout', undefined, { 'idempotency-key': 'new-key-01' })).json()
   t.match(r, { status: 'placed', total: 1000 })
   t.equal(provider.charges.size, 1, 'the earlier charge was completed, not repeated')

@@ -4,6 +4,7 @@ import { request } from 'node:http'
 import { Redis } from 'ioredis'
 import { handoffStore } from '../../plugins/store.js'
 import { startRedis } from '../../scripts/redis-server.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 const clients = (cli: (...a: string[]) => string): number => Number(/connected_clients:(\d+)/.exec(cli('INFO', 'clients'))?.[1])
@@ -15,8 +16,13 @@ t.test('fastify.close() finishes in-flight writes, then unsubscribes and quits i
   const baseline = clients(server.cli)
   const app = Fastify()
   await app.register(handoffStore, { secret: SECRET, redis: server.url })
+  // The handler holds until the test releases it, once close() is under way: in flight for as long as needed.
+  let arrived = false
+  let release = (): void => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
   app.post('/slow-write', async () => {
-    await new Promise(resolve => setTimeout(resolve, 200))
+    arrived = true
+    await gate
     const r = await app.handoff.store.update(app.handoff.store.key('closing', 'counter'), () => ({ n: 1 }))
     return { version: r.version }
   })
@@ -33,8 +39,10 @@ t.test('fastify.close() finishes in-flight writes, then unsubscribes and quits i
     req.on('error', reject)
     req.end()
   })
-  await new Promise(resolve => setTimeout(resolve, 50))
+  t.ok(await waitFor(() => arrived), 'the request is in its handler')
   const closing = app.close()
+  t.ok(await waitFor(() => !app.server.listening), 'close() has stopped the listener')
+  release()
   const res = await inFlight
   await closing
   t.equal(res.status, 200, 'the request in flight when close() was called completed')

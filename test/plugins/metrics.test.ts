@@ -5,6 +5,7 @@ import { handoffMetrics } from '../../plugins/metrics.js'
 import { RedisRepository } from '../../lib/repository/redis.js'
 import { TieredStore } from '../../lib/tiered-store.js'
 import { startRedis } from '../../scripts/redis-server.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 
@@ -18,7 +19,10 @@ t.test('metrics match a scripted workload; health turns degraded while Redis is 
   const server = await startRedis({ private: true })
   t.teardown(async () => await server.stop())
   const app = Fastify()
-  await app.register(handoffStore, { secret: SECRET, redis: server.url, commandTimeoutMs: 300 })
+  // Counts are exact only while the coherence lease holds: with the default 250 ms, a loaded machine let it lapse,
+  // turning local hits into repository reads and localReads false. 10 s outlasts any stall; the lease is not the
+  // subject here.
+  await app.register(handoffStore, { secret: SECRET, redis: server.url, commandTimeoutMs: 300, coherence: { leaseMs: 10_000 } })
   await app.register(handoffMetrics)
   await app.ready()
   t.teardown(async () => await app.close())
@@ -37,7 +41,7 @@ t.test('metrics match a scripted workload; health turns degraded while Redis is 
   await other.start()
   const before = store.counters.invalidations
   await other.update(keys[0] as string, inc)
-  while (store.counters.invalidations === before) await new Promise(resolve => setTimeout(resolve, 5))
+  t.ok(await waitFor(() => store.counters.invalidations !== before, { intervalMs: 5 }), 'the other instance\'s invalidation arrived')
   t.match(await store.get(keys[0] as string), { version: 2, source: 'repository' })
   const res = await app.inject('/metrics')
   t.equal(res.statusCode, 200)
