@@ -1,5 +1,5 @@
-import { InvalidOptionError, intOption } from './errors.js'
-import type { TieredStore } from './tiered-store.js'
+import { InvalidOptionError, SessionEndedError, intOption } from './errors.js'
+import type { Logger, TieredStore } from './tiered-store.js'
 
 /**
  * A store for @fastify/session (and express-session: same callback interface) backed by the TieredStore: the
@@ -14,6 +14,15 @@ import type { TieredStore } from './tiered-store.js'
  * What it does not gain (those need fastify-handoff/auth-session): @fastify/session saves the whole session object,
  * so two parallel requests that change different fields still overwrite each other (last writer wins), and its
  * cookie carries no version, so a read on another instance may see a copy up to the coherence lease old.
+ *
+ * Callbacks run on their own tick, outside the store's promises: an exception thrown by the caller's callback (e.g.
+ * @fastify/session writing a header after an async handler sent the reply without `return reply`) can never become
+ * an unhandled rejection that takes the process down. It is reported as the caller's (logged with its own stack
+ * through `logger`, else as a process warning) and goes no further, as it would with @fastify/session's MemoryStore.
+ *
+ * Not implemented, on purpose: the optional `all`, `ids`, `length` and `clear` (express-session's MemoryStore has
+ * them). Sessions are spread over every partition, i.e. every Redis Cluster slot, and the store keeps no index of
+ * them; each call would be a SCAN of the whole keyspace of every node. See docs/auth-sessions.md.
  */
 
 export type SessionStoreCallback = (err?: Error | null) => void
@@ -28,6 +37,8 @@ export interface TieredSessionStoreOptions {
   kind?: string
   /** Time to live of a session whose cookie has no expiry (no maxAge/expires), ms. Default: 86400000 (24 h). */
   ttlMs?: number
+  /** Where an exception thrown by a caller's callback is reported (fastify.log fits). Default: process.emitWarning. */
+  logger?: Logger
 }
 
 /** Longest session id accepted: @fastify/session's ids are 32 characters; anything far longer is not one. */
@@ -42,6 +53,7 @@ interface CookieLike {
 export class TieredSessionStore<S extends object = Record<string, unknown>> {
   private readonly kind: string
   private readonly ttlMs: number
+  private readonly logger: Logger | undefined
 
   constructor (private readonly store: TieredStore, opts: TieredSessionStoreOptions = {}) {
     if (store === null || typeof store !== 'object' || typeof store.update !== 'function') {
@@ -52,6 +64,10 @@ export class TieredSessionStore<S extends object = Record<string, unknown>> {
       throw new InvalidOptionError('kind', `must be 1 to 32 characters of A-Z a-z 0-9 _ -, got ${String(opts.kind)}`)
     }
     this.ttlMs = intOption('ttlMs', opts.ttlMs, 86_400_000, 1)
+    if (opts.logger !== undefined && (opts.logger === null || typeof opts.logger.warn !== 'function')) {
+      throw new InvalidOptionError('logger', 'must have a warn(obj, msg) method (fastify.log fits)')
+    }
+    this.logger = opts.logger
   }
 
   get (sessionId: string, callback: SessionStoreGetCallback<S>): void {
@@ -59,8 +75,9 @@ export class TieredSessionStore<S extends object = Record<string, unknown>> {
     if (key === undefined) { callback(null, null); return }
     this.store.get(key).then(entry => {
       // The store hands out frozen values shared with its local tier; @fastify/session mutates what it gets.
-      callback(null, entry === undefined ? null : structuredClone(entry.value) as S)
-    }, (err: unknown) => { callback(asError(err)) })
+      const session = entry === undefined ? null : structuredClone(entry.value) as S
+      this.settle(() => { callback(null, session) })
+    }, (err: unknown) => { this.settle(() => { callback(asError(err)) }) })
   }
 
   set (sessionId: string, session: object, callback: SessionStoreCallback): void {
@@ -77,15 +94,17 @@ export class TieredSessionStore<S extends object = Record<string, unknown>> {
     const ttlMs = this.ttlOf((session as { cookie?: CookieLike }).cookie)
     if (ttlMs <= 0) { this.destroy(sessionId, callback); return }
     // A blind overwrite, as every @fastify/session store does, except over a tombstone: a session destroyed while
-    // this request ran (logout in another tab) stays destroyed instead of being written back.
-    this.store.update(key, (_cur, info) => info.deleted ? undefined : plain, { ttlMs })
-      .then(() => { callback() }, (err: unknown) => { callback(asError(err)) })
+    // this request ran (logout in another tab) stays destroyed instead of being written back, and the caller is told
+    // so (FST_HANDOFF_SESSION_ENDED, 409) rather than acknowledged for a write that was not stored.
+    this.store.update(key, (_cur, info) => info.deleted ? undefined : plain, { ttlMs }).then(
+      r => { this.settle(() => { if (r.written) callback(); else callback(new SessionEndedError()) }) },
+      (err: unknown) => { this.settle(() => { callback(asError(err)) }) })
   }
 
   destroy (sessionId: string, callback: SessionStoreCallback): void {
     const key = this.keyOf(sessionId)
     if (key === undefined) { callback(); return }
-    this.store.delete(key).then(() => { callback() }, (err: unknown) => { callback(asError(err)) })
+    this.store.delete(key).then(() => { this.settle(() => { callback() }) }, (err: unknown) => { this.settle(() => { callback(asError(err)) }) })
   }
 
   /** express-session calls this on reads with `resave: false`; extends the expiry without rewriting. */
@@ -94,7 +113,29 @@ export class TieredSessionStore<S extends object = Record<string, unknown>> {
     if (key === undefined) { callback(); return }
     const ttlMs = this.ttlOf((session as { cookie?: CookieLike }).cookie)
     if (ttlMs <= 0) { callback(); return }
-    this.store.touch(key, ttlMs).then(() => { callback() }, (err: unknown) => { callback(asError(err)) })
+    this.store.touch(key, ttlMs).then(() => { this.settle(() => { callback() }) }, (err: unknown) => { this.settle(() => { callback(asError(err)) }) })
+  }
+
+  /** Runs the caller's callback on its own tick, outside the store's promise chain; what it throws is theirs. */
+  private settle (run: () => void): void {
+    process.nextTick(() => {
+      try {
+        run()
+      } catch (err) {
+        this.reportCallerError(err)
+      }
+    })
+  }
+
+  private reportCallerError (err: unknown): void {
+    const msg = 'fastify-handoff: the session framework\'s callback threw (its error, not the store\'s; with @fastify/session, ' +
+      'often an async handler that called reply.send() without `return reply`); the store operation itself completed'
+    const e = asError(err)
+    if (this.logger !== undefined) {
+      (this.logger.error ?? this.logger.warn)({ err: e }, msg)
+    } else {
+      process.emitWarning(`${msg}: ${e.stack ?? e.message}`, { code: 'FST_HANDOFF_CALLER_CALLBACK_THREW' })
+    }
   }
 
   private keyOf (sessionId: unknown): string | undefined {

@@ -130,8 +130,10 @@ t.test('a set still in flight after destroy does not bring the session back', as
   const cookie = { originalMaxAge: 60_000, expires: new Date(Date.now() + 60_000).toISOString() }
   await call(cb => { store.set('s-resurrect-0123456789abcdefghijk', { cookie, n: 1 }, cb) })
   await call(cb => { store.destroy('s-resurrect-0123456789abcdefghijk', cb) })
-  // The save of a request that loaded the session before the logout:
-  await call(cb => { store.set('s-resurrect-0123456789abcdefghijk', { cookie, n: 2 }, cb) })
+  // The save of a request that loaded the session before the logout: refused, and said so (it used to report
+  // success for a write that was not stored).
+  await t.rejects(call(cb => { store.set('s-resurrect-0123456789abcdefghijk', { cookie, n: 2 }, cb) }),
+    { code: 'FST_HANDOFF_SESSION_ENDED', statusCode: 409 }, 'the caller learns its save was not stored')
   const got = await new Promise<unknown>((resolve, reject) => {
     store.get('s-resurrect-0123456789abcdefghijk', (err, s) => { if (err != null) reject(err); else resolve(s) })
   })
@@ -143,6 +145,7 @@ t.test('adapter options are checked', async t => {
   t.teardown(async () => { await app.close() })
   t.throws(() => new TieredSessionStore(app.handoff.store, { kind: 'bad kind' }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /"kind"/ })
   t.throws(() => new TieredSessionStore(app.handoff.store, { ttlMs: 0 }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /"ttlMs"/ })
+  t.throws(() => new TieredSessionStore(app.handoff.store, { logger: {} as never }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /"logger"/ })
   // The adapter satisfies @fastify/session's own store type.
   const typed: fastifySession.SessionStore = new TieredSessionStore<Session>(app.handoff.store)
   t.type(typed.get, 'function')
@@ -166,4 +169,55 @@ t.test('touch (express-session stores): extends the entry\'s expiry to the cooki
   const after = await app.handoff.repository.get(key)
   t.ok(after !== null && after.expiresAt > Date.now() + 590_000, 'expiry extended to the new cookie\'s')
   t.equal(after?.version, before?.version, 'no rewrite: same version')
+})
+
+t.test('a callback that throws is the caller\'s error: reported once, never an unhandled rejection, the process survives', async t => {
+  const app = await buildApp()
+  t.teardown(async () => { await app.close() })
+  const reported: Array<{ obj: { err?: Error }, msg?: string }> = []
+  const logger = { warn: () => {}, error: (obj: object, msg?: string) => { reported.push({ obj: obj as { err?: Error }, msg }) } }
+  const store = new TieredSessionStore(app.handoff.store, { logger })
+  const rejections: unknown[] = []
+  const onRejection = (err: unknown): void => { rejections.push(err) }
+  process.on('unhandledRejection', onRejection)
+  t.teardown(() => { process.off('unhandledRejection', onRejection) })
+  const sid = 'throwing-callback-0123456789abcdef'
+  const calls = { set: 0, get: 0, destroy: 0 }
+  const bug = (op: keyof typeof calls) => (): never => { calls[op]++; throw new Error(`caller bug in ${op}`) }
+  const reportedCount = async (n: number): Promise<void> => {
+    const deadline = Date.now() + 5000 // bounded: on a broken adapter nothing is ever reported
+    while (reported.length < n && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  }
+  store.set(sid, { cookie: { originalMaxAge: 60_000 }, n: 1 }, bug('set'))
+  await reportedCount(1)
+  store.get(sid, bug('get'))
+  await reportedCount(2)
+  store.destroy(sid, bug('destroy'))
+  await reportedCount(3)
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.same(calls, { set: 1, get: 1, destroy: 1 }, 'each callback ran once (not again with its own error)')
+  t.same(reported.map(r => r.obj.err?.message), ['caller bug in set', 'caller bug in get', 'caller bug in destroy'], 'reported with the caller\'s own error')
+  t.match(reported[0]?.msg, /callback threw \(its error, not the store's/)
+  t.same(rejections, [], 'no unhandled rejection')
+  const stored = await app.handoff.store.get(app.handoff.store.key(sid, 'fsession'))
+  t.equal(stored, undefined, 'and the operations themselves completed (set, then destroy)')
+})
+
+t.test('@fastify/session with an async handler that sends without `return reply`: the process survives (child process)', async t => {
+  const { spawn } = await import('node:child_process')
+  const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/fsession-double-send.ts', redis.url], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { err += d.toString() })
+  const killer = setTimeout(() => { child.kill('SIGKILL') }, 60_000)
+  const code = await new Promise<number | null>(resolve => child.on('exit', resolve))
+  clearTimeout(killer)
+  const events = out.trim().split('\n').filter(l => l !== '').map(l => JSON.parse(l) as { event: string, path?: string, status?: number })
+  t.same(events.filter(e => e.event === 'response').map(e => [e.path, e.status]), [['/bug', 200], ['/bug', 200], ['/fine', 200]], 'every request answered')
+  t.ok(events.some(e => e.event === 'alive'), 'still alive after them')
+  t.notOk(events.some(e => e.event === 'unhandledRejection' || e.event === 'uncaughtException'), `no crash: ${out}`)
+  t.equal(code, 0, 'exited normally')
+  t.match(err, /FST_HANDOFF_CALLER_CALLBACK_THREW/, 'the caller\'s exception is reported')
+  t.match(err, /ERR_HTTP_HEADERS_SENT[\s\S]*@fastify[\\/]session/, 'with its own stack: @fastify/session writing headers twice')
 })
