@@ -28,8 +28,12 @@ const sleep = async (ms: number): Promise<void> => await new Promise(resolve => 
 interface Seen { ip: string, remoteAddress: string | undefined, remotePort: number | undefined, family: string | undefined, resumed?: boolean }
 interface Server { app: FastifyInstance, port: number, handled: () => number }
 
-async function startServer (opts: { tls: boolean, proxy?: ProxyProtocolOptions, tlsSessions?: boolean, host?: string }): Promise<Server> {
-  const app = (opts.tls ? Fastify({ https: handoffHttpsOptions({ key: certs.rsa.key, cert: certs.rsa.cert }, { secret: SECRET }) }) : Fastify()) as unknown as FastifyInstance
+async function startServer (opts: { tls: boolean, proxy?: ProxyProtocolOptions, tlsSessions?: boolean, host?: string, logLines?: string[] }): Promise<Server> {
+  const lines = opts.logLines
+  const logger = lines === undefined ? false : { level: 'info', stream: { write: (line: string) => { lines.push(line) } } }
+  const app = (opts.tls
+    ? Fastify({ logger, https: handoffHttpsOptions({ key: certs.rsa.key, cert: certs.rsa.cert }, { secret: SECRET }) })
+    : Fastify({ logger })) as unknown as FastifyInstance
   if (opts.tlsSessions === true) {
     await app.register(handoffStore, { secret: SECRET })
     await app.register(tlsSessions)
@@ -149,6 +153,17 @@ t.test('plain HTTP, trusted balancer: header and request in one packet, keep-ali
   t.equal(s.handled(), 3, 'the bytes after the header reached the HTTP parser: three requests on one connection')
   const b = await call(s.port, { tls: false, header: V1_IPV6 })
   t.match(b.body, { ip: '2001:db8::7', family: 'IPv6' })
+})
+
+t.test('Fastify\'s request log shows the client; a refusal is logged with the peer and the reason', async t => {
+  const lines: string[] = []
+  const s = await startServer({ tls: true, proxy: { trusted: LOOPBACK_TRUSTED }, logLines: lines })
+  t.teardown(async () => await s.app.close())
+  await call(s.port, { tls: true, header: V2_203_0_113_7 })
+  const incoming = lines.map(l => JSON.parse(l) as { msg: string, req?: { remoteAddress?: string, remotePort?: number } }).find(l => l.msg === 'incoming request')
+  t.match(incoming?.req, { remoteAddress: '203.0.113.7', remotePort: 51234 })
+  await call(s.port, { tls: true })
+  t.ok(lines.some(l => l.includes('PROXY protocol: connection refused') && l.includes('"peer":"127.0.0.1"') && l.includes('no PROXY header')), 'refusal logged')
 })
 
 t.test('v2 LOCAL (a balancer health check) keeps the balancer\'s own address', async t => {
