@@ -11,6 +11,7 @@ import { authSession } from '../../plugins/auth-session.js'
 import { tlsSessions, handoffHttpsOptions } from '../../plugins/tls-sessions.js'
 import { cart, type PaymentProvider, type ChargeRequest, type ChargeResult } from '../../plugins/cart.js'
 import { handoffMetrics } from '../../plugins/metrics.js'
+import { handoffDrain, type HandoffDrainOptions } from '../../plugins/drain.js'
 import type { TieredStore } from '../../lib/tiered-store.js'
 import type { Repository } from '../../lib/repository/types.js'
 
@@ -38,6 +39,8 @@ export interface ShopOptions {
   logger?: FastifyServerOptions['logger']
   /** Anchor and session cookies marked Secure. Default: true when `tls` is set. */
   secureCookies?: boolean
+  /** Drain options (readiness route, drain period, signals). Default: the plugin's (`/ready`, 5000 ms, no signals). */
+  drain?: HandoffDrainOptions
 }
 
 /**
@@ -101,6 +104,7 @@ export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInsta
     onOrderPlaced: async (order, request) => { request.log.info({ orderId: order.orderId, amount: order.amount }, 'order placed') }
   })
   await app.register(handoffMetrics)
+  await app.register(handoffDrain, opts.drain ?? {})
 
   app.addHook('onSend', async (_req, reply) => { reply.header('x-handoff-instance', opts.instanceName) })
 
