@@ -12,6 +12,7 @@ import { tlsSessions, handoffHttpsOptions } from '../../plugins/tls-sessions.js'
 import { cart, redactedRequestSerializer, type PaymentProvider, type ChargeRequest, type ChargeResult } from '../../plugins/cart.js'
 import { handoffMetrics } from '../../plugins/metrics.js'
 import { proxyProtocol, type ProxyProtocolOptions } from '../../plugins/proxy-protocol.js'
+import { handoffDrain, type HandoffDrainOptions } from '../../plugins/drain.js'
 import type { TieredStore } from '../../lib/tiered-store.js'
 import type { Repository } from '../../lib/repository/types.js'
 
@@ -41,6 +42,8 @@ export interface ShopOptions {
   secureCookies?: boolean
   /** Read the client's address from a PROXY protocol header sent by these balancers. None: off. */
   proxyProtocol?: ProxyProtocolOptions
+  /** Drain options (readiness route, drain period, signals). Default: the plugin's (`/ready`, 5000 ms, no signals). */
+  drain?: HandoffDrainOptions
 }
 
 /**
@@ -112,6 +115,7 @@ export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInsta
     onOrderPlaced: async (order, request) => { request.log.info({ orderId: order.orderId, amount: order.amount }, 'order placed') }
   })
   await app.register(handoffMetrics)
+  await app.register(handoffDrain, opts.drain ?? {})
 
   app.addHook('onSend', async (_req, reply) => { reply.header('x-handoff-instance', opts.instanceName) })
 

@@ -19,11 +19,17 @@ export interface ClientStats {
 export class ShopClient {
   readonly stats: ClientStats = { requests: 0, resumed: 0, retries: 0, errors: [], instances: new Map() }
   private readonly cookies = new Map<string, string>()
-  // keepAlive off: every request is a new TCP + TLS connection, round-robined by the balancer; the session cache
-  // (maxCachedSessions) is what lets a new connection resume.
-  private readonly agent = new Agent({ keepAlive: false, maxCachedSessions: 10, rejectUnauthorized: false })
+  // keepAlive off (default): every request is a new TCP + TLS connection, round-robined by the balancer; the session
+  // cache (maxCachedSessions) is what lets a new connection resume. keepAlive on: a browser's way, one connection
+  // reused for as long as the server keeps it (a draining instance answers `Connection: close`).
+  private readonly agent: Agent
 
-  constructor (private readonly port: number, private readonly host = '127.0.0.1') {}
+  constructor (private readonly port: number, private readonly host = '127.0.0.1', opts: { keepAlive?: boolean } = {}) {
+    this.agent = new Agent({ keepAlive: opts.keepAlive ?? false, maxSockets: opts.keepAlive === true ? 1 : Infinity, maxCachedSessions: 10, rejectUnauthorized: false })
+  }
+
+  /** Closes kept-alive connections. */
+  close (): void { this.agent.destroy() }
 
   async call<T = Record<string, unknown>> (method: string, path: string, body?: unknown, headers: Record<string, string> = {}, opts: { port?: number, retries?: number } = {}): Promise<Answer<T>> {
     const retries = opts.retries ?? 10

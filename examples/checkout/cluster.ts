@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline'
 import type { Server, Socket } from 'node:net'
 import { redisServerBinary, startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 import { MemoryRepository } from '../../lib/repository/memory.js'
-import { startBalancer, type Backend } from './balancer.js'
+import { startBalancer, ReadinessChecker, type Backend } from './balancer.js'
 import { buildShop } from './app.js'
 import { devCertificate } from './dev-cert.js'
 import { DEV_SECRET } from './secret.js'
@@ -19,6 +19,10 @@ export interface InstanceHandle {
   alive: () => boolean
   kill: () => Promise<void>
   restart: () => Promise<void>
+  /** A graceful stop, as a deploy does it: SIGTERM (the instance drains, closes, exits), resolves on exit. */
+  terminate: () => Promise<void>
+  /** Starts it again on its port (after `terminate` or `kill`); resolves once it listens. */
+  start: () => Promise<void>
 }
 
 export interface ShopCluster {
@@ -26,6 +30,8 @@ export interface ShopCluster {
   redisUrl: string | undefined
   balancerPort: number
   instances: InstanceHandle[]
+  /** Whether the balancer sends new connections to this instance (alive and its readiness check answered 200). */
+  inRotation: (instance: InstanceHandle) => boolean
   stop: () => Promise<void>
 }
 
@@ -46,6 +52,10 @@ export interface ShopClusterOptions {
    * Needs 127.0.0.2 on the loopback interface (Linux has 127.0.0.0/8). Default: false.
    */
   proxyProtocol?: boolean
+  /** The instances' drain period, ms (DRAIN_MS). Default: the instance's (5000). */
+  drainMs?: number
+  /** How often the balancer checks each instance's /ready, ms. Default: 250. */
+  readinessIntervalMs?: number
 }
 
 /** Where the demo balancer connects from when it sends PROXY headers. */
@@ -80,7 +90,14 @@ export async function startShopCluster (opts: ShopClusterOptions = {}): Promise<
       const port = opts.ports?.[i] ?? basePort + i
       let app: Awaited<ReturnType<typeof buildShop>>['app'] | undefined
       const start = async (): Promise<void> => {
-        app = (await buildShop({ instanceName: name, secret, tls: devCertificate(), repository: Object.assign(Object.create(repository) as MemoryRepository, { close: async () => {} }), ...(opts.proxyProtocol === true ? { proxyProtocol: { trusted: [BALANCER_SOURCE_ADDRESS] } } : {}) })).app
+        app = (await buildShop({
+          instanceName: name,
+          secret,
+          tls: devCertificate(),
+          repository: Object.assign(Object.create(repository) as MemoryRepository, { close: async () => {} }),
+          ...(opts.proxyProtocol === true ? { proxyProtocol: { trusted: [BALANCER_SOURCE_ADDRESS] } } : {}),
+          ...(opts.drainMs === undefined ? {} : { drain: { drainMs: opts.drainMs } })
+        })).app
         await app.listen({ port, host: '127.0.0.1' })
       }
       await start()
@@ -89,13 +106,24 @@ export async function startShopCluster (opts: ShopClusterOptions = {}): Promise<
         port,
         alive: () => app !== undefined,
         kill: async () => { await app?.close(); app = undefined },
-        restart: async () => { await app?.close(); await start() }
+        restart: async () => { await app?.close(); await start() },
+        terminate: async () => { const a = app; await a?.handoffDrain(); if (app === a) app = undefined },
+        start: async () => { if (app === undefined) await start() }
       })
     }
   } else {
-    for (let i = 0; i < n; i++) instances.push(await spawnInstance(`shop-${String.fromCharCode(97 + i)}`, opts.ports?.[i] ?? basePort + i, redisUrl, secret, opts))
+    // In parallel: each start is mostly the process loading its modules.
+    instances.push(...await Promise.all(Array.from({ length: n }, async (_, i) =>
+      await spawnInstance(`shop-${String.fromCharCode(97 + i)}`, opts.ports?.[i] ?? basePort + i, redisUrl, secret, opts))))
   }
-  const backends = (): Backend[] => instances.filter(x => x.alive()).map(x => ({ host: '127.0.0.1', port: x.port, name: x.name }))
+  const alive = (): Backend[] => instances.filter(x => x.alive()).map(x => ({ host: '127.0.0.1', port: x.port, name: x.name }))
+  // A draining instance (readiness 503) gets no new connections; it goes on serving the ones it has.
+  const readiness = new ReadinessChecker(alive, {
+    intervalMs: opts.readinessIntervalMs ?? 250,
+    onChange: (b, ready) => opts.onLog?.(`[balancer] ${b.name ?? b.port} ${ready ? 'ready: back in rotation' : 'not ready: out of rotation'}`)
+  })
+  // None ready (every check slow on a starved machine): try the live ones rather than refuse everyone.
+  const backends = (): Backend[] => { const live = alive(); const ready = live.filter(readiness.isReady); return ready.length > 0 ? ready : live }
   const balancerPort = opts.balancerPort ?? 8443
   const balancer: Server = await startBalancer(backends, balancerPort, '127.0.0.1', opts.proxyProtocol === true ? { proxyProtocol: true, localAddress: BALANCER_SOURCE_ADDRESS } : {})
   // Closing the balancer waits for its connections; a browser keeps them open (keep-alive), so stop ends them.
@@ -106,7 +134,9 @@ export async function startShopCluster (opts: ShopClusterOptions = {}): Promise<
     redisUrl,
     balancerPort,
     instances,
+    inRotation: x => x.alive() && readiness.isReady({ host: '127.0.0.1', port: x.port }),
     stop: async () => {
+      readiness.stop()
       const closed = new Promise<void>(resolve => balancer.close(() => resolve()))
       for (const s of clients) s.destroy()
       await closed
@@ -120,7 +150,16 @@ async function spawnInstance (name: string, port: number, redisUrl: string, secr
   let child: ChildProcess | undefined
   const start = async (): Promise<void> => {
     const c = spawn(process.execPath, ['--import', 'tsx', new URL('./instance.ts', import.meta.url).pathname], {
-      env: { ...process.env, PORT: String(port), INSTANCE_NAME: name, REDIS_URL: redisUrl, HANDOFF_SECRET: secret, LOG_LEVEL: opts.logLevel ?? 'warn', PROXY_PROTOCOL_TRUSTED: opts.proxyProtocol === true ? BALANCER_SOURCE_ADDRESS : '' },
+      env: {
+        ...process.env,
+        PORT: String(port),
+        INSTANCE_NAME: name,
+        REDIS_URL: redisUrl,
+        HANDOFF_SECRET: secret,
+        LOG_LEVEL: opts.logLevel ?? 'warn',
+        PROXY_PROTOCOL_TRUSTED: opts.proxyProtocol === true ? BALANCER_SOURCE_ADDRESS : '',
+        ...(opts.drainMs === undefined ? {} : { DRAIN_MS: String(opts.drainMs) })
+      },
       stdio: ['ignore', 'pipe', 'pipe']
     })
     child = c
@@ -128,24 +167,29 @@ async function spawnInstance (name: string, port: number, redisUrl: string, secr
     c.once('exit', () => liveChildren.delete(c))
     c.stderr?.on('data', (d: Buffer) => opts.onLog?.(`[${name}] ${d.toString().trimEnd()}`))
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s`)), 30_000)
+      // Generous: a loaded 2-core machine has taken 20-30 s to start one (it is mostly loading modules).
+      const timer = setTimeout(() => reject(new Error(`${name} did not start within 60 s`)), 60_000)
       createInterface({ input: c.stdout as NodeJS.ReadableStream }).once('line', () => { clearTimeout(timer); resolve() })
       c.once('exit', code => { clearTimeout(timer); reject(new Error(`${name} exited with ${String(code)} while starting`)) })
     })
   }
   await start()
-  const kill = async (): Promise<void> => {
+  const alive = (): boolean => child !== undefined && child.exitCode === null && child.signalCode === null
+  const stopWith = async (signal: NodeJS.Signals): Promise<void> => {
     const c = child
     if (c === undefined || c.exitCode !== null || c.signalCode !== null) return
     const exited = new Promise<void>(resolve => c.once('exit', () => resolve()))
-    c.kill('SIGKILL')
+    c.kill(signal)
     await exited
   }
+  const kill = async (): Promise<void> => { await stopWith('SIGKILL') }
   return {
     name,
     port,
-    alive: () => child !== undefined && child.exitCode === null && child.signalCode === null,
+    alive,
     kill,
-    restart: async () => { await kill(); await start() }
+    restart: async () => { await kill(); await start() },
+    terminate: async () => { await stopWith('SIGTERM') },
+    start: async () => { if (!alive()) await start() }
   }
 }
