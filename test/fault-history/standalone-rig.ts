@@ -12,8 +12,8 @@ import { startProxy, type TcpProxy } from '../helpers/proxy.js'
 import type { FaultWindow, PhaseRow } from '../helpers/history.js'
 import { clock, directReader, sleep, startClient, storeSupports, PARTITIONS, SECRET, type HistoryClient, type PhaseOutcome, type PhaseSettings } from './harness.js'
 
-export const MAX_DEGRADED_MS = 1000
-export const PARTITION_MS = 2500
+export const MAX_DEGRADED_MS = 500
+export const PARTITION_MS = 3000
 
 export type Fault = () => Promise<FaultWindow>
 

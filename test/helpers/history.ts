@@ -30,7 +30,7 @@ export interface OpRecord {
   kind: OpKind
   /** The key's id (the same on every instance). */
   key: string
-  /** Wall-clock ms (performance.timeOrigin + performance.now()), comparable across processes on one machine. */
+  /** ms on CLOCK_MONOTONIC (process.hrtime), comparable across processes on one machine. */
   start: number
   end: number
   outcome: Outcome
@@ -242,7 +242,7 @@ function readStaleness (
 }
 
 function fmtTime (t: number): string {
-  return Number.isFinite(t) ? new Date(t).toISOString().slice(17, 23) : 'never'
+  return Number.isFinite(t) ? `${(t / 1000 % 1000).toFixed(3)} s` : 'never'
 }
 
 function fmtSpan (op: OpRecord): string {
