@@ -111,7 +111,7 @@ export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInsta
   const provider = new FakeProvider(app.handoff.store)
   await app.register(cart, {
     provider,
-    secureCookie: secure,
+    cookie: { secure },
     onOrderPlaced: async (order, request) => { request.log.info({ orderId: order.orderId, amount: order.amount }, 'order placed') }
   })
   await app.register(handoffMetrics)

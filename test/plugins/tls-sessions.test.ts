@@ -24,12 +24,12 @@ import {
 import { testCerts } from '../../scripts/certs.js'
 import { startRedis } from '../../scripts/redis-server.js'
 import { DEFAULT_TEST_SECRET, runningInstances, spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../../scripts/tls-instance.js'
+import { elapse, waitFor } from '../helpers/wait-for.js'
 
 const FIXTURE = fileURLToPath(new URL('../../scripts/tls-instance.ts', import.meta.url))
 const OTHER_SECRET = 'a different cluster secret, also 32+ bytes'
 const PREFIX = `tlstest${process.pid}:`
 const certs = testCerts()
-const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 const tmp = mkdtempSync(join(tmpdir(), 'handoff-tls-test-'))
 process.on('exit', () => { rmSync(tmp, { recursive: true, force: true }) })
 
@@ -258,7 +258,7 @@ function ticketKeyName (epoch: number, secret = DEFAULT_TEST_SECRET): string {
 async function untilEpochOffset (offset: number): Promise<number> {
   const now = Date.now()
   const next = Math.floor(now / PERIOD) + 1
-  await sleep(next * PERIOD + offset - now)
+  await elapse(next * PERIOD + offset - now)
   return next
 }
 
@@ -278,10 +278,11 @@ t.test('rotation: all instances switch together at the boundary; old tickets fal
   const boundary = (e + 1) * PERIOD
   const at1 = a1.metrics.ticketKeyAppliedAt ?? 0
   const at2 = a2.metrics.ticketKeyAppliedAt ?? 0
-  // Timers, not polling: typically a few ms; the bound leaves room for a loaded CI machine.
-  t.ok(at1 >= boundary && at1 - boundary < 400, `R1 switched ${at1 - boundary} ms after the boundary`)
-  t.ok(at2 >= boundary && at2 - boundary < 400, `R2 switched ${at2 - boundary} ms after the boundary`)
-  t.ok(Math.abs(at1 - at2) < 400, `instances switched ${Math.abs(at1 - at2)} ms apart`)
+  // Timers, not polling: typically a few ms. The bound (half a period) is what a loaded 2-core machine allows and
+  // still tells "at the boundary" from "a period late".
+  t.ok(at1 >= boundary && at1 - boundary < PERIOD / 2, `R1 switched ${at1 - boundary} ms after the boundary`)
+  t.ok(at2 >= boundary && at2 - boundary < PERIOD / 2, `R2 switched ${at2 - boundary} ms after the boundary`)
+  t.ok(Math.abs(at1 - at2) < PERIOD / 2, `instances switched ${Math.abs(at1 - at2)} ms apart`)
   t.ok((a1.metrics.keyRotations ?? 0) >= 1 && (a2.metrics.keyRotations ?? 0) >= 1, 'rotations counted')
 
   const stale = await visit(R2.port, { session: old.session })
@@ -318,14 +319,16 @@ t.test('ticket keys never reach a log line', async t => {
 
 t.test('Redis down: TLS keeps working on the current key, lookups fall back fast, nothing hangs', { skip: !redis.controllable && 'REDIS_URL server cannot be killed' }, async t => {
   // Frozen first (SIGSTOP): commands hang rather than fail, so the lookup timeout is what bounds the handshake.
+  const writesBefore = (await A.status()).metrics.cacheWrites ?? 0
   const fresh = await visit(A.port, { mode: 'tls12-no-ticket' })
-  await sleep(50) // the write behind the handshake
+  t.ok(await waitFor(async () => ((await A.status()).metrics.cacheWrites ?? 0) > writesBefore), 'the write behind the handshake is done')
   const timeoutsBefore = (await B.status()).metrics.cacheTimeouts ?? 0
   redis.pause()
   try {
     const frozen = await visit(B.port, { mode: 'tls12-no-ticket', session: fresh.session })
     t.equal(frozen.reused, false, 'Redis frozen: the lookup times out, full handshake')
-    t.ok(frozen.ms < 1000, `bounded by sessionLookupTimeoutMs: ${Math.round(frozen.ms)} ms`)
+    // The timeout counted below is the evidence; the bound only tells a bounded handshake from one hung for the freeze.
+    t.ok(frozen.ms < 3000, `bounded by sessionLookupTimeoutMs: ${Math.round(frozen.ms)} ms`)
     t.equal((await B.status()).metrics.cacheTimeouts, timeoutsBefore + 1, 'counted as a timeout')
     const fromA = await visit(A.port)
     t.equal((await visit(B.port, { session: fromA.session })).reused, true, 'tickets resume meanwhile')
@@ -343,12 +346,12 @@ t.test('Redis down: TLS keeps working on the current key, lookups fall back fast
 
   const full = await visit(A.port)
   t.equal(full.body?.pid, A.pid, 'a new client is served')
-  t.ok(full.ms < 2000, `in ${Math.round(full.ms)} ms`)
+  t.ok(full.ms < 4000, `in ${Math.round(full.ms)} ms`)
   const resumed = await visit(B.port, { session: ticket.session })
   t.equal(resumed.reused, true, 'a ticket from A still resumes on B (keys are in memory)')
   const cached = await visit(B.port, { mode: 'tls12-no-ticket', session: beforeA.session })
   t.equal(cached.reused, false, 'a session-cache lookup cannot reach Redis: full handshake, not an error')
-  t.ok(cached.ms < 1500, `bounded: ${Math.round(cached.ms)} ms`)
+  t.ok(cached.ms < 4000, `bounded: ${Math.round(cached.ms)} ms`)
   const newSession = await visit(A.port, { mode: 'tls12-no-ticket' })
   t.equal(newSession.body?.pid, A.pid, 'a new TLS 1.2 session is served although it cannot be stored')
 
@@ -371,18 +374,16 @@ t.test('Redis down: TLS keeps working on the current key, lookups fall back fast
 
   const stopStart = Date.now()
   await X.stop()
-  t.ok(Date.now() - stopStart < 3000, `an instance closes in ${Date.now() - stopStart} ms with Redis down`)
+  // Below the 5 s after which stop() would SIGKILL it: it closed by itself.
+  t.ok(Date.now() - stopStart < 4500, `an instance closes in ${Date.now() - stopStart} ms with Redis down`)
 
   // Recovery: Redis comes back empty; the instances create and share the next key again.
   await redis.restart()
-  const deadline = Date.now() + 3 * PERIOD
-  let recovered = false
-  while (Date.now() < deadline && !recovered) {
-    await sleep(200)
+  const recovered = await waitFor(async () => {
     const [x1, x2] = await Promise.all([R1.status(), R2.status()])
-    recovered = x1.metrics.ticketKeyEpoch !== r1Epoch && x1.metrics.ticketKeyEpoch === x2.metrics.ticketKeyEpoch &&
+    return x1.metrics.ticketKeyEpoch !== r1Epoch && x1.metrics.ticketKeyEpoch === x2.metrics.ticketKeyEpoch &&
       x1.metrics.ticketKeyEpoch === Math.floor(Date.now() / PERIOD)
-  }
+  }, { timeoutMs: 3 * PERIOD, intervalMs: 200 })
   t.ok(recovered, 'after Redis is back, both moved to the current epoch\'s shared key')
   const again = await visit(R1.port)
   t.equal((await visit(R2.port, { session: again.session })).reused, true, 'and resume each other on it')

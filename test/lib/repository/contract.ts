@@ -5,10 +5,9 @@
 import type { Test } from 'tap'
 import type { Invalidation, Repository } from '../../../lib/repository/types.js'
 import { entryKey } from '../../../lib/partitions.js'
+import { elapse, waitFor } from '../../helpers/wait-for.js'
 
 type Tap = Test
-
-const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 
 export function repositoryContract (t: Tap, name: string, make: () => Promise<Repository>): void {
   let n = 0
@@ -115,9 +114,10 @@ export function repositoryContract (t: Tap, name: string, make: () => Promise<Re
   t.test(`${name}: touch extends a live entry without a new version`, async t => {
     const repo = await make()
     const k = key()
-    await repo.compareAndSet(k, null, Buffer.from('v'), 300)
+    // 1 s: the touch must come within the first TTL, which a loaded machine cannot promise for 300 ms.
+    await repo.compareAndSet(k, null, Buffer.from('v'), 1000)
     t.equal(await repo.touch(k, 60_000), true)
-    await sleep(450)
+    await elapse(1300) // about time itself: past the first TTL
     const got = await repo.get(k)
     t.equal(got?.version, 1, 'still there after its first TTL, same version')
     t.ok((got?.expiresAt ?? 0) > Date.now() + 50_000)
@@ -129,10 +129,12 @@ export function repositoryContract (t: Tap, name: string, make: () => Promise<Re
   t.test(`${name}: entries expire after their TTL`, async t => {
     const repo = await make()
     const k = key()
-    await repo.compareAndSet(k, null, Buffer.from('short'), 150)
+    // 1 s: the first read must come within the TTL, which a loaded machine cannot promise for 150 ms.
+    const setAt = Date.now()
+    await repo.compareAndSet(k, null, Buffer.from('short'), 1000)
     t.not(await repo.get(k), null)
-    await sleep(400)
-    t.equal(await repo.get(k), null)
+    t.ok(await waitFor(async () => await repo.get(k) === null, { timeoutMs: 6000, intervalMs: 50 }), 'expired')
+    t.ok(Date.now() - setAt >= 1000, 'not before its TTL')
   })
 
   t.test(`${name}: concurrent compare-and-set: exactly one writer wins each version`, async t => {
@@ -164,14 +166,19 @@ export function repositoryContract (t: Tap, name: string, make: () => Promise<Re
     await repo.compareAndSet(k3, null, Buffer.from('w'), 10_000)
     await repo.take(k3, 10_000)
     await repo.compareAndSet(k2, 99, Buffer.from('refused'), 10_000)
-    const deadline = Date.now() + 3000
-    while (seen.length < 6 && Date.now() < deadline) await sleep(10)
-    await sleep(50)
+    // A marker written after the refused write, in the same partition (delivered in order): once it is in, anything
+    // the refused write would have published is in too.
+    const marker = entryKey(prefix, 5, 'marker', 'k')
+    await repo.compareAndSet(marker, null, Buffer.from('m'), 10_000)
+    t.ok(await waitFor(() => seen.length >= 7 && seen.some(m => m.key === marker), { timeoutMs: 5000 }), 'the marker arrived')
+    const markerMessage = seen.find(m => m.key === marker)
+    seen.splice(seen.findIndex(m => m.key === marker), 1)
     t.same(seen.map(m => [m.key, m.version, m.partition]), [
       [k1, 1, 5], [k1, 2, 5], [k2, 1, 5], [k1, 3, 5], [k3, 1, 9], [k3, 2, 9]
     ], 'one message per stored change, none for a refused write')
     const p5 = seen.filter(m => m.partition === 5).map(m => m.sequence)
     for (let i = 1; i < p5.length; i++) t.equal(p5[i], (p5[i - 1] ?? 0) + 1, 'sequence grows by one per partition')
+    t.equal(markerMessage?.sequence, (p5[p5.length - 1] ?? 0) + 1, 'the refused write took no sequence number')
     await sub.close()
   })
 }

@@ -4,9 +4,9 @@ import { ShardedRepository } from '../../../lib/repository/sharded.js'
 import { TieredStore } from '../../../lib/tiered-store.js'
 import { startRedis, type RedisHandle } from '../../../scripts/redis-server.js'
 import { repositoryContract } from './contract.js'
+import { waitFor } from '../../helpers/wait-for.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
-const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 
 const servers: RedisHandle[] = []
 for (let i = 0; i < 3; i++) servers.push(await startRedis({ private: true }))
@@ -33,8 +33,7 @@ t.test('sharded: partitions spread over every node by rendezvous, coherence acro
   for (const k of keys.slice(0, 30)) await b.get(k)
   const before = b.counters.invalidations
   for (const k of keys.slice(0, 30)) await a.update(k, () => ({ v: 2 }))
-  const deadline = Date.now() + 2000
-  while (b.counters.invalidations < before + 30 && Date.now() < deadline) await sleep(5)
+  await waitFor(() => b.counters.invalidations >= before + 30, { timeoutMs: 5000, intervalMs: 5 })
   for (const k of keys.slice(0, 30)) t.match(await b.get(k), { version: 2, value: { v: 2 } })
 })
 
