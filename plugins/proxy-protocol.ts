@@ -158,6 +158,9 @@ const proxyProtocolPlugin: FastifyPluginAsync<ProxyProtocolOptions> = async (fas
       const scan = scanProxyHeader(seen)
       switch (scan.kind) {
         case 'incomplete':
+          // Six bytes that agree with a signature ("PROXY ", or v2's "\r\n\r\n\0\r") start no TLS record and no HTTP
+          // request: from outside `trusted` that is a header already, refused without waiting for the rest.
+          if (!fromBalancer && seen.length >= 6) refuse('refusedUntrusted', 'PROXY header from an address not in trusted')
           return
         case 'none':
           if (fromBalancer) { refuse('refusedInvalid', 'no PROXY header from a trusted balancer address'); return }

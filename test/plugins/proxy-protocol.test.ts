@@ -188,6 +188,17 @@ t.test('a PROXY header from an address not in trusted is refused: connection clo
   }
 })
 
+t.test('an untrusted address is refused on the first bytes of a header, without waiting for the rest', async t => {
+  const s = await startServer({ tls: true, proxy: { trusted: NOT_LOOPBACK, headerTimeoutMs: 60_000 } })
+  t.teardown(async () => await s.app.close())
+  for (const start of [V2_203_0_113_7.subarray(0, 6), Buffer.from('PROXY ')]) {
+    const a = await call(s.port, { tls: true, header: start, silent: true })
+    t.equal(a.status, undefined)
+    t.ok(a.ms < 30_000, `closed on its first 6 bytes, not by the 60 s timeout (${a.ms} ms)`)
+  }
+  t.match(s.app.handoffProxyProtocol.metrics, { refusedUntrusted: 2, timeouts: 0 })
+})
+
 t.test('untrusted addresses without a header: served directly by default, closed with allowDirect: false', async t => {
   const open = await startServer({ tls: true, proxy: { trusted: NOT_LOOPBACK } })
   t.teardown(async () => await open.app.close())
