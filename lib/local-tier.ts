@@ -164,6 +164,15 @@ export class LocalTier implements InvalidationListener {
     return this.leaseMs === undefined || this.reliable ? 0 : this.clock() - this.leaseFrom
   }
 
+  /**
+   * performance.now() of the newest answered heartbeat: now with reliable (in-process) delivery, which has nothing to
+   * lose; never without coherence (no heartbeat proves anything then).
+   */
+  get heardAt (): number {
+    if (this.reliable) return this.clock()
+    return this.leaseMs === undefined ? Number.NEGATIVE_INFINITY : this.leaseFrom
+  }
+
   /** The copy of `key` that may answer now: readable, unexpired, at or above `minVersion`, of the known epoch. */
   get (key: string, partition: number, minVersion: number): LocalCopy | undefined {
     if (!this.readable()) {

@@ -101,6 +101,14 @@ export interface TieredStoreOptions {
    * the subscriber has not been heard from within it. Default: { leaseMs: 250 }.
    */
   coherence?: false | { leaseMs?: number }
+  /**
+   * How long after the repository was last confirmed (an answered call, or the invalidation lease last held) a local
+   * copy may still answer while the repository is unreachable, ms; such answers are flagged `degraded`. Past it,
+   * reads fail as writes do (FST_HANDOFF_UNAVAILABLE, 503). The trade-off: longer keeps serving signed-in users
+   * through a longer outage, but an instance cut off from Redis also keeps honouring what other instances changed
+   * meanwhile (a logout, an emptied cart) for that long. 0: never answer from an unconfirmed copy. Default: 30000.
+   */
+  maxDegradedMs?: number
   /** Default entry TTL for update, ms. Default: 86400000 (24 h). */
   defaultTtlMs?: number
   /** How long tombstones left by delete/take stay, ms. Default: 60000. */
@@ -191,6 +199,9 @@ export class TieredStore<T = unknown> {
   private readonly tombstoneTtlMs: number
   private readonly maxAttempts: number
   private readonly maxValueBytes: number
+  private readonly maxDegradedMs: number
+  /** performance.now() of the newest answered repository call. */
+  private answeredAt = Number.NEGATIVE_INFINITY
   private readonly durability: Required<Durability> | undefined
   private readonly logger: Logger | undefined
   private readonly now: () => number
@@ -221,6 +232,7 @@ export class TieredStore<T = unknown> {
     this.tombstoneTtlMs = intOption('tombstoneTtlMs', opts.tombstoneTtlMs, 60_000, 1)
     this.maxAttempts = intOption('maxAttempts', opts.maxAttempts, 64, 1)
     this.maxValueBytes = intOption('maxValueBytes', opts.maxValueBytes, 1024 * 1024, 1)
+    this.maxDegradedMs = intOption('maxDegradedMs', opts.maxDegradedMs, 30_000, 0)
     if (opts.durability !== undefined) {
       const replicas = intOption('durability.replicas', opts.durability.replicas, 1, 1)
       this.durability = { replicas, timeoutMs: intOption('durability.timeoutMs', opts.durability.timeoutMs, 100, 1) }
@@ -337,8 +349,9 @@ export class TieredStore<T = unknown> {
         this.corrupt(key, err)
         return undefined
       }
-      // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor.
-      if (known !== undefined && known.value !== undefined && known.version >= minVersion) {
+      // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor, for as long as
+      // the repository was heard from recently enough (maxDegradedMs); past that, an unconfirmed copy is no answer.
+      if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMs <= this.maxDegradedMs) {
         this.counters.degradedReads++
         return { value: known.value as T, version: known.version, expiresAt: known.expiresAt, source: 'local', degraded: true, epoch: known.epoch }
       }
@@ -493,6 +506,15 @@ export class TieredStore<T = unknown> {
     return Number.isFinite(leaseAge) ? Math.round(leaseAge) : -1
   }
 
+  /**
+   * Ms since the repository was last confirmed: an answered call, or an answered heartbeat of the invalidation lease
+   * (which proves the path to Redis). 0 with the in-process repository.
+   */
+  get unconfirmedMs (): number {
+    const now = performance.now()
+    return Math.max(0, Math.min(now - this.answeredAt, now - this.local.heardAt))
+  }
+
   /** For health endpoints. (Metrics read the getters each gauge needs.) */
   health (): StoreHealth {
     return {
@@ -545,6 +567,7 @@ export class TieredStore<T = unknown> {
       throw err
     }
     observe?.(op, performance.now() - started, true)
+    this.answeredAt = performance.now()
     this.repositoryOk()
     return result
   }
