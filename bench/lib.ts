@@ -56,15 +56,16 @@ export function commandStats (redis: { cli: (...args: string[]) => string }): Ma
 }
 
 /**
- * Redis commands between two commandstats snapshots: everything but INFO (the measurement itself) and PING (the
- * handoff store's subscriber heartbeat, 20/s per instance whatever the load), which is returned apart.
+ * Redis commands between two commandstats snapshots: everything but INFO (the measurement itself) and the handoff
+ * store's heartbeat (a PING on the subscriber and a GETEX of the witness key, 20/s each per instance whatever the
+ * load); the PINGs are returned apart.
  */
 export function commandDelta (before: Map<string, number>, after: Map<string, number>): { data: Record<string, number>, ping: number } {
   const data: Record<string, number> = {}
   let ping = 0
   for (const [cmd, n] of after) {
     const d = n - (before.get(cmd) ?? 0)
-    if (d <= 0 || cmd === 'info') continue
+    if (d <= 0 || cmd === 'info' || cmd === 'getex') continue
     if (cmd === 'ping') ping = d
     else data[cmd] = d
   }

@@ -62,6 +62,23 @@ export function sequenceKey (prefix: string, partition: number): string {
   return `${prefix}{p${partition}}:seq`
 }
 
+/**
+ * The partition's epoch: `<prefix>{p<partition>}:epoch`, a hash whose field `id` is a random id minted once (by the
+ * first write script that finds none) and stamped on every entry and invalidation, so that versions restarting
+ * after Redis lost its data are told apart.
+ */
+export function epochKey (prefix: string, partition: number): string {
+  return `${prefix}{p${partition}}:epoch`
+}
+
+/**
+ * A node's witness: `<prefix>{p<partition>}:witness` for the lowest partition the node serves (so the key lives on
+ * that node in a Cluster). Minted with SET NX by heartbeats; its value changes only when the node lost its data.
+ */
+export function witnessKey (prefix: string, partition: number): string {
+  return `${prefix}{p${partition}}:witness`
+}
+
 /** The partition's invalidation channel: `<prefix>{p<partition>}:inv`. */
 export function channelName (prefix: string, partition: number): string {
   return `${prefix}{p${partition}}:inv`
@@ -110,6 +127,11 @@ function throughTag (key: string): string {
 /** The sequence counter of the entry key's partition (same string as `sequenceKey(prefix, partition)`). */
 export function sequenceKeyOf (key: string): string {
   return throughTag(key) + ':seq'
+}
+
+/** The epoch key of the entry key's partition (same string as `epochKey(prefix, partition)`). */
+export function epochKeyOf (key: string): string {
+  return throughTag(key) + ':epoch'
 }
 
 /** The invalidation channel of the entry key's partition (same string as `channelName(prefix, partition)`). */

@@ -1,8 +1,7 @@
-import { LRUCache } from 'lru-cache'
-import { Coherence, type CoherenceCounters, type LocalTier } from './coherence.js'
+import { LocalTier, type LocalTierCounters } from './local-tier.js'
 import { ConflictError, DurabilityError, InvalidOptionError, intOption, TooLargeError, isHandoffError } from './errors.js'
 import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfKey } from './partitions.js'
-import type { Repository, StoredEntry, Subscription } from './repository/types.js'
+import type { CasResult, Repository, StoredEntry, Subscription } from './repository/types.js'
 import { KeyRing, Sealer, entryLabel, openEntry, sealEntry, type SecretInput } from './seal.js'
 
 /**
@@ -20,6 +19,13 @@ export interface StoreEntry<T> {
   source: 'local' | 'repository'
   /** True when the repository was unreachable and a local copy was served anyway (it may be stale). */
   degraded: boolean
+  /**
+   * The repository epoch the entry was written in: versions count within one epoch. It changes only when the
+   * repository lost its data (FLUSHALL, empty restart, failover to an empty replica), after which versions start
+   * again at 1: a version floor from another epoch says nothing about this entry. '' for entries written before
+   * epochs existed.
+   */
+  epoch: string
 }
 
 export interface UpdateInfo {
@@ -51,6 +57,8 @@ export interface UpdateOptions {
 export interface UpdateResult<T> {
   value: T | undefined
   version: number
+  /** The epoch `version` counts in (see StoreEntry.epoch). */
+  epoch: string
   /** False when mutate returned undefined: nothing was written. */
   written: boolean
   /** How many compare-and-set attempts were lost before this one won. */
@@ -93,6 +101,14 @@ export interface TieredStoreOptions {
    * the subscriber has not been heard from within it. Default: { leaseMs: 250 }.
    */
   coherence?: false | { leaseMs?: number }
+  /**
+   * How long after the repository was last confirmed (an answered call, or the invalidation lease last held) a local
+   * copy may still answer while the repository is unreachable, ms; such answers are flagged `degraded`. Past it,
+   * reads fail as writes do (FST_HANDOFF_UNAVAILABLE, 503). The trade-off: longer keeps serving signed-in users
+   * through a longer outage, but an instance cut off from Redis also keeps honouring what other instances changed
+   * meanwhile (a logout, an emptied cart) for that long. 0: never answer from an unconfirmed copy. Default: 30000.
+   */
+  maxDegradedMs?: number
   /** Default entry TTL for update, ms. Default: 86400000 (24 h). */
   defaultTtlMs?: number
   /** How long tombstones left by delete/take stay, ms. Default: 60000. */
@@ -125,7 +141,7 @@ export interface StoreHealth {
   localBytes: number
 }
 
-export interface StoreCounters extends CoherenceCounters {
+export interface StoreCounters extends LocalTierCounters {
   localHits: number
   localMisses: number
   repositoryReads: number
@@ -142,15 +158,6 @@ export interface StoreCounters extends CoherenceCounters {
   durabilityFailures: number
 }
 
-interface LocalCopy {
-  value: unknown
-  version: number
-  expiresAt: number
-  size: number
-}
-
-const KEY_OVERHEAD = 96
-
 function deepFreeze<T> (v: T): T {
   if (v !== null && typeof v === 'object' && !Object.isFrozen(v)) {
     Object.freeze(v)
@@ -159,9 +166,25 @@ function deepFreeze<T> (v: T): T {
   return v
 }
 
+/** What an update decides on: the value it gives mutate, and where it came from. */
+interface Base<T> {
+  value: T | undefined
+  version: number
+  epoch: string
+  deleted: boolean
+  /**
+   * 'stored': what the repository holds (read, or returned by a refused compare-and-set). 'local': a local copy,
+   * which may trail an invalidation still in flight. 'assumed': nothing known, tried as "absent" to create in one
+   * round trip.
+   */
+  from: 'stored' | 'local' | 'assumed'
+}
+
+const ASSUMED_ABSENT: Base<never> = Object.freeze({ value: undefined, version: 0, epoch: '', deleted: false, from: 'assumed' })
+
 /**
- * The one primitive every plugin uses: a bounded local tier per instance (lru-cache, striped by partition) in front
- * of a shared Repository, with sealed values, optimistic compare-and-set updates and coherence between instances.
+ * The one primitive every plugin uses: a bounded local tier per instance (LocalTier: striped LRU, kept coherent by
+ * invalidations) in front of a shared Repository, with sealed values and optimistic compare-and-set updates.
  * Nothing in the plugins talks to Redis except through this.
  */
 export class TieredStore<T = unknown> {
@@ -169,16 +192,16 @@ export class TieredStore<T = unknown> {
   readonly prefix: string
   readonly partitions: number
   readonly counters: StoreCounters
-  readonly coherence: Coherence | undefined
   readonly keyRing: KeyRing
+  private readonly local: LocalTier
   private readonly sealer: Sealer
-  private readonly stripes: Array<LRUCache<string, LocalCopy>>
-  private readonly stripeMask: number
-  private readonly localTtlMs: number
   private readonly defaultTtlMs: number
   private readonly tombstoneTtlMs: number
   private readonly maxAttempts: number
   private readonly maxValueBytes: number
+  private readonly maxDegradedMs: number
+  /** performance.now() of the newest answered repository call. */
+  private answeredAt = Number.NEGATIVE_INFINITY
   private readonly durability: Required<Durability> | undefined
   private readonly logger: Logger | undefined
   private readonly now: () => number
@@ -202,14 +225,14 @@ export class TieredStore<T = unknown> {
     if (!Number.isSafeInteger(stripes) || stripes < 1 || (stripes & (stripes - 1)) !== 0 || stripes > this.partitions) {
       throw new InvalidOptionError('stripes', `must be a power of two between 1 and partitions (${this.partitions}), got ${String(stripes)}`)
     }
-    this.stripeMask = stripes - 1
     const maxLocalBytes = intOption('maxLocalBytes', opts.maxLocalBytes, 64 * 1024 * 1024, 0)
     const coherenceOn = opts.coherence !== false
-    this.localTtlMs = intOption('localTtlMs', opts.localTtlMs, coherenceOn ? 300_000 : 1000, 0)
+    const localTtlMs = intOption('localTtlMs', opts.localTtlMs, coherenceOn ? 300_000 : 1000, 0)
     this.defaultTtlMs = intOption('defaultTtlMs', opts.defaultTtlMs, 86_400_000, 1)
     this.tombstoneTtlMs = intOption('tombstoneTtlMs', opts.tombstoneTtlMs, 60_000, 1)
     this.maxAttempts = intOption('maxAttempts', opts.maxAttempts, 64, 1)
     this.maxValueBytes = intOption('maxValueBytes', opts.maxValueBytes, 1024 * 1024, 1)
+    this.maxDegradedMs = intOption('maxDegradedMs', opts.maxDegradedMs, 30_000, 0)
     if (opts.durability !== undefined) {
       const replicas = intOption('durability.replicas', opts.durability.replicas, 1, 1)
       this.durability = { replicas, timeoutMs: intOption('durability.timeoutMs', opts.durability.timeoutMs, 100, 1) }
@@ -217,24 +240,29 @@ export class TieredStore<T = unknown> {
         throw new InvalidOptionError('durability', `the ${this.repository.kind} repository has no replicas to wait for`)
       }
     }
+    const leaseMs = coherenceOn
+      ? intOption('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250, 1)
+      : undefined
     this.keyRing = opts.secret instanceof KeyRing ? opts.secret : new KeyRing(opts.secret)
     this.sealer = new Sealer(this.keyRing, 'entry')
     this.logger = opts.logger
     this.observe = opts.observe
     this.now = opts.now ?? Date.now
-    const perStripe = Math.floor(maxLocalBytes / stripes)
-    this.stripes = []
-    for (let i = 0; i < stripes; i++) {
-      this.stripes.push(new LRUCache<string, LocalCopy>({
-        maxSize: Math.max(1, perStripe),
-        sizeCalculation: c => c.size,
-        ttl: this.localTtlMs > 0 ? this.localTtlMs : 1,
-        ttlAutopurge: false,
-        updateAgeOnGet: false
-      }))
-    }
-    if (maxLocalBytes === 0 || this.localTtlMs === 0) this.stripes.length = 0
-    this.counters = {
+    this.local = new LocalTier({
+      partitions: this.partitions,
+      stripes,
+      maxBytes: maxLocalBytes,
+      ttlMs: localTtlMs,
+      leaseMs,
+      // Until start() subscribes and the subscription says whether delivery can be lost, the embedded repository is
+      // taken as reliable (usable before start(), as in-process state is) and any other as not (no local reads
+      // before the first heartbeat).
+      reliable: this.repository.kind === 'memory',
+      now: this.now,
+      logger: this.logger,
+      repository: this.repository.kind
+    })
+    this.counters = Object.assign(this.local.counters, {
       localHits: 0,
       localMisses: 0,
       repositoryReads: 0,
@@ -248,22 +276,13 @@ export class TieredStore<T = unknown> {
       takes: 0,
       deletes: 0,
       touches: 0,
-      durabilityFailures: 0,
-      invalidations: 0,
-      gapsRepaired: 0,
-      resyncs: 0,
-      leaseSuspensions: 0,
-      fillsSkipped: 0
-    }
-    if (coherenceOn) {
-      const leaseMs = intOption('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250, 1)
-      // Until start() subscribes and the subscription says whether delivery can be lost, the embedded repository is
-      // taken as reliable (usable before start(), as in-process state is) and any other as not (no local reads
-      // before the first heartbeat).
-      this.coherence = new Coherence({ partitions: this.partitions, leaseMs, reliable: this.repository.kind === 'memory' })
-      this.coherence.attach(this.localTier())
-      this.counters = Object.assign(this.coherence.counters, this.counters)
-    }
+      durabilityFailures: 0
+    })
+  }
+
+  /** The local tier's invalidation listener, when coherence is on (benchmarks hook into it). */
+  get coherence (): LocalTier | undefined {
+    return this.local.coherent ? this.local : undefined
   }
 
   /** Connects the repository, checks the server and subscribes to invalidations. Idempotent. */
@@ -280,12 +299,12 @@ export class TieredStore<T = unknown> {
     if (this.repository.checkServer !== undefined) {
       for (const w of await this.repository.checkServer()) this.logger?.warn({ repository: this.repository.kind }, w)
     }
-    if (this.coherence !== undefined) {
-      this.subscription = await this.repository.subscribe({ prefix: this.prefix, partitions: this.partitions }, this.coherence)
-      this.coherence.setReliable(this.subscription.reliable)
+    if (this.local.coherent) {
+      this.subscription = await this.repository.subscribe({ prefix: this.prefix, partitions: this.partitions }, this.local)
+      this.local.setReliable(this.subscription.reliable)
       // Resolve once the first heartbeat proves the subscription live, so local copies are usable from the start.
       const deadline = performance.now() + 3000
-      while (!this.coherence.readable()) {
+      while (!this.local.readable()) {
         if (performance.now() > deadline) {
           this.logger?.warn({ repository: this.repository.kind }, 'fastify-handoff: invalidation subscriber not live yet; local reads stay suspended until it is')
           break
@@ -305,15 +324,10 @@ export class TieredStore<T = unknown> {
    * else undefined (then call get). Lets hot paths skip a promise on a warm hit.
    */
   getLocal (key: string, opts?: { minVersion?: number }): StoreEntry<T> | undefined {
-    const partition = this.partitionOf(key)
-    // readable() first: regaining the lease flushes the local tier, and a copy taken before that must not answer.
-    if (this.coherence !== undefined && !this.coherence.readable()) return undefined
-    const local = this.stripeOf(partition)?.get(key)
-    if (local === undefined || local.value === undefined || local.version < (opts?.minVersion ?? 0) || local.expiresAt <= this.now()) {
-      return undefined
-    }
+    const copy = this.local.get(key, this.partitionOf(key), opts?.minVersion ?? 0)
+    if (copy === undefined || copy.value === undefined) return undefined
     this.counters.localHits++
-    return { value: local.value as T, version: local.version, expiresAt: local.expiresAt, source: 'local', degraded: false }
+    return { value: copy.value as T, version: copy.version, expiresAt: copy.expiresAt, source: 'local', degraded: false, epoch: copy.epoch }
   }
 
   async get (key: string, opts?: { minVersion?: number }): Promise<StoreEntry<T> | undefined> {
@@ -321,83 +335,75 @@ export class TieredStore<T = unknown> {
     if (hit !== undefined) return hit
     const minVersion = opts?.minVersion ?? 0
     const partition = this.partitionOf(key)
-    const stripe = this.stripeOf(partition)
-    // What this instance knows, for degraded answers should the repository be unreachable.
-    const local = stripe?.peek(key)
+    // What this instance knows, for answers while the repository is unreachable.
+    const known = this.local.peek(key, partition)
     this.counters.localMisses++
-    const ticket = this.coherence?.open(key, partition)
+    const ticket = this.local.open(key, partition)
     let stored: StoredEntry | null
     try {
       this.counters.repositoryReads++
-      stored = await this.timed('get', this.repository.get(key))
+      stored = await this.call('get', async () => await this.repository.get(key))
     } catch (err) {
-      if (ticket !== undefined) this.coherence?.close(ticket, Number.MAX_SAFE_INTEGER)
+      this.local.release(ticket)
       if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) {
         this.corrupt(key, err)
         return undefined
       }
-      this.repositoryError(err)
-      // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor.
-      const known = local
-      if (known !== undefined && known.value !== undefined && known.version >= minVersion && known.expiresAt > this.now()) {
+      // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor, for as long as
+      // the repository was heard from recently enough (maxDegradedMs); past that, an unconfirmed copy is no answer.
+      if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMs <= this.maxDegradedMs) {
         this.counters.degradedReads++
-        return { value: known.value as T, version: known.version, expiresAt: known.expiresAt, source: 'local', degraded: true }
+        return { value: known.value as T, version: known.version, expiresAt: known.expiresAt, source: 'local', degraded: true, epoch: known.epoch }
       }
       throw err
     }
-    this.repositoryOk()
     const decoded = stored === null ? undefined : this.decode(key, stored)
-    const version = stored?.version ?? 0
-    const fill = ticket === undefined || this.coherence === undefined || this.coherence.close(ticket, version)
-    if (stored === null || stored.value === null || decoded === undefined) {
-      if (fill) stripe?.delete(key)
-      return undefined
-    }
+    this.local.fill(ticket, {
+      value: decoded,
+      version: stored?.version ?? 0,
+      epoch: stored?.epoch ?? '',
+      expiresAt: stored?.expiresAt ?? 0,
+      bytes: stored?.value?.length ?? 0
+    })
+    if (stored === null || stored.value === null || decoded === undefined) return undefined
     this.counters.repositoryHits++
-    if (fill) this.fill(stripe, key, decoded, stored.version, stored.expiresAt, stored.value.length)
-    return { value: decoded, version: stored.version, expiresAt: stored.expiresAt, source: 'repository', degraded: false }
+    return { value: decoded, version: stored.version, expiresAt: stored.expiresAt, source: 'repository', degraded: false, epoch: stored.epoch }
   }
 
   /**
    * Optimistic read-modify-write: `mutate` runs on the current value and its result is stored if nobody wrote in
-   * between (compare-and-set on the version); otherwise `mutate` runs again on the newer value, with jittered
-   * backoff, up to maxAttempts. Starting from a local copy, an uncontended update is one round trip.
+   * between (compare-and-set on the version and its epoch); otherwise `mutate` runs again on the newer value, with
+   * jittered backoff, up to maxAttempts. Starting from a local copy, an uncontended update is one round trip.
+   *
+   * One rule for bases that are not what is stored (a local copy, or "absent" assumed to create in one round trip):
+   * a decision that refuses (mutate throws, the value is too large) or that needs what is there (declining to create)
+   * is re-made on the stored value before it counts. A write on such a base is safe as is: the compare-and-set
+   * refuses it when the base is stale, from another epoch included, and returns the stored value to re-decide on.
    */
   async update (key: string, mutate: Mutator<T>, opts?: UpdateOptions): Promise<UpdateResult<T>> {
     const ttlMs = intOption('ttlMs', opts?.ttlMs, this.defaultTtlMs, 1)
     const maxBytes = opts?.maxBytes === undefined ? undefined : intOption('maxBytes', opts.maxBytes, 0, 1)
     const partition = this.partitionOf(key)
-    const stripe = this.stripeOf(partition)
-    const readable = this.coherence === undefined || this.coherence.readable()
-    const local = stripe?.get(key)
-    // base === undefined: unknown, try "create if absent", which returns the current entry when there is one.
-    let base: { value: T | undefined, version: number, deleted: boolean } | undefined
-    // True while base is a local copy that may trail an invalidation still in flight (within the lease).
-    let baseIsLocal = false
-    if (readable && local !== undefined && local.version >= (opts?.minVersion ?? 0) && local.expiresAt > this.now()) {
-      base = { value: local.value as T | undefined, version: local.version, deleted: local.value === undefined }
-      baseIsLocal = true
-    }
+    const copy = this.local.get(key, partition, opts?.minVersion ?? 0)
+    let base: Base<T> = copy === undefined
+      ? ASSUMED_ABSENT
+      : { value: copy.value as T | undefined, version: copy.version, epoch: copy.epoch, deleted: copy.value === undefined, from: 'local' }
     let conflicts = 0
-    // attempt counts compare-and-set rounds lost to other writers. A re-read of the real entry (after a local copy or
-    // "nothing" did not do) is not one: it happens at most once per update, since it leaves base real.
+    // attempt counts compare-and-set rounds lost to other writers. A re-read of the stored entry is not one: it
+    // happens at most once per update, since it leaves the base stored.
     let attempt = 0
     while (attempt < this.maxAttempts) {
       let next: T | undefined
       try {
-        next = mutate(base?.value, { version: base?.version ?? 0, deleted: base?.deleted ?? false, attempt })
+        next = mutate(base.value, { version: base.version, deleted: base.deleted, attempt })
       } catch (err) {
-        // Without a local copy mutate first runs on "nothing" in the hope of creating in one round trip, and a local
-        // copy may trail an invalidation still in flight: a mutate that refuses what it was given must see what is
-        // really there before its error counts.
-        if (base !== undefined && !baseIsLocal) throw err
+        if (base.from === 'stored') throw err
         base = await this.readBase(key)
-        baseIsLocal = false
         continue
       }
       if (next === undefined) {
-        if (base !== undefined) return { value: base.value, version: base.version, written: false, conflicts }
-        // Declined to create from nothing: learn what is really there, then ask again.
+        // Declining on a local copy writes nothing either way; declining to create must see what is there.
+        if (base.from !== 'assumed') return { value: base.value, version: base.version, epoch: base.epoch, written: false, conflicts }
         base = await this.readBase(key)
         continue
       }
@@ -405,50 +411,39 @@ export class TieredStore<T = unknown> {
       const plain = Buffer.from(json)
       if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value', `${plain.length} bytes`, `${this.maxValueBytes} bytes`)
       if (maxBytes !== undefined && plain.length > maxBytes) {
-        // The caller's limit is about the value it makes from what is stored, so judge it on what is really there: a
-        // local copy may trail a write that made the value smaller, and "nothing" (the create-if-absent try) may not
-        // be what is stored.
-        if (base === undefined || baseIsLocal) {
-          base = await this.readBase(key)
-          baseIsLocal = false
-          continue
-        }
+        // The caller's limit is about the value it makes from what is stored: a local copy may trail a write that
+        // made the value smaller, and "absent" may not be what is stored.
+        if (base.from !== 'stored') { base = await this.readBase(key); continue }
         throw new TooLargeError(opts?.label ?? 'Stored value', `${plain.length} bytes`, `${maxBytes} bytes`)
       }
-      const expected = base === undefined ? null : base.version
-      const version = (expected ?? 0) + 1
+      const expected = base.from === 'assumed' ? null : base.version
+      const version = base.version + 1
       const sealed = sealEntry(this.sealer, key, version, plain)
-      const ticket = this.coherence?.open(key, partition)
-      let res
+      const ticket = this.local.open(key, partition)
+      let res: CasResult
       try {
-        res = await this.timed('compareAndSet', this.repository.compareAndSet(key, expected, sealed, ttlMs))
+        res = await this.call('compareAndSet', async () => await this.repository.compareAndSet(key, expected, sealed, ttlMs, base.epoch))
       } catch (err) {
-        if (ticket !== undefined) this.coherence?.close(ticket, Number.MAX_SAFE_INTEGER)
+        this.local.release(ticket)
         // The write may or may not have been applied. With coherence, a stored write's invalidation drops the local
         // copy (the same script publishes it), and while nothing is heard local copies only answer as degraded: so
         // keep the copy for degraded reads during an outage. Without coherence nothing would correct it: drop it.
-        if (this.coherence === undefined || isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) stripe?.delete(key)
-        if (!isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.repositoryError(err)
+        if (!this.local.coherent || isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.local.drop(key, partition)
         throw err
       }
-      this.repositoryOk()
       if (res.ok) {
-        const fill = ticket === undefined || this.coherence === undefined || this.coherence.close(ticket, res.version)
         this.counters.writes++
         // What every other instance will read: the JSON round trip, frozen (never the caller's own object).
         const frozen = deepFreeze(JSON.parse(json) as T)
-        if (fill) this.fill(stripe, key, frozen, res.version, res.expiresAt, sealed.length)
+        this.local.fill(ticket, { value: frozen, version: res.version, epoch: res.epoch, expiresAt: res.expiresAt, bytes: sealed.length })
         await this.awaitReplicas(key)
-        return { value: frozen, version: res.version, written: true, conflicts }
+        return { value: frozen, version: res.version, epoch: res.epoch, written: true, conflicts }
       }
-      if (ticket !== undefined) this.coherence?.close(ticket, Number.MAX_SAFE_INTEGER)
+      this.local.release(ticket)
       conflicts++
       this.counters.conflicts++
-      stripe?.delete(key)
-      baseIsLocal = false
-      base = res.current === null
-        ? { value: undefined, version: 0, deleted: false }
-        : { value: this.decode(key, res.current), version: res.current.version, deleted: res.current.value === null }
+      this.local.drop(key, partition)
+      base = this.stored(key, res.current)
       if (attempt >= 1) await backoff(attempt)
       attempt++
     }
@@ -458,38 +453,28 @@ export class TieredStore<T = unknown> {
 
   /** Read and delete atomically (single-use values). Leaves a tombstone. */
   async take (key: string): Promise<StoreEntry<T> | undefined> {
-    const partition = this.partitionOf(key)
-    this.stripeOf(partition)?.delete(key)
+    this.local.drop(key, this.partitionOf(key))
     let stored: StoredEntry | null
     try {
-      stored = await this.timed('take', this.repository.take(key, this.tombstoneTtlMs))
+      stored = await this.call('take', async () => await this.repository.take(key, this.tombstoneTtlMs))
     } catch (err) {
       if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) { this.corrupt(key, err); return undefined }
-      this.repositoryError(err)
       throw err
     }
-    this.repositoryOk()
     this.counters.takes++
     if (stored === null) return undefined
     const value = this.decode(key, stored)
     if (value === undefined) return undefined
-    return { value, version: stored.version, expiresAt: stored.expiresAt, source: 'repository', degraded: false }
+    return { value, version: stored.version, expiresAt: stored.expiresAt, source: 'repository', degraded: false, epoch: stored.epoch }
   }
 
   /** Delete, leaving a versioned tombstone so that a write still in flight cannot bring the entry back. */
   async delete (key: string): Promise<number> {
-    const stripe = this.stripeOf(this.partitionOf(key))
-    stripe?.delete(key)
-    let version: number
-    try {
-      version = await this.timed('delete', this.repository.delete(key, this.tombstoneTtlMs))
-    } catch (err) {
-      this.repositoryError(err)
-      throw err
-    }
-    this.repositoryOk()
+    const partition = this.partitionOf(key)
+    this.local.drop(key, partition)
+    const version = await this.call('delete', async () => await this.repository.delete(key, this.tombstoneTtlMs))
     this.counters.deletes++
-    stripe?.delete(key)
+    this.local.drop(key, partition)
     await this.awaitReplicas(key)
     return version
   }
@@ -497,21 +482,13 @@ export class TieredStore<T = unknown> {
   /** Extend an entry's expiry without rewriting it. Call it lazily (e.g. when half the idle time is used up). */
   async touch (key: string, ttlMs: number): Promise<boolean> {
     // A foreign key is refused before any round trip, as by every other method.
-    const stripe = this.stripeOf(this.partitionOf(key))
-    let ok: boolean
-    try {
-      ok = await this.timed('touch', this.repository.touch(key, ttlMs))
-    } catch (err) {
-      this.repositoryError(err)
-      throw err
-    }
-    this.repositoryOk()
+    const partition = this.partitionOf(key)
+    // The copy this instance holds names the entry it means: one from another epoch is not extended.
+    const epoch = this.local.peek(key, partition)?.epoch
+    const ok = await this.call('touch', async () => await this.repository.touch(key, ttlMs, epoch))
     this.counters.touches++
-    const local = stripe?.peek(key)
-    if (local !== undefined) {
-      if (ok) local.expiresAt = this.now() + ttlMs
-      else stripe?.delete(key)
-    }
+    if (ok) this.local.extend(key, partition, this.now() + ttlMs)
+    else this.local.drop(key, partition)
     return ok
   }
 
@@ -525,8 +502,17 @@ export class TieredStore<T = unknown> {
 
   /** Ms since the newest answered invalidation heartbeat was sent; 0 without coherence or with reliable delivery, -1 before the first. */
   get leaseAgeMs (): number {
-    const leaseAge = this.coherence?.leaseAge ?? 0
+    const leaseAge = this.local.leaseAge
     return Number.isFinite(leaseAge) ? Math.round(leaseAge) : -1
+  }
+
+  /**
+   * Ms since the repository was last confirmed: an answered call, or an answered heartbeat of the invalidation lease
+   * (which proves the path to Redis). 0 with the in-process repository.
+   */
+  get unconfirmedMs (): number {
+    const now = performance.now()
+    return Math.max(0, Math.min(now - this.answeredAt, now - this.local.heardAt))
   }
 
   /** For health endpoints. (Metrics read the getters each gauge needs.) */
@@ -534,7 +520,7 @@ export class TieredStore<T = unknown> {
     return {
       status: this.failing ? 'degraded' : 'ok',
       repository: this.repository.kind,
-      localReads: this.coherence === undefined || this.coherence.readable(),
+      localReads: this.local.readable(),
       leaseAgeMs: this.leaseAgeMs,
       localEntries: this.localEntries,
       localBytes: this.localBytes
@@ -542,17 +528,9 @@ export class TieredStore<T = unknown> {
   }
 
   /** Bytes and entries held by the local tier now. */
-  get localBytes (): number {
-    let n = 0
-    for (const s of this.stripes) n += s.calculatedSize
-    return n
-  }
+  get localBytes (): number { return this.local.bytes }
 
-  get localEntries (): number {
-    let n = 0
-    for (const s of this.stripes) n += s.size
-    return n
-  }
+  get localEntries (): number { return this.local.entries }
 
   /** Local hits / (hits + misses) since start. */
   get localHitRatio (): number {
@@ -562,7 +540,7 @@ export class TieredStore<T = unknown> {
 
   /** Drop every local copy (tests, or an operator after restoring Redis from a backup). */
   clearLocal (): void {
-    for (const s of this.stripes) s.clear()
+    this.local.clear()
   }
 
   /** Unsubscribe. The repository is left to its owner (it may be shared by several stores). */
@@ -573,31 +551,35 @@ export class TieredStore<T = unknown> {
     this.clearLocal()
   }
 
-  private async timed<R> (op: RepositoryOp, work: Promise<R>): Promise<R> {
+  /**
+   * Every repository call goes through here: latency for the observer, and the outage state (a failure other than a
+   * corrupt entry opens it and logs once; an answer closes it).
+   */
+  private async call<R> (op: RepositoryOp, work: () => Promise<R>): Promise<R> {
     const observe = this.observe
-    if (observe === undefined) return await work
-    const started = performance.now()
+    const started = observe === undefined ? 0 : performance.now()
+    let result: R
     try {
-      const r = await work
-      observe(op, performance.now() - started, true)
-      return r
+      result = await work()
     } catch (err) {
-      observe(op, performance.now() - started, false)
-      throw err
-    }
-  }
-
-  private async readBase (key: string): Promise<{ value: T | undefined, version: number, deleted: boolean }> {
-    let stored: StoredEntry | null
-    try {
-      this.counters.repositoryReads++ // update's reads count as get's do
-      stored = await this.timed('get', this.repository.get(key))
-    } catch (err) {
+      observe?.(op, performance.now() - started, false)
       if (!isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.repositoryError(err)
       throw err
     }
-    if (stored === null) return { value: undefined, version: 0, deleted: false }
-    return { value: this.decode(key, stored), version: stored.version, deleted: stored.value === null }
+    observe?.(op, performance.now() - started, true)
+    this.answeredAt = performance.now()
+    this.repositoryOk()
+    return result
+  }
+
+  private async readBase (key: string): Promise<Base<T>> {
+    this.counters.repositoryReads++ // update's reads count as get's do
+    return this.stored(key, await this.call('get', async () => await this.repository.get(key)))
+  }
+
+  private stored (key: string, entry: StoredEntry | null): Base<T> {
+    if (entry === null) return { value: undefined, version: 0, epoch: '', deleted: false, from: 'stored' }
+    return { value: this.decode(key, entry), version: entry.version, epoch: entry.epoch, deleted: entry.value === null, from: 'stored' }
   }
 
   private decode (key: string, stored: StoredEntry): T | undefined {
@@ -609,15 +591,6 @@ export class TieredStore<T = unknown> {
       this.corrupt(key, err)
       return undefined
     }
-  }
-
-  private fill (stripe: LRUCache<string, LocalCopy> | undefined, key: string, value: T, version: number, expiresAt: number, bytes: number): void {
-    if (stripe === undefined) return
-    const cur = stripe.peek(key)
-    if (cur !== undefined && cur.version > version) return
-    const ttl = Math.min(this.localTtlMs, expiresAt - this.now())
-    if (ttl <= 0) { stripe.delete(key); return }
-    stripe.set(key, { value, version, expiresAt, size: bytes + key.length + KEY_OVERHEAD }, { ttl })
   }
 
   private corrupt (key: string, err: unknown): void {
@@ -666,22 +639,6 @@ export class TieredStore<T = unknown> {
       throw new InvalidOptionError('key', `not a key of this store (build keys with store.key(id, kind); ${this.partitions} partitions)`)
     }
     return p
-  }
-
-  private stripeOf (partition: number): LRUCache<string, LocalCopy> | undefined {
-    return this.stripes[partition & this.stripeMask]
-  }
-
-  private localTier (): LocalTier {
-    return {
-      dropOlder: (key, partition, version) => {
-        const stripe = this.stripeOf(partition)
-        const cur = stripe?.peek(key, { allowStale: true })
-        if (cur !== undefined && cur.version < version) stripe?.delete(key)
-      },
-      flushPartition: partition => { this.stripeOf(partition)?.clear() },
-      flushAll: () => { this.clearLocal() }
-    }
   }
 }
 

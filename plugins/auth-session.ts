@@ -28,8 +28,16 @@ export interface HandoffSession {
   readonly id: string | undefined
   /** True until the session is stored for the first time (after `regenerate()` or `destroy()` too). */
   readonly isNew: boolean
-  /** Version of the stored session this request sees (0 when new). Grows by one per write. */
+  /**
+   * Version of the stored session this request sees (0 when new). Grows by one per write, within one store epoch
+   * (a cookie's version floor only ever names this session id, which is never re-created after the store lost it).
+   */
   readonly version: number
+  /**
+   * True when the store could not be reached and this instance answered from its own copy, unconfirmed for up to the
+   * store's `maxDegradedMs`: it may miss a logout or change made elsewhere meanwhile. Refuse sensitive actions.
+   */
+  readonly degraded: boolean
   /** When the session was first stored (ms since the epoch); the absolute timeout counts from here. */
   readonly createdAt: number | undefined
   /** True when this request has changes that are not stored yet. */
@@ -453,6 +461,8 @@ class SessionState implements HandoffSession {
   staleCookie = false
   /** This request saw a version below its cookie's floor (Redis lost writes): re-issue the cookie. */
   regressed = false
+  /** Loaded from an unconfirmed local copy while the store was unreachable. */
+  degraded = false
   /** This request stored a new version: the client gets a cookie naming it (its new floor). */
   private wrote = false
   failed = false
@@ -786,6 +796,7 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
       state.renewCookie = false
       return
     }
+    state.degraded = entry.degraded
     if (entry.degraded) metrics.loadedDegraded++
     else if (entry.source === 'local') metrics.loadedLocal++
     else metrics.loadedRemote++

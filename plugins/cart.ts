@@ -84,6 +84,11 @@ export interface CartView {
    * checkout is refused until the user has reviewed it and `acknowledge()` was called.
    */
   reviewNeeded: boolean
+  /**
+   * True when the store could not be reached and this instance answered from its own copy, unconfirmed for up to the
+   * store's `maxDegradedMs` (it may miss changes made elsewhere meanwhile).
+   */
+  degraded: boolean
 }
 
 export interface CheckoutResult {
@@ -243,7 +248,7 @@ function check (v: ValidateFunction, input: unknown, what: string): void {
   }
 }
 
-function view (cart: StoredCart, source: CartView['source'] = 'repository', reviewNeeded = false): CartView {
+function view (cart: StoredCart, source: CartView['source'] = 'repository', reviewNeeded = false, degraded = false): CartView {
   const { total, currency } = cartTotal(cart)
   const c = cart.checkout
   return {
@@ -255,7 +260,8 @@ function view (cart: StoredCart, source: CartView['source'] = 'repository', revi
     payment: cart.payment === undefined ? undefined : { brand: cart.payment.brand, last4: cart.payment.last4 },
     checkout: c === undefined ? undefined : { state: c.state, orderId: c.orderId, ...(c.reason === undefined ? {} : { reason: c.reason }) },
     source,
-    reviewNeeded
+    reviewNeeded,
+    degraded
   }
 }
 
@@ -326,7 +332,7 @@ class RequestCart implements HandoffCart {
     // Gone although this client saw it hold something: rolled back (or expired), flag it for review.
     if (found === undefined) return view(emptyCart(Date.now()), 'new', (this.readAnchor(owner)?.seq ?? 0) > 0)
     const cart = found.value as StoredCart
-    return view(cart, found.source, !this.advanceAnchor(owner, cart))
+    return view(cart, found.source, !this.advanceAnchor(owner, cart), found.degraded)
   }
 
   async acknowledge (): Promise<CartView> {

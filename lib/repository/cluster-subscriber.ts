@@ -117,6 +117,9 @@ export class ClusterSubscription {
         this.forwardedBeat = Number.NEGATIVE_INFINITY
         this.listener.onResync(partitions === undefined ? undefined : partitions)
       },
+      onWitness: (name: string, value: string, partitions?: readonly number[]) => {
+        this.listener.onWitness?.(name, value, partitions)
+      },
       onHeartbeat: (sentAt: number) => {
         shard.lastBeat = sentAt
         const covered = this.plannedShards === this.shards.size

@@ -1,5 +1,6 @@
 import { ClosedError } from '../errors.js'
 import { partitionOfKey, sequenceKeyOf } from '../partitions.js'
+import { newEpoch } from './epoch.js'
 import type {
   CasResult, InvalidationListener, Repository, StoredEntry, Subscription, SubscriptionScope
 } from './types.js'
@@ -26,6 +27,8 @@ export class MemoryRepository implements Repository {
   private readonly now: () => number
   private readonly sweeper: NodeJS.Timeout
   private closed = false
+  /** One epoch for the process (its data lives and dies with it); `wipe()` starts a new one. */
+  private epoch = newEpoch()
 
   constructor (opts: MemoryRepositoryOptions = {}) {
     this.now = opts.now ?? Date.now
@@ -41,18 +44,19 @@ export class MemoryRepository implements Repository {
     return e === undefined ? null : { ...e }
   }
 
-  async compareAndSet (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number): Promise<CasResult> {
+  async compareAndSet (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number, expectedEpoch?: string): Promise<CasResult> {
     this.assertOpen()
     const seqKey = sequenceKeyOf(key) // a key without a partition tag is refused before anything is stored
     const cur = this.live(key)
-    if (expectedVersion === null ? cur !== undefined : (cur?.version ?? 0) !== expectedVersion) {
-      return { ok: false, current: cur === undefined ? null : { ...cur } }
-    }
+    const refused = expectedVersion === null
+      ? cur !== undefined
+      : (cur?.version ?? 0) !== expectedVersion || (cur !== undefined && expectedEpoch !== undefined && cur.epoch !== expectedEpoch)
+    if (refused) return { ok: false, current: cur === undefined ? null : { ...cur } }
     const version = (cur?.version ?? 0) + 1
     const expiresAt = this.now() + ttlMs
-    this.entries.set(key, { value, version, expiresAt })
+    this.entries.set(key, { value, version, expiresAt, epoch: this.epoch })
     this.publish(key, seqKey, version)
-    return { ok: true, version, expiresAt }
+    return { ok: true, version, expiresAt, epoch: this.epoch }
   }
 
   async take (key: string, tombstoneTtlMs: number): Promise<StoredEntry | null> {
@@ -69,10 +73,10 @@ export class MemoryRepository implements Repository {
     return this.tombstone(key, sequenceKeyOf(key), this.live(key), tombstoneTtlMs)
   }
 
-  async touch (key: string, ttlMs: number): Promise<boolean> {
+  async touch (key: string, ttlMs: number, expectedEpoch?: string): Promise<boolean> {
     this.assertOpen()
     const cur = this.live(key)
-    if (cur?.value == null) return false
+    if (cur?.value == null || (expectedEpoch !== undefined && cur.epoch !== expectedEpoch)) return false
     cur.expiresAt = this.now() + ttlMs
     return true
   }
@@ -83,7 +87,22 @@ export class MemoryRepository implements Repository {
     this.listeners.add(sub)
     // In one process nothing can be missed, but a new subscriber starts from an unknown state like a Redis one.
     listener.onResync()
+    listener.onWitness?.('memory', this.epoch)
     return { reliable: true, close: async () => { this.listeners.delete(sub) } }
+  }
+
+  /**
+   * Forget everything, as a Redis FLUSHALL or an empty restart would (for tests and demos): versions start again at
+   * 1 under a new epoch, and subscribers are told at once (in one process, the witness is the epoch itself).
+   */
+  wipe (): void {
+    this.assertOpen()
+    this.entries.clear()
+    this.sequences.clear()
+    this.epoch = newEpoch()
+    for (const { listener } of this.listeners) {
+      try { listener.onWitness?.('memory', this.epoch) } catch { /* a listener's bug must not fail the caller */ }
+    }
   }
 
   async close (): Promise<void> {
@@ -95,7 +114,7 @@ export class MemoryRepository implements Repository {
 
   private tombstone (key: string, seqKey: string, cur: Slot | undefined, ttlMs: number): number {
     const version = (cur?.version ?? 0) + 1
-    this.entries.set(key, { value: null, version, expiresAt: this.now() + ttlMs })
+    this.entries.set(key, { value: null, version, expiresAt: this.now() + ttlMs, epoch: this.epoch })
     this.publish(key, seqKey, version)
     return version
   }
@@ -118,7 +137,7 @@ export class MemoryRepository implements Repository {
     for (const { scope, listener } of this.listeners) {
       if (!key.startsWith(scope.prefix) || partition >= scope.partitions) continue
       try {
-        listener.onInvalidation({ key, version, partition, sequence })
+        listener.onInvalidation({ key, version, partition, sequence, epoch: this.epoch })
       } catch {
         // a listener's bug must not fail the writer, whose write is already stored
       }

@@ -1,5 +1,6 @@
 import type { Redis, RedisOptions } from 'ioredis'
-import { channelName, partitionOfChannel } from '../partitions.js'
+import { channelName, partitionOfChannel, witnessKey } from '../partitions.js'
+import { isEpoch, newEpoch } from './epoch.js'
 import type { InvalidationListener, SubscriptionScope } from './types.js'
 
 export interface RedisSubscriberOptions {
@@ -29,6 +30,7 @@ export class RedisSubscriber {
   private timer: NodeJS.Timeout | undefined
   private pingInFlight = false
   private pingSentAt = 0
+  private witnessInFlight = false
   private started = false
   private closed = false
   private readonly heartbeatIntervalMs: number
@@ -123,18 +125,58 @@ export class RedisSubscriber {
       () => { if (settle() && !this.closed) this.listener.onHeartbeat?.(sentAt) },
       () => { settle() }
     )
+    this.checkWitness()
+  }
+
+  /**
+   * Confirms with every heartbeat that this node still holds the data it held: one read of one witness key per node
+   * (O(1) per heartbeat, whatever the partition count; GETEX, a command nothing else sends, so it can be told apart
+   * from the data path in INFO commandstats). A FLUSHALL or an empty restart loses the witness; the next check mints
+   * a new one (SET NX GET: whoever comes first wins), and the listener sees another value: a reset, detected without
+   * any write. It runs on the command connection (a subscribed connection takes no GET); one check at a time.
+   */
+  private checkWitness (): void {
+    if (this.witnessInFlight || this.listener.onWitness === undefined || this.client.status !== 'ready') return
+    this.witnessInFlight = true
+    const name = witnessKey(this.scope.prefix, this.opts.partitions?.[0] ?? 0)
+    const report = (value: string): void => {
+      if (!this.closed) this.listener.onWitness?.(name, value, this.opts.partitions)
+    }
+    this.readWitness(name).then(
+      value => { this.witnessInFlight = false; report(value) },
+      () => { this.witnessInFlight = false }
+    )
+  }
+
+  private async readWitness (name: string): Promise<string> {
+    const value = await this.client.call('GETEX', name)
+    if (value !== null) return asText(value)
+    const candidate = newEpoch()
+    const previous = await this.client.call('SET', name, candidate, 'NX', 'GET')
+    return previous === null ? candidate : asText(previous)
   }
 
   private onMessage (channel: string, message: string): void {
-    // "<version> <sequence> <key>", written by the Lua scripts
+    // "<version> <sequence> <epoch> <key>", written by the Lua scripts; "<version> <sequence> <key>" from writers
+    // older than epochs (a key always holds a '{', an epoch never does).
     const a = message.indexOf(' ')
     const b = message.indexOf(' ', a + 1)
     if (a < 0 || b < 0) return
     const version = Number(message.slice(0, a))
     const sequence = Number(message.slice(a + 1, b))
-    const key = message.slice(b + 1)
+    let epoch = ''
+    let key = message.slice(b + 1)
+    const c = message.indexOf(' ', b + 1)
+    if (c > 0 && isEpoch(message.slice(b + 1, c))) {
+      epoch = message.slice(b + 1, c)
+      key = message.slice(c + 1)
+    }
     const partition = partitionOfChannel(channel)
     if (!Number.isSafeInteger(version) || !Number.isSafeInteger(sequence) || partition < 0) return
-    this.listener.onInvalidation({ key, version, partition, sequence })
+    this.listener.onInvalidation({ key, version, partition, sequence, epoch })
   }
+}
+
+function asText (x: unknown): string {
+  return Buffer.isBuffer(x) ? x.toString() : String(x)
 }

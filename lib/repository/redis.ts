@@ -2,9 +2,10 @@ import { readFileSync } from 'node:fs'
 import { Redis, Cluster, type RedisOptions } from 'ioredis'
 import clusterKeySlot from 'cluster-key-slot'
 import { CorruptEntryError, UnavailableError, ClosedError } from '../errors.js'
-import { channelOf, sequenceKeyOf } from '../partitions.js'
+import { channelOf, epochKeyOf, sequenceKeyOf } from '../partitions.js'
 import { entryLabel } from '../seal.js'
 import { GuardsByNode } from './deadline.js'
+import { newEpoch } from './epoch.js'
 import type { CasResult, InvalidationListener, Repository, StoredEntry, Subscription, SubscriptionScope } from './types.js'
 import { RedisSubscriber } from './redis-subscriber.js'
 import { ClusterSubscription } from './cluster-subscriber.js'
@@ -16,9 +17,11 @@ type Reply = Array<number | Buffer | null>
 
 /** The commands defineCommand adds; ioredis cannot type them itself. */
 interface Scripted {
-  handoffCasBuffer: (entry: string, seq: string, expected: string, data: Buffer, ttl: number, now: number, channel: string) => Promise<Reply>
-  handoffRemoveBuffer: (entry: string, seq: string, ttl: number, now: number, channel: string, returnOld: string) => Promise<Reply>
-  handoffTouch: (entry: string, ttl: number, now: number) => Promise<number>
+  handoffCasBuffer: (entry: string, seq: string, epochKey: string, expected: string, data: Buffer, ttl: number, now: number,
+    channel: string, expectedEpoch: string, epochCandidate: string) => Promise<Reply>
+  handoffRemoveBuffer: (entry: string, seq: string, epochKey: string, ttl: number, now: number, channel: string,
+    returnOld: string, epochCandidate: string) => Promise<Reply>
+  handoffTouch: (entry: string, ttl: number, now: number, expectedEpoch: string) => Promise<number>
 }
 
 export type RedisClient = Redis | Cluster
@@ -123,8 +126,8 @@ export class RedisRepository implements Repository {
       this.ownsClient = true
     }
     this.kind = this.client instanceof Cluster ? 'redis-cluster' : 'redis'
-    this.client.defineCommand('handoffCas', { numberOfKeys: 2, lua: SCRIPTS.cas })
-    this.client.defineCommand('handoffRemove', { numberOfKeys: 2, lua: SCRIPTS.remove })
+    this.client.defineCommand('handoffCas', { numberOfKeys: 3, lua: SCRIPTS.cas })
+    this.client.defineCommand('handoffRemove', { numberOfKeys: 3, lua: SCRIPTS.remove })
     this.client.defineCommand('handoffTouch', { numberOfKeys: 1, lua: SCRIPTS.touch })
     this.scripted = this.client as unknown as Scripted
     // Without an error listener ioredis errors crash the process (measured on the peer stack).
@@ -155,36 +158,36 @@ export class RedisRepository implements Repository {
   }
 
   async get (key: string): Promise<StoredEntry | null> {
-    const r = await this.run(key, () => this.client.hmgetBuffer(key, 'v', 'd', 'e'))
-    return parseEntry(key, r[0] ?? null, r[1] ?? null, r[2] ?? null)
+    const r = await this.run(key, () => this.client.hmgetBuffer(key, 'v', 'd', 'e', 'g'))
+    return parseEntry(key, r[0] ?? null, r[1] ?? null, r[2] ?? null, r[3] ?? null)
   }
 
-  async compareAndSet (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number): Promise<CasResult> {
+  async compareAndSet (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number, expectedEpoch?: string): Promise<CasResult> {
     const r = await this.run(key, () => this.scripted.handoffCasBuffer(
-      key, sequenceKeyOf(key), expectedVersion === null ? '' : String(expectedVersion), value, ttlMs, Date.now(),
-      channelOf(key)))
-    if (r[0] === 1) return { ok: true, version: Number(r[1]), expiresAt: Number(r[2]) }
+      key, sequenceKeyOf(key), epochKeyOf(key), expectedVersion === null ? '' : String(expectedVersion), value, ttlMs,
+      Date.now(), channelOf(key), expectedEpoch ?? '*', newEpoch()))
+    if (r[0] === 1) return { ok: true, version: Number(r[1]), expiresAt: Number(r[2]), epoch: text(r[3]) }
     const version = Number(r[1])
     if (version === 0) return { ok: false, current: null }
-    return { ok: false, current: { version, value: bufferOrNull(r[2]), expiresAt: Number(r[3]) } }
+    return { ok: false, current: { version, value: bufferOrNull(r[2]), expiresAt: Number(r[3]), epoch: text(r[4]) } }
   }
 
   async take (key: string, tombstoneTtlMs: number): Promise<StoredEntry | null> {
     const r = await this.run(key, () => this.scripted.handoffRemoveBuffer(
-      key, sequenceKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), '1'))
+      key, sequenceKeyOf(key), epochKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), '1', newEpoch()))
     const value = bufferOrNull(r[2])
     if (value === null) return null
-    return { value, version: Number(r[1]), expiresAt: Number(r[3]) }
+    return { value, version: Number(r[1]), expiresAt: Number(r[3]), epoch: text(r[4]) }
   }
 
   async delete (key: string, tombstoneTtlMs: number): Promise<number> {
     const r = await this.run(key, () => this.scripted.handoffRemoveBuffer(
-      key, sequenceKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), '0'))
+      key, sequenceKeyOf(key), epochKeyOf(key), tombstoneTtlMs, Date.now(), channelOf(key), '0', newEpoch()))
     return Number(r[0])
   }
 
-  async touch (key: string, ttlMs: number): Promise<boolean> {
-    const r = await this.run(key, () => this.scripted.handoffTouch(key, ttlMs, Date.now()))
+  async touch (key: string, ttlMs: number, expectedEpoch?: string): Promise<boolean> {
+    const r = await this.run(key, () => this.scripted.handoffTouch(key, ttlMs, Date.now(), expectedEpoch ?? '*'))
     return r === 1
   }
 
@@ -398,13 +401,18 @@ function bufferOrNull (x: number | Buffer | null | undefined): Buffer | null {
   return Buffer.isBuffer(x) ? x : null
 }
 
-function parseEntry (key: string, v: Buffer | null, d: Buffer | null, e: Buffer | null): StoredEntry | null {
+/** A string reply field; '' for a missing one (an entry written before epochs has no `g`). */
+function text (x: number | Buffer | null | undefined): string {
+  return Buffer.isBuffer(x) ? x.toString() : ''
+}
+
+function parseEntry (key: string, v: Buffer | null, d: Buffer | null, e: Buffer | null, g: Buffer | null): StoredEntry | null {
   if (v === null) return null
   const version = Number(v.toString())
   if (!Number.isSafeInteger(version) || version < 1) {
     throw new CorruptEntryError(entryLabel(key), 'the version field is not a positive integer: not a fastify-handoff entry')
   }
-  return { version, value: d, expiresAt: e === null ? 0 : Number(e.toString()) }
+  return { version, value: d, expiresAt: e === null ? 0 : Number(e.toString()), epoch: text(g) }
 }
 
 function mapError (key: string, err: unknown): Error {

@@ -43,13 +43,15 @@ export class ShardedRepository implements Repository {
 
   async connect (): Promise<void> { await Promise.all(this.nodes.map(async n => await n.repository.connect())) }
   async get (key: string): Promise<StoredEntry | null> { return await this.nodeFor(key).get(key) }
-  async compareAndSet (key: string, expected: number | null, value: Buffer, ttlMs: number): Promise<CasResult> {
-    return await this.nodeFor(key).compareAndSet(key, expected, value, ttlMs)
+  async compareAndSet (key: string, expected: number | null, value: Buffer, ttlMs: number, expectedEpoch?: string): Promise<CasResult> {
+    return await this.nodeFor(key).compareAndSet(key, expected, value, ttlMs, expectedEpoch)
   }
 
   async take (key: string, ttlMs: number): Promise<StoredEntry | null> { return await this.nodeFor(key).take(key, ttlMs) }
   async delete (key: string, ttlMs: number): Promise<number> { return await this.nodeFor(key).delete(key, ttlMs) }
-  async touch (key: string, ttlMs: number): Promise<boolean> { return await this.nodeFor(key).touch(key, ttlMs) }
+  async touch (key: string, ttlMs: number, expectedEpoch?: string): Promise<boolean> {
+    return await this.nodeFor(key).touch(key, ttlMs, expectedEpoch)
+  }
 
   async waitForReplicas (key: string, replicas: number, timeoutMs: number): Promise<number> {
     const node = this.nodeFor(key)
@@ -78,6 +80,10 @@ export class ShardedRepository implements Repository {
       beats.set(n.id, Number.NEGATIVE_INFINITY)
       return await n.repository.subscribe(scope, {
         onInvalidation: msg => listener.onInvalidation(msg),
+        // Every node has a witness of the same name: tell them apart, and a wipe resets only that node's partitions.
+        onWitness: (name, value, partitions) => {
+          listener.onWitness?.(`${n.id} ${name}`, value, partitions ?? this.partitionsOf(n.id, scope.partitions))
+        },
         onResync: partitions => {
           beats.set(n.id, Number.NEGATIVE_INFINITY)
           forwarded = Number.NEGATIVE_INFINITY
@@ -100,4 +106,10 @@ export class ShardedRepository implements Repository {
   }
 
   async close (): Promise<void> { await Promise.all(this.nodes.map(async n => await n.repository.close())) }
+
+  private partitionsOf (id: string, partitions: number): number[] {
+    const owned: number[] = []
+    for (let p = 0; p < partitions; p++) if (this.rendezvous.nodeFor(p) === id) owned.push(p)
+    return owned
+  }
 }

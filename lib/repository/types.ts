@@ -1,7 +1,7 @@
 /**
  * The Repository is the shared, authoritative tier: Redis in production, an in-process map when no Redis is
  * configured. It stores opaque bytes (sealed by the TieredStore) under a version that grows by one per write.
- * Every mutating operation is atomic and publishes an invalidation for its partition (see coherence.ts).
+ * Every mutating operation is atomic and publishes an invalidation for its partition (see local-tier.ts).
  *
  * Keys are full names built by `partitions.ts` (`<prefix>{p<n>}:<id>:<kind>`); the `{p<n>}` hash tag names the
  * partition, so an entry, its partition's sequence counter and its invalidation channel share one Cluster slot.
@@ -14,10 +14,16 @@ export interface StoredEntry {
   version: number
   /** Absolute expiry, milliseconds since the epoch. */
   expiresAt: number
+  /**
+   * The repository generation the entry was written in (its partition's epoch, a random id minted once per partition
+   * and again after the repository lost its data). '' for entries written before epochs existed.
+   */
+  epoch: string
 }
 
 export type CasResult =
-  | { ok: true, version: number, expiresAt: number }
+  /** `epoch`: the generation the entry was written in. */
+  | { ok: true, version: number, expiresAt: number, epoch: string }
   /** The write was refused; `current` is what the key holds now (null: absent), saving the caller a read. */
   | { ok: false, current: StoredEntry | null }
 
@@ -29,6 +35,8 @@ export interface Invalidation {
   partition: number
   /** Per-partition sequence number, +1 per published invalidation: a gap means a lost message. */
   sequence: number
+  /** The partition's epoch the write was made in; a change means the repository forgot (FLUSHALL, empty restart). '' from writers older than epochs. */
+  epoch: string
 }
 
 export interface InvalidationListener {
@@ -44,6 +52,12 @@ export interface InvalidationListener {
    * process) has been delivered.
    */
   onHeartbeat?: (sentAt: number) => void
+  /**
+   * A node's witness (a marker key minted once with SET NX, checked with every heartbeat) holds `value`. A value
+   * other than the last one seen under `name` means that node lost its data: every partition it serves (`partitions`,
+   * all when undefined) was reset, even if nobody writes to it.
+   */
+  onWitness?: (name: string, value: string, partitions?: readonly number[]) => void
 }
 
 export interface SubscriptionScope {
@@ -67,8 +81,10 @@ export interface Repository {
    * Store `value` as version `expectedVersion + 1` if the key is at `expectedVersion` now (a tombstone counts, its
    * version included; an absent key is version 0). `expectedVersion === null` means "create if absent": it writes
    * version 1 when nothing (not even a tombstone) is there, and otherwise returns the current entry unchanged.
+   * `expectedEpoch`, when given, must also match the stored entry's epoch (a base read before the repository lost its
+   * data is refused even if the version number happens to match again); '' matches entries written before epochs.
    */
-  compareAndSet: (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number) => Promise<CasResult>
+  compareAndSet: (key: string, expectedVersion: number | null, value: Buffer, ttlMs: number, expectedEpoch?: string) => Promise<CasResult>
   /** Read and delete atomically; leaves a tombstone (version + 1) for `tombstoneTtlMs`. Null when absent. */
   take: (key: string, tombstoneTtlMs: number) => Promise<StoredEntry | null>
   /**
@@ -76,8 +92,11 @@ export interface Repository {
    * flight (it expects the old version) fails instead of bringing the entry back. Returns the tombstone's version.
    */
   delete: (key: string, tombstoneTtlMs: number) => Promise<number>
-  /** Extend the expiry of a live entry without rewriting it or changing its version. False when absent. */
-  touch: (key: string, ttlMs: number) => Promise<boolean>
+  /**
+   * Extend the expiry of a live entry without rewriting it or changing its version. False when absent, or when
+   * `expectedEpoch` is given and the entry is from another epoch (the entry the caller knew is gone).
+   */
+  touch: (key: string, ttlMs: number, expectedEpoch?: string) => Promise<boolean>
   /**
    * Optional: wait until `replicas` replicas acknowledged every write made so far on the connection that owns
    * `key`, at most `timeoutMs`. Returns how many did. Repositories without replication leave it undefined.

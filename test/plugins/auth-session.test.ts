@@ -116,12 +116,15 @@ async function login (app: App, user: string, cookie?: string, keep?: string[]):
   return c
 }
 
-/** Redis commands run since `before` (INFO commandstats), without INFO itself and the subscribers' heartbeat PINGs. */
+/**
+ * Redis commands run since `before` (INFO commandstats), without INFO itself and the subscribers' heartbeats (a PING
+ * on the subscriber and a GETEX of the node's witness key on the command connection).
+ */
 function commandStats (server: RedisHandle = redis): Map<string, number> {
   const out = new Map<string, number>()
   for (const line of server.cli('INFO', 'commandstats').split('\n')) {
     const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim())
-    if (m !== null && m[1] !== 'info' && m[1] !== 'ping') out.set(m[1] as string, Number(m[2]))
+    if (m !== null && m[1] !== 'info' && m[1] !== 'ping' && m[1] !== 'getex') out.set(m[1] as string, Number(m[2]))
   }
   return out
 }

@@ -76,10 +76,8 @@ t.test('sharded: a frozen node (SIGSTOP) trips only its own breaker; the other n
   for (const k of elsewhere) t.match(await s.update(k, () => ({ v: 1 })), { written: true }, 'the other nodes take writes')
 
   frozen.resume()
-  let back = false
-  for (const deadline = Date.now() + 5000; !back && Date.now() < deadline; await sleep(50)) {
-    back = await s.update(onFrozen[0] as string, () => ({ v: 2 })).then(() => true, () => false)
-  }
+  const back = await waitFor(async () => await s.update(onFrozen[0] as string, () => ({ v: 2 })).then(() => true, () => false),
+    { timeoutMs: 5000, intervalMs: 50 })
   t.ok(back, 'the probe closes the breaker once the node answers')
   t.same(sharded.unavailableNodes(), [])
 })

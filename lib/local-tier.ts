@@ -1,0 +1,383 @@
+import { LRUCache } from 'lru-cache'
+import type { Invalidation, InvalidationListener } from './repository/types.js'
+
+/** A copy of a repository entry held by this instance. */
+export interface LocalCopy {
+  readonly value: unknown
+  readonly version: number
+  /** The repository epoch the entry was written in ('' for entries written before epochs). */
+  readonly epoch: string
+  expiresAt: number
+  readonly size: number
+  /** The lease generation its read or write started in: a copy from before a lapse never answers as fresh. */
+  readonly generation: number
+}
+
+/** What the local tier hears from the repository and does about it; mirrored into the store's counters. */
+export interface LocalTierCounters {
+  invalidations: number
+  gapsRepaired: number
+  resyncs: number
+  leaseSuspensions: number
+  fillsSkipped: number
+  /** Epoch changes seen: a partition or a node of the repository lost its data (FLUSHALL, empty restart, empty failover). */
+  resets: number
+}
+
+export interface LocalTierLogger {
+  warn: (obj: object, msg?: string) => void
+}
+
+export interface LocalTierOptions {
+  partitions: number
+  /** Power of two, at most `partitions`; each stripe is an LRU with its share of `maxBytes`. */
+  stripes: number
+  /** Upper bound in bytes; 0 keeps nothing. */
+  maxBytes: number
+  /** How long a copy may answer without asking the repository, ms; 0 keeps nothing. */
+  ttlMs: number
+  /** Follow invalidations with this lease (ms), or undefined: no coherence, copies answer until `ttlMs`. */
+  leaseMs: number | undefined
+  /** True when delivery cannot be lost (in-process repository): no lease needed. */
+  reliable: boolean
+  /** Clock of entry expiry (ms since the epoch). */
+  now: () => number
+  /** Monotonic clock of the lease. Default: performance.now. */
+  clock?: () => number
+  logger?: LocalTierLogger | undefined
+  /** Names the repository in the reset warning. */
+  repository: string
+}
+
+/** A read or write in flight: whether its result may still fill the local tier when it returns. */
+export interface FillTicket {
+  readonly key: string
+  readonly partition: number
+  readonly flushes: number
+  readonly partitionFlushes: number
+  readonly generation: number
+  maxNotified: number
+  refs: number
+}
+
+/** What a repository reply says about a key, to fill the local tier with (value undefined: nothing to keep). */
+export interface Fill {
+  value: unknown
+  version: number
+  epoch: string
+  expiresAt: number
+  /** Sealed size, for the byte bound. */
+  bytes: number
+}
+
+const KEY_OVERHEAD = 96
+const RESET_LOG_INTERVAL_MS = 60_000
+
+/**
+ * One instance's local tier (striped lru-cache) and what keeps it coherent with the repository:
+ * - invalidations drop copies older than the notified version, or from another epoch;
+ * - a per-partition sequence gap (lost message) or a resync (reconnect) flushes the affected copies: repair by
+ *   negative acknowledgement, as Hazelcast's near cache does;
+ * - an epoch change (seen in an invalidation, a reply, or a node's witness on the heartbeat) is a reset: the
+ *   repository forgot, versions restart at 1, and every copy of the affected partitions is dropped;
+ * - a lease renewed by heartbeats: copies answer only while it is held; after a renewal that follows a lapse, copies
+ *   from before it never answer as fresh again (messages may have been lost meanwhile), so staleness stays bounded
+ *   by the lease on a silently dead network;
+ * - fill tickets stop a reply from filling a version that an invalidation, which overtook the reply on the other
+ *   connection, already superseded, or that a flush made while it was in flight voided.
+ */
+export class LocalTier implements InvalidationListener {
+  readonly counters: LocalTierCounters = { invalidations: 0, gapsRepaired: 0, resyncs: 0, leaseSuspensions: 0, fillsSkipped: 0, resets: 0 }
+  private readonly stripes: Array<LRUCache<string, LocalCopy>>
+  private readonly stripeMask: number
+  private readonly ttlMs: number
+  private readonly partitions: number
+  private readonly leaseMs: number | undefined
+  private reliable: boolean
+  private readonly now: () => number
+  private readonly clock: () => number
+  private readonly logger: LocalTierLogger | undefined
+  private readonly repository: string
+  private readonly lastSequence: Float64Array
+  /** The epoch each partition is known to be in (undefined: not learned yet, or reset). */
+  private readonly epochs: Array<string | undefined>
+  private readonly witnesses = new Map<string, string>()
+  /** Flush counters: a ticket opened before a flush of its partition (or of everything) may not fill. */
+  private flushes = 0
+  private readonly partitionFlushes: Uint32Array
+  private readonly tickets = new Map<string, FillTicket>()
+  private leaseFrom = Number.NEGATIVE_INFINITY
+  /**
+   * +1 each time the lease is renewed after a lapse: messages may have been lost meanwhile, so copies whose read or
+   * write started before are not served as fresh any more. They are not flushed: while the repository is unreachable
+   * they may still answer, flagged degraded.
+   */
+  private generation = 0
+  private lapseCounted = false
+  private resetLoggedAt = Number.NEGATIVE_INFINITY
+  private resetsUnlogged = 0
+
+  constructor (opts: LocalTierOptions) {
+    this.partitions = opts.partitions
+    this.stripeMask = opts.stripes - 1
+    this.ttlMs = opts.ttlMs
+    this.leaseMs = opts.leaseMs
+    this.reliable = opts.reliable
+    this.now = opts.now
+    this.clock = opts.clock ?? (() => performance.now())
+    this.logger = opts.logger
+    this.repository = opts.repository
+    this.lastSequence = new Float64Array(opts.partitions)
+    this.epochs = new Array<string | undefined>(opts.partitions)
+    this.partitionFlushes = new Uint32Array(opts.partitions)
+    this.stripes = []
+    if (opts.maxBytes === 0 || opts.ttlMs === 0) return
+    const perStripe = Math.max(1, Math.floor(opts.maxBytes / opts.stripes))
+    for (let i = 0; i < opts.stripes; i++) {
+      this.stripes.push(new LRUCache<string, LocalCopy>({
+        maxSize: perStripe,
+        sizeCalculation: c => c.size,
+        ttl: opts.ttlMs,
+        ttlAutopurge: false,
+        updateAgeOnGet: false
+      }))
+    }
+  }
+
+  /** Whether invalidations are followed (coherence on). */
+  get coherent (): boolean { return this.leaseMs !== undefined }
+
+  /** Whether delivery can be lost, as the subscription reports it once it exists: unreliable waits for a heartbeat. */
+  setReliable (reliable: boolean): void {
+    if (reliable === this.reliable) return
+    this.reliable = reliable
+    if (!reliable) this.leaseFrom = Number.NEGATIVE_INFINITY
+  }
+
+  /** May local copies answer now? True while the lease is held (or coherence is off, or delivery is reliable). */
+  readable (): boolean {
+    return this.leaseMs === undefined || this.reliable || this.clock() - this.leaseFrom <= this.leaseMs
+  }
+
+  /** Ms since the newest answered heartbeat was sent (0 when no lease is needed, Infinity before the first). */
+  get leaseAge (): number {
+    return this.leaseMs === undefined || this.reliable ? 0 : this.clock() - this.leaseFrom
+  }
+
+  /**
+   * performance.now() of the newest answered heartbeat: now with reliable (in-process) delivery, which has nothing to
+   * lose; never without coherence (no heartbeat proves anything then).
+   */
+  get heardAt (): number {
+    if (this.reliable) return this.clock()
+    return this.leaseMs === undefined ? Number.NEGATIVE_INFINITY : this.leaseFrom
+  }
+
+  /** The copy of `key` that may answer now: readable, unexpired, at or above `minVersion`, of the known epoch. */
+  get (key: string, partition: number, minVersion: number): LocalCopy | undefined {
+    if (!this.readable()) {
+      if (!this.lapseCounted) { this.lapseCounted = true; this.counters.leaseSuspensions++ }
+      return undefined
+    }
+    const copy = this.stripeOf(partition)?.get(key)
+    if (copy === undefined || copy.generation !== this.generation || copy.version < minVersion || copy.expiresAt <= this.now()) return undefined
+    return copy
+  }
+
+  /** The copy of `key`, if any, whatever the lease says (for answers while the repository is unreachable). */
+  peek (key: string, partition: number): LocalCopy | undefined {
+    const copy = this.stripeOf(partition)?.peek(key)
+    if (copy === undefined || copy.expiresAt <= this.now()) return undefined
+    return copy
+  }
+
+  drop (key: string, partition: number): void {
+    this.stripeOf(partition)?.delete(key)
+  }
+
+  /** The entry's expiry moved (touch): keep the copy's in step. */
+  extend (key: string, partition: number, expiresAt: number): void {
+    const copy = this.stripeOf(partition)?.peek(key)
+    if (copy !== undefined) copy.expiresAt = expiresAt
+  }
+
+  /** Call before a repository read or write whose reply may fill the local tier; then `fill` or `release` it. */
+  open (key: string, partition: number): FillTicket {
+    let t = this.tickets.get(key)
+    if (t === undefined) {
+      t = {
+        key,
+        partition,
+        flushes: this.flushes,
+        partitionFlushes: this.partitionFlushes[partition] ?? 0,
+        generation: this.generation,
+        maxNotified: 0,
+        refs: 0
+      }
+      this.tickets.set(key, t)
+    }
+    t.refs++
+    return t
+  }
+
+  /** The operation failed or its reply fills nothing. */
+  release (t: FillTicket): void {
+    if (--t.refs === 0) this.tickets.delete(t.key)
+  }
+
+  /**
+   * The reply came: keep it (or, with `fill.value` undefined, drop the copy: the key is absent or deleted) unless a
+   * flush happened or a newer version was notified while it was in flight. The reply's epoch is learned first: an
+   * epoch other than the partition's known one is a reset, which flushes the partition before the fill.
+   */
+  fill (t: FillTicket, fill: Fill): void {
+    this.release(t)
+    const ok = t.flushes === this.flushes &&
+      t.partitionFlushes === (this.partitionFlushes[t.partition] ?? 0) &&
+      t.maxNotified <= fill.version
+    if (!ok) { this.counters.fillsSkipped++; return }
+    this.learnEpoch(t.partition, fill.epoch)
+    const stripe = this.stripeOf(t.partition)
+    if (stripe === undefined) return
+    const ttl = Math.min(this.ttlMs, fill.expiresAt - this.now())
+    if (fill.value === undefined || ttl <= 0) { stripe.delete(t.key); return }
+    const cur = stripe.peek(t.key)
+    if (cur !== undefined && cur.epoch === fill.epoch && cur.generation === t.generation && cur.version > fill.version) return
+    stripe.set(t.key, {
+      value: fill.value,
+      version: fill.version,
+      epoch: fill.epoch,
+      expiresAt: fill.expiresAt,
+      size: fill.bytes + t.key.length + KEY_OVERHEAD,
+      generation: t.generation
+    }, { ttl })
+  }
+
+  onHeartbeat (sentAt: number): void {
+    if (sentAt <= this.leaseFrom || this.leaseMs === undefined) return
+    // A renewal after a lapse: messages may have been lost while nothing was heard. Copies from before (and replies
+    // still in flight) stop answering as fresh; see `generation`.
+    const lapsed = sentAt - this.leaseFrom > this.leaseMs
+    this.leaseFrom = sentAt
+    if (lapsed) {
+      this.lapseCounted = false
+      this.generation++
+    }
+  }
+
+  onResync (partitions?: readonly number[]): void {
+    this.counters.resyncs++
+    if (partitions === undefined) {
+      this.lastSequence.fill(0)
+      if (this.reliable || this.leaseMs === undefined) { this.flushAll(); return }
+      // Void the lease: copies stop answering now and are flushed when it is renewed. Until then they stay, to answer
+      // while the repository itself is unreachable. Replies in flight may not fill.
+      this.leaseFrom = Number.NEGATIVE_INFINITY
+      this.flushes++
+      return
+    }
+    for (const p of partitions) {
+      this.lastSequence[p] = 0
+      this.flushPartition(p)
+    }
+  }
+
+  onInvalidation (msg: Invalidation): void {
+    const p = msg.partition
+    if (p < 0 || p >= this.partitions) return
+    this.counters.invalidations++
+    const last = this.lastSequence[p] ?? 0
+    // A new epoch is a reset (flushed inside); otherwise a gap means something was published that we never saw.
+    if (!this.learnEpoch(p, msg.epoch) && last !== 0 && msg.sequence !== last + 1) {
+      this.counters.gapsRepaired++
+      this.flushPartition(p)
+    }
+    this.lastSequence[p] = msg.sequence
+    const t = this.tickets.get(msg.key)
+    if (t !== undefined && msg.version > t.maxNotified) t.maxNotified = msg.version
+    const stripe = this.stripeOf(p)
+    const copy = stripe?.peek(msg.key, { allowStale: true })
+    if (copy === undefined) return
+    // From another epoch, a copy is another value whatever its version; writers older than epochs send none.
+    const stale = msg.epoch === '' ? copy.version < msg.version : copy.epoch !== msg.epoch || copy.version < msg.version
+    if (stale) stripe?.delete(msg.key)
+  }
+
+  onWitness (name: string, value: string, partitions?: readonly number[]): void {
+    const before = this.witnesses.get(name)
+    this.witnesses.set(name, value)
+    if (before === undefined || before === value) return
+    this.reset(partitions, 'witness')
+  }
+
+  /** Drop every copy (tests, or an operator after restoring Redis from a backup). */
+  clear (): void {
+    this.flushAll()
+  }
+
+  get bytes (): number {
+    let n = 0
+    for (const s of this.stripes) n += s.calculatedSize
+    return n
+  }
+
+  get entries (): number {
+    let n = 0
+    for (const s of this.stripes) n += s.size
+    return n
+  }
+
+  /**
+   * Records the epoch a reply or message shows for `partition`. True when it differs from the one known: a reset of
+   * that partition, whose copies are dropped.
+   */
+  private learnEpoch (partition: number, epoch: string): boolean {
+    if (epoch === '') return false
+    const known = this.epochs[partition]
+    this.epochs[partition] = epoch
+    if (known === undefined || known === epoch) return false
+    this.reset([partition], 'epoch')
+    this.epochs[partition] = epoch
+    return true
+  }
+
+  private reset (partitions: readonly number[] | undefined, seenBy: 'epoch' | 'witness'): void {
+    this.counters.resets++
+    if (partitions === undefined) {
+      this.epochs.fill(undefined)
+      this.lastSequence.fill(0)
+      this.flushAll()
+    } else {
+      for (const p of partitions) {
+        this.epochs[p] = undefined
+        this.lastSequence[p] = 0
+        this.flushPartition(p)
+      }
+    }
+    // One line a minute at most: a FLUSHALL seen partition by partition must not flood the logs.
+    const now = this.now()
+    if (now - this.resetLoggedAt < RESET_LOG_INTERVAL_MS) { this.resetsUnlogged++; return }
+    this.logger?.warn({
+      repository: this.repository,
+      seenBy,
+      partitions: partitions === undefined ? 'all' : partitions.length,
+      suppressedSinceLast: this.resetsUnlogged
+    }, 'fastify-handoff: the repository lost its data (FLUSHALL, empty restart or failover to an empty replica); local copies dropped, versions start again')
+    this.resetLoggedAt = now
+    this.resetsUnlogged = 0
+  }
+
+  private flushPartition (p: number): void {
+    this.partitionFlushes[p] = ((this.partitionFlushes[p] ?? 0) + 1) >>> 0
+    this.stripeOf(p)?.clear()
+  }
+
+  private flushAll (): void {
+    this.flushes++
+    for (const s of this.stripes) s.clear()
+  }
+
+  private stripeOf (partition: number): LRUCache<string, LocalCopy> | undefined {
+    return this.stripes[partition & this.stripeMask]
+  }
+}
