@@ -167,8 +167,8 @@ async function spawnInstance (name: string, port: number, redisUrl: string, secr
     c.once('exit', () => liveChildren.delete(c))
     c.stderr?.on('data', (d: Buffer) => opts.onLog?.(`[${name}] ${d.toString().trimEnd()}`))
     await new Promise<void>((resolve, reject) => {
-      // Generous: a loaded 2-core machine has taken 20-30 s to start one (it is mostly loading modules).
-      const timer = setTimeout(() => reject(new Error(`${name} did not start within 60 s`)), 60_000)
+      // Generous: a 2-core machine at load 30 has taken over 60 s to start one (it is mostly loading modules).
+      const timer = setTimeout(() => reject(new Error(`${name} did not start within 120 s`)), 120_000)
       createInterface({ input: c.stdout as NodeJS.ReadableStream }).once('line', () => { clearTimeout(timer); resolve() })
       c.once('exit', code => { clearTimeout(timer); reject(new Error(`${name} exited with ${String(code)} while starting`)) })
     })

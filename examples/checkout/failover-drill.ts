@@ -1,10 +1,14 @@
 /**
  * npm run demo:failover: a scripted drill. A client logs in, fills a cart and checks out through the balancer
- * while instances are killed and restarted, including the one that is in the middle of charging the card.
- * Prints a short report: requests, instances seen, TLS resumptions, retries, orders placed, charges made.
+ * while instances are killed and restarted, including the one that is in the middle of charging the card. Then a
+ * rolling deploy: each instance in turn gets SIGTERM (it drains), is started again and is back in rotation before
+ * the next, under signed-in traffic with no retries.
+ * Prints a short report: requests, instances seen, TLS resumptions, retries, orders placed, charges made, and the
+ * rolling deploy's requests, failures, sign-outs, adds and orders.
  */
 import { startShopCluster, type ShopCluster } from './cluster.js'
 import { ShopClient } from './client.js'
+import { runRollingDeploy, formatRollingDeploy, type RollingDeployReport } from './rolling-deploy.js'
 import { freePort } from '../../scripts/redis-server.js'
 
 export interface DrillReport {
@@ -20,11 +24,19 @@ export interface DrillReport {
   charges: number
   cartAfter: number
   user: string | null
+  rollingDeploy: RollingDeployReport
 }
+
+// The drill's drain period: above the balancer's 2 checks 250 ms apart, short enough for a quick drill.
+const DRILL_DRAIN_MS = 2000
 
 export async function runDrill (log: (s: string) => void = console.log): Promise<DrillReport> {
   // Free ports, so the drill runs beside a running demo.
-  const cluster: ShopCluster = await startShopCluster({ ports: [await freePort(), await freePort(), await freePort()], balancerPort: await freePort() })
+  const cluster: ShopCluster = await startShopCluster({
+    ports: [await freePort(), await freePort(), await freePort()],
+    balancerPort: await freePort(),
+    drainMs: DRILL_DRAIN_MS
+  })
   const killed: string[] = []
   try {
     const client = new ShopClient(cluster.balancerPort)
@@ -69,6 +81,19 @@ export async function runDrill (log: (s: string) => void = console.log): Promise
     const who = await client.call<{ user: string | null }>('GET', '/api/whoami')
     const after = await client.call<{ items: unknown[] }>('GET', '/api/cart')
     const provider = await client.call<{ charges: number }>('GET', '/api/_provider')
+    log(`rolling deploy: SIGTERM each instance in turn (drain ${DRILL_DRAIN_MS} ms), start it again, wait until it is back in rotation`)
+    const rollingDeploy = await runRollingDeploy({
+      ports: [cluster.balancerPort],
+      instances: cluster.instances,
+      waitInRotation: async x => {
+        const deadline = Date.now() + 120_000
+        while (!cluster.inRotation(x)) {
+          if (Date.now() > deadline) throw new Error(`${x.name} not back in rotation within 120 s`)
+          await new Promise(resolve => setTimeout(resolve, 50))
+        }
+      },
+      log
+    })
     return {
       mode: cluster.mode,
       requests: client.stats.requests,
@@ -81,7 +106,8 @@ export async function runDrill (log: (s: string) => void = console.log): Promise
       orderIds: [...orderIds],
       charges: provider.body.charges,
       cartAfter: after.body.items.length,
-      user: who.body.user
+      user: who.body.user,
+      rollingDeploy
     }
   } finally {
     await cluster.stop()
@@ -100,6 +126,12 @@ failover drill report
   orders placed     ${r.ordersPlaced} (${r.orderIds.join(', ')})
   charges made      ${r.charges}
   still logged in   ${r.user ?? 'no'}; cart after checkout: ${r.cartAfter} items
+
+rolling deploy (SIGTERM, drain, restart; no retries)
+${formatRollingDeploy(r.rollingDeploy)}${r.rollingDeploy.failures.map(f => `\n    failed: ${f}`).join('')}
 `)
-  process.exit(r.ordersPlaced === 1 && r.charges === 1 ? 0 : 1)
+  const d = r.rollingDeploy
+  const unnoticed = d.failures.length === 0 && d.signOuts === 0 && d.addsMissing === 0 && d.orders === d.checkouts &&
+    d.charges === d.checkouts && d.ordersMissing === 0
+  process.exit(r.ordersPlaced === 1 && r.charges === 1 && unnoticed ? 0 : 1)
 }

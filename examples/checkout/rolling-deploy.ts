@@ -58,7 +58,7 @@ interface Counted { requests: number, failures: string[], signOuts: number, thin
 async function attempt<T = Record<string, unknown>> (c: Counted, who: string, client: ShopClient, method: string, path: string,
   body?: unknown, headers: Record<string, string> = {}, port?: number): Promise<Answer<T> | undefined> {
   c.requests++
-  // Failures say when they were sent, relative to the first SIGTERM (the deploy's log says when each step ran).
+  // Failures say when they were sent (the deploy's log says when each step ran).
   const at = c.since === undefined ? '' : ` (sent at ${((Date.now() - c.since) / 1000).toFixed(2)} s)`
   try {
     const a = await client.call<T>(method, path, body, headers, { retries: 0, ...(port === undefined ? {} : { port }) })
@@ -95,7 +95,9 @@ export async function runRollingDeploy (opts: RollingDeployOptions): Promise<Rol
     const chargesBefore = (await attempt<{ charges: number }>(setup, 'bob', bob, 'GET', '/api/_provider'))?.body.charges ?? 0
     if (setup.failures.length > 0) throw new Error(`setup failed before the deploy: ${setup.failures.join('; ')}`)
 
-    const run: Counted = { requests: 0, failures: [], signOuts: 0, thinkMs: opts.thinkMs ?? 20 }
+    // Times in failures and in the log count from the start of the traffic.
+    const run: Counted = { requests: 0, failures: [], signOuts: 0, thinkMs: opts.thinkMs ?? 20, since: Date.now() }
+    const origin = run.since as number
     const run0 = { stopped: false }
     const signedIn = (who: string, a: Answer | undefined, user: string): void => {
       if (a !== undefined && a.body.user !== user) { run.signOuts++; run.failures.push(`${who}: signed out (${JSON.stringify(a.body.user)}) on ${a.instance}`) }
@@ -133,10 +135,9 @@ export async function runRollingDeploy (opts: RollingDeployOptions): Promise<Rol
     await sleep(marginMs)
     const steps: RollingDeployReport['steps'] = []
     const deployStart = Date.now()
-    run.since = deployStart
     for (const instance of opts.instances) {
       const t0 = Date.now()
-      log(`  ${((t0 - deployStart) / 1000).toFixed(2)} s: SIGTERM ${instance.name}: it drains, closes, exits`)
+      log(`  ${((t0 - origin) / 1000).toFixed(2)} s: SIGTERM ${instance.name}: it drains, closes, exits`)
       await instance.terminate()
       const t1 = Date.now()
       await instance.start()

@@ -51,14 +51,22 @@ t.test('drain: readiness 503 at once, keep-alive answers close their connection,
   t.teardown(async () => await redis.stop())
   const app = Fastify()
   await app.register(handoffStore, { secret: SECRET, redis: redis.url })
-  await app.register(handoffDrain, { drainMs: 600 })
+  await app.register(handoffDrain, { drainMs: 1500 })
   const order: string[] = []
   const store = app.handoff.store
   const storeClose = store.close.bind(store)
   store.close = async () => { order.push('store closed'); await storeClose() }
   app.server.on('close', () => order.push('server closed'))
+  // A request that is in flight from before the drain until after the close has begun (however slow the machine).
+  let handlerStarted = (): void => {}
+  const started = new Promise<void>(resolve => { handlerStarted = resolve })
+  let closeBegan = (): void => {}
+  const closing = new Promise<void>(resolve => { closeBegan = resolve })
+  app.addHook('preClose', async () => { closeBegan() })
   app.post('/slow-write', async () => {
-    await sleep(400)
+    handlerStarted()
+    await closing
+    await sleep(100)
     const r = await store.update(store.key('drain', 'counter'), cur => ({ n: ((cur as { n: number } | undefined)?.n ?? 0) + 1 }))
     return { version: r.version }
   })
@@ -73,7 +81,9 @@ t.test('drain: readiness 503 at once, keep-alive answers close their connection,
   t.equal(before.connection, 'keep-alive', 'keep-alive before the drain')
   t.equal(app.handoffDraining, false)
 
-  const started = Date.now()
+  const inFlight = get(port, '/slow-write', false, 'POST')
+  await started
+  const drainStarted = Date.now()
   const drained = app.handoffDrain()
   t.equal(app.handoffDrain(), app.handoffDrain(), 'a second call returns the same promise')
   t.equal(app.handoffDraining, true, 'draining from the call on')
@@ -84,14 +94,11 @@ t.test('drain: readiness 503 at once, keep-alive answers close their connection,
   t.equal(during.status, 200, 'still serving on the keep-alive connection')
   t.equal(during.connection, 'close', 'and telling the client to close it')
   t.equal((await get(port, '/hello')).status, 200, 'new connections are still served during the drain period')
-  // Starts before the close and ends after it: close() waits for it, the store is still open for its write.
-  await sleep(350)
-  const inFlight = get(port, '/slow-write', false, 'POST')
   await drained
-  const elapsed = Date.now() - started
-  t.ok(elapsed >= 600, `closed after the drain period (${elapsed} ms)`)
+  const elapsed = Date.now() - drainStarted
+  t.ok(elapsed >= 1500, `closed after the drain period (${elapsed} ms)`)
   const slow = await inFlight
-  t.equal(slow.status, 200, 'the request in flight when the close began completed')
+  t.equal(slow.status, 200, 'the request in flight from before the drain to after the close began completed')
   t.same(JSON.parse(slow.body), { version: 1 })
   t.same(order, ['server closed', 'store closed'], 'the store (and its Redis connections) closed after the server')
   await t.rejects(get(port, '/hello'), { code: 'ECONNREFUSED' }, 'no longer accepting connections')
