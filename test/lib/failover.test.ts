@@ -57,12 +57,14 @@ async function run (t: Test, setup: Setup, durable: boolean): Promise<Outcome> {
       }
     }
   })
-  // A workload under way (counted in writes, not in time: a loaded machine writes less per second).
-  await waitFor(() => writes >= 300, { timeoutMs: 30_000 })
+  // A workload under way: 800 ms of it, and at least 100 acknowledged writes (a loaded machine writes less per second).
+  const workloadFrom = Date.now()
+  await waitFor(() => Date.now() - workloadFrom >= 800 && writes >= 100, { timeoutMs: 30_000, intervalMs: 20 })
   if (setup.lagReplica !== undefined) {
     setup.lagReplica()
+    const lagFrom = Date.now()
     const atLag = writes
-    await waitFor(() => writes >= atLag + 100, { timeoutMs: 30_000 })
+    await waitFor(() => Date.now() - lagFrom >= 300 && writes >= atLag + 30, { timeoutMs: 30_000, intervalMs: 20 })
   }
   const killedAt = performance.now()
   const killed = await setup.killPrimaryOf(target)
