@@ -3,7 +3,7 @@
  * and every other line must compile. Never executed.
  */
 import Fastify from 'fastify'
-import handoff, { handoffStore, authSession, cart, tlsSessions, handoffHttpsOptions, type HandoffOptions, type CartView, type Order } from '../../plugins/index.js'
+import handoff, { handoffStore, authSession, cart, tlsSessions, handoffHttpsOptions, handoffDrain, type HandoffOptions, type HandoffDrainOptions, type CartView, type Order } from '../../plugins/index.js'
 import { TieredStore, MemoryRepository, TicketKeySchedule, TieredTicketKeyStore, type StoreEntry } from '../../lib/index.js'
 import { resolveTlsSessionsOptions, TLS_SESSIONS_DEFAULTS } from '../../plugins/index.js'
 import { proxyProtocol, encodeProxyHeaderV2, PROXY_PROTOCOL_DEFAULTS, type ProxyProtocolOptions } from '../../plugins/index.js'
@@ -40,6 +40,17 @@ export async function typeTests (): Promise<void> {
   })
   const order: Order | undefined = await app.handoffCart.getOrder('ord_x')
   use(order)
+
+  const drain: HandoffDrainOptions = { drainMs: 2000, signals: ['SIGTERM'], readinessEndpoint: '/ready', closeTimeoutMs: 5000 }
+  await app.register(handoffDrain, drain)
+  // @ts-expect-error signals are signal names
+  const badSignals: HandoffDrainOptions = { signals: ['TERM'] }
+  use(badSignals)
+  const closed: Promise<void> = app.handoffDrain()
+  const draining: boolean = app.handoffDraining
+  // @ts-expect-error read-only
+  app.handoffDraining = true
+  use(closed, draining)
   const n: number = app.handoffTls.metrics.resumed
   use(n)
 
