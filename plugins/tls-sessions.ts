@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastif
 import fp from 'fastify-plugin'
 import { InvalidOptionError, intOption } from '../lib/errors.js'
 import { KeyRing, type SecretInput } from '../lib/seal.js'
-import { TicketKeySchedule, TieredTicketKeyStore, type TicketKeyEvent } from '../lib/ticket-keys.js'
+import { TicketKeySchedule, TieredTicketKeyStore, ticketKeyId, type TicketKeyEvent } from '../lib/ticket-keys.js'
 import type { TieredStore } from '../lib/tiered-store.js'
 
 /**
@@ -28,6 +28,13 @@ export interface TlsSessionsOptions {
    * ended, so an instance whose clock lags can still read it. 0 to periodMs / 4. Default: 5000 (capped at periodMs / 4).
    */
   maxClockSkewMs?: number
+  /**
+   * How often each instance reads the epoch's ticket key from the store again, ms, to find out that Redis lost it
+   * (wiped, restarted empty): the first instance to notice writes its key back, every other one adopts the stored
+   * key, so instances that started before and after the wipe serve one key again. One GET per instance per check.
+   * 100 to ticketKeyPeriodMs. Default: 60000 (capped at ticketKeyPeriodMs / 4).
+   */
+  ticketKeyCheckMs?: number
   /**
    * The session id context every instance must share, 1 to 32 characters. Default: derived from the cluster secret
    * (`sessionIdContextFor(secret)`), what `handoffHttpsOptions` puts in the `https` options.
@@ -70,6 +77,16 @@ export interface TlsSessionMetrics {
   keyRotations: number
   /** Epoch of the shared ticket key in use; null while the server runs on its own (unshared) random key. */
   ticketKeyEpoch: number | null
+  /**
+   * A short, non-secret id of the ticket key in use (`ticketKeyId()`: 32 bits of SHA-256 over the key name, which
+   * every ticket carries in clear); null like ticketKeyEpoch. Instances serving different ids do not resume each
+   * other's tickets: compare it across the fleet.
+   */
+  ticketKeyId: number | null
+  /** The store had lost the epoch's key (Redis wiped) and this instance wrote its own back. */
+  ticketKeyRestores: number
+  /** This instance switched to another key within an epoch, because the store held another one. */
+  ticketKeyAdoptions: number
   /** When that key was applied, ms since the Unix epoch by this instance's clock; null like ticketKeyEpoch. */
   ticketKeyAppliedAt: number | null
   /** Ticket-key reads, creations or deletions that failed (repository unreachable). */
@@ -107,7 +124,7 @@ declare module 'fastify' {
 }
 
 /** Defaults, in one place. */
-export const TLS_SESSIONS_DEFAULTS: Readonly<Required<Omit<TlsSessionsOptions, 'sessionIdContext' | 'maxClockSkewMs'>>> = Object.freeze({
+export const TLS_SESSIONS_DEFAULTS: Readonly<Required<Omit<TlsSessionsOptions, 'sessionIdContext' | 'maxClockSkewMs' | 'ticketKeyCheckMs'>>> = Object.freeze({
   ticketKeyPeriodMs: 12 * 60 * 60 * 1000,
   applySessionIdContext: true,
   sessionCache: false,
@@ -115,6 +132,7 @@ export const TLS_SESSIONS_DEFAULTS: Readonly<Required<Omit<TlsSessionsOptions, '
   singleUse: false
 })
 const DEFAULT_MAX_CLOCK_SKEW_MS = 5000
+const DEFAULT_TICKET_KEY_CHECK_MS = 60_000
 /** OpenSSL's SSL_MAX_SID_CTX_LENGTH. */
 const MAX_SESSION_ID_CONTEXT = 32
 /** OpenSSL's default session lifetime, which Node keeps when `sessionTimeout` is not given. */
@@ -215,7 +233,7 @@ function checkBool (name: string, v: unknown): void {
 /** Checks every option and applies the defaults. Exported for tests and for the umbrella plugin. */
 export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRing): Required<TlsSessionsOptions> {
   if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('options', 'must be an object')
-  const known = new Set(['ticketKeyPeriodMs', 'maxClockSkewMs', 'sessionIdContext', 'applySessionIdContext', 'sessionCache',
+  const known = new Set(['ticketKeyPeriodMs', 'maxClockSkewMs', 'ticketKeyCheckMs', 'sessionIdContext', 'applySessionIdContext', 'sessionCache',
     'sessionLookupTimeoutMs', 'singleUse'])
   for (const k of Object.keys(opts)) {
     // Other keys may be Fastify's (prefix, logLevel) or an umbrella plugin's shared options: only flag likely typos.
@@ -225,6 +243,7 @@ export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRi
   const ticketKeyPeriodMs = intOption('ticketKeyPeriodMs', opts.ticketKeyPeriodMs, TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs, 1000, 366 * 86_400_000)
   const quarter = Math.floor(ticketKeyPeriodMs / 4)
   const maxClockSkewMs = intOption('maxClockSkewMs', opts.maxClockSkewMs, Math.min(DEFAULT_MAX_CLOCK_SKEW_MS, quarter), 0, quarter)
+  const ticketKeyCheckMs = intOption('ticketKeyCheckMs', opts.ticketKeyCheckMs, Math.min(DEFAULT_TICKET_KEY_CHECK_MS, quarter), 100, ticketKeyPeriodMs)
   checkBool('applySessionIdContext', opts.applySessionIdContext)
   checkBool('sessionCache', opts.sessionCache)
   checkBool('singleUse', opts.singleUse)
@@ -241,6 +260,7 @@ export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRi
   return {
     ticketKeyPeriodMs,
     maxClockSkewMs,
+    ticketKeyCheckMs,
     sessionIdContext: opts.sessionIdContext ?? sessionIdContextFor(ring),
     applySessionIdContext: opts.applySessionIdContext ?? TLS_SESSIONS_DEFAULTS.applySessionIdContext,
     sessionCache,
@@ -304,7 +324,10 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     // Live views of the schedule's counters (getters are enumerable in a literal, so a JSON dump includes them).
     get keyRotations (): number { return schedule.counters.rotations },
     get ticketKeyErrors (): number { return schedule.counters.errors },
+    get ticketKeyRestores (): number { return schedule.counters.restored },
+    get ticketKeyAdoptions (): number { return schedule.counters.adopted },
     ticketKeyEpoch: null,
+    ticketKeyId: null,
     ticketKeyAppliedAt: null,
     cacheHits: 0,
     cacheMisses: 0,
@@ -326,9 +349,11 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     store: new TieredTicketKeyStore(store),
     periodMs: o.ticketKeyPeriodMs,
     maxClockSkewMs: o.maxClockSkewMs,
+    checkMs: o.ticketKeyCheckMs,
     apply: (key, epoch) => {
       server.setTicketKeys(key)
       metrics.ticketKeyEpoch = epoch
+      metrics.ticketKeyId = ticketKeyId(key)
       metrics.ticketKeyAppliedAt = Date.now()
     },
     onEvent: (e: TicketKeyEvent) => {
@@ -351,6 +376,16 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
           break
         case 'removed':
           log.debug({ epoch: e.epoch }, 'fastify-handoff: retired TLS ticket key deleted')
+          break
+        case 'restored':
+          log.warn({ epoch: e.epoch, ticketKeyId: e.keyId }, 'fastify-handoff: the TLS ticket key of this epoch was missing from the store ' +
+            '(Redis wiped or restarted empty?); wrote this instance\'s key back so that every instance converges on it')
+          break
+        case 'adopted':
+          log.warn({ epoch: e.epoch, from: e.from, to: e.to, prepared: e.prepared }, e.prepared
+            ? 'fastify-handoff: the store holds another TLS ticket key for the next epoch than the one prepared; switching to the stored one'
+            : 'fastify-handoff: the store holds another TLS ticket key for this epoch (created after a Redis wipe?); switching to it, ' +
+              'tickets issued under the old one need one full handshake unless the ticket-key callback keeps them')
           break
         case 'error':
           log.error({ epoch: e.epoch, reason: e.reason }, 'fastify-handoff: TLS ticket key schedule failed; retrying')

@@ -466,6 +466,7 @@ t.test('re-creating the secure context keeps the other options (minVersion) and 
   t.same(app.handoffTls.options, {
     ticketKeyPeriodMs: 43_200_000,
     maxClockSkewMs: 5000,
+    ticketKeyCheckMs: 60_000,
     sessionIdContext: sessionIdContextFor(SECRET),
     applySessionIdContext: true,
     sessionCache: false,
