@@ -1,10 +1,10 @@
-import { createHash, createHmac } from 'node:crypto'
+import { createHash, createHmac, randomBytes } from 'node:crypto'
 import tls, { type TLSSocket } from 'node:tls'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { InvalidOptionError, intOption } from '../lib/errors.js'
 import { KeyRing, type SecretInput } from '../lib/seal.js'
-import { TicketKeySchedule, TieredTicketKeyStore, ticketKeyId, type TicketKeyEvent } from '../lib/ticket-keys.js'
+import { TICKET_KEY_BYTES, TicketKeySchedule, TieredTicketKeyStore, ticketKeyId, type TicketKeyEvent } from '../lib/ticket-keys.js'
 import type { TieredStore } from '../lib/tiered-store.js'
 
 /**
@@ -63,6 +63,15 @@ export interface TlsSessionsOptions {
    * (F R F R instead of F R R R). Default: false.
    */
   singleUse?: boolean
+  /**
+   * Issue a new ticket after every resumed handshake, so that clients that use each ticket once (browsers, curl with
+   * many URLs; RFC 8446 C.4) resume on every reconnect instead of every other one. Node does not do this by itself:
+   * it sends tickets after a full TLS 1.3 handshake only. Works through Node's internal ticket-key callback
+   * (`enableTicketKeyCallback`, feature-detected; where it is missing the plugin keeps `setTicketKeys` and
+   * `metrics.ticketRenewalActive` is 0). With it, tickets under the previous epoch's key (until it is deleted) and
+   * under a key replaced after a Redis wipe still resume. Default: true.
+   */
+  ticketRenewal?: boolean
 }
 
 /** Per-instance counters, live. */
@@ -105,6 +114,12 @@ export interface TlsSessionMetrics {
   cacheWriteErrors: number
   /** Session cache: TLS 1.3 sessions not stored, since Node never resumes TLS 1.3 from a session id. */
   cacheSkipped: number
+  /** 1 when tickets are renewed after every resumption (the ticket-key callback is in place), else 0. */
+  ticketRenewalActive: number
+  /** Tickets accepted and answered with a new one (renewal mode only). */
+  ticketsRenewed: number
+  /** Tickets offered under a key this instance does not hold (another cluster, or retired): full handshake. Renewal mode only. */
+  ticketsUnknownKey: number
 }
 
 export interface HandoffTlsDecorator {
@@ -129,7 +144,8 @@ export const TLS_SESSIONS_DEFAULTS: Readonly<Required<Omit<TlsSessionsOptions, '
   applySessionIdContext: true,
   sessionCache: false,
   sessionLookupTimeoutMs: 50,
-  singleUse: false
+  singleUse: false,
+  ticketRenewal: true
 })
 const DEFAULT_MAX_CLOCK_SKEW_MS = 5000
 const DEFAULT_TICKET_KEY_CHECK_MS = 60_000
@@ -234,7 +250,7 @@ function checkBool (name: string, v: unknown): void {
 export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRing): Required<TlsSessionsOptions> {
   if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('options', 'must be an object')
   const known = new Set(['ticketKeyPeriodMs', 'maxClockSkewMs', 'ticketKeyCheckMs', 'sessionIdContext', 'applySessionIdContext', 'sessionCache',
-    'sessionLookupTimeoutMs', 'singleUse'])
+    'sessionLookupTimeoutMs', 'singleUse', 'ticketRenewal'])
   for (const k of Object.keys(opts)) {
     // Other keys may be Fastify's (prefix, logLevel) or an umbrella plugin's shared options: only flag likely typos.
     const near = known.has(k) ? undefined : [...known].find(n => editDistance(k.toLowerCase(), n.toLowerCase()) <= 2)
@@ -247,6 +263,7 @@ export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRi
   checkBool('applySessionIdContext', opts.applySessionIdContext)
   checkBool('sessionCache', opts.sessionCache)
   checkBool('singleUse', opts.singleUse)
+  checkBool('ticketRenewal', opts.ticketRenewal)
   const sessionLookupTimeoutMs = intOption('sessionLookupTimeoutMs', opts.sessionLookupTimeoutMs, TLS_SESSIONS_DEFAULTS.sessionLookupTimeoutMs, 1, 5000)
   if (opts.sessionIdContext !== undefined &&
     (typeof opts.sessionIdContext !== 'string' || !/^[\x21-\x7e]{1,32}$/.test(opts.sessionIdContext))) {
@@ -265,7 +282,8 @@ export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRi
     applySessionIdContext: opts.applySessionIdContext ?? TLS_SESSIONS_DEFAULTS.applySessionIdContext,
     sessionCache,
     sessionLookupTimeoutMs,
-    singleUse
+    singleUse,
+    ticketRenewal: opts.ticketRenewal ?? TLS_SESSIONS_DEFAULTS.ticketRenewal
   }
 }
 
@@ -306,6 +324,65 @@ function establishSessionIdContext (server: tls.Server, setSecureContext: SetSec
   return 'applied'
 }
 
+/** What the ticket-key callback needs: the key to issue tickets under, the keys to accept, two counters. */
+interface TicketKeySource {
+  issuing: () => Buffer
+  accepted: () => Buffer[]
+  renewed: () => void
+  unknown: () => void
+}
+
+/** Node's native SecureContext, as far as the ticket-key callback goes (internal: feature-detected). */
+interface NativeSecureContext {
+  enableTicketKeyCallback?: () => void
+  onticketkeycallback?: (name: Buffer, iv: Buffer, encrypt: boolean) => unknown[]
+}
+
+const TICKET_PART = 16
+const ZERO_PART = Buffer.alloc(TICKET_PART)
+
+/**
+ * Answers OpenSSL's ticket-key callback the way Node's native code expects (src/crypto/crypto_context.cc,
+ * SecureContext::TicketKeyCallback): `[result, hmacKey, aesKey, keyName, iv]`, where result 1 means "use these",
+ * 2 "use these and issue a new ticket" (renew), 0 "unknown ticket" (full handshake). The key layout is
+ * setTicketKeys's: name, HMAC secret, AES key, 16 bytes each, so tickets interoperate with instances on either path.
+ * Views, not copies: when the schedule wipes a key, nothing here keeps its bytes.
+ */
+export function ticketKeyCallback (keys: TicketKeySource): (name: Buffer, iv: Buffer, encrypt: boolean) => unknown[] {
+  return (name, _iv, encrypt) => {
+    try {
+      if (encrypt) {
+        const k = keys.issuing()
+        return [1, k.subarray(16, 32), k.subarray(32, 48), k.subarray(0, 16), randomBytes(TICKET_PART)]
+      }
+      for (const k of [keys.issuing(), ...keys.accepted()]) {
+        if (k.subarray(0, 16).equals(name)) {
+          keys.renewed()
+          return [2, k.subarray(16, 32), k.subarray(32, 48)]
+        }
+      }
+      keys.unknown()
+      return [0, ZERO_PART, ZERO_PART]
+    } catch {
+      // Called from inside OpenSSL: an exception would surface as an uncaught one. Decrypt: full handshake; encrypt:
+      // Node reads a name and an IV even then, so give it some and let OpenSSL send no ticket.
+      return [0, ZERO_PART, ZERO_PART, ZERO_PART, ZERO_PART]
+    }
+  }
+}
+
+/**
+ * Puts the ticket-key callback on the server's current native context. Internal API (exercised by Node's own test
+ * test-https-resume-after-renew), so detected rather than assumed: false when this Node does not have it.
+ */
+function enableTicketRenewal (server: tls.Server, keys: TicketKeySource): boolean {
+  const context = (server as unknown as { _sharedCreds?: { context?: NativeSecureContext } })._sharedCreds?.context
+  if (context === undefined || typeof context.enableTicketKeyCallback !== 'function') return false
+  context.onticketkeycallback = ticketKeyCallback(keys)
+  context.enableTicketKeyCallback()
+  return true
+}
+
 const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify: FastifyInstance, rawOpts) => {
   const server = fastify.server as unknown
   if (!(server instanceof tls.Server)) {
@@ -335,7 +412,10 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     cacheErrors: 0,
     cacheWrites: 0,
     cacheWriteErrors: 0,
-    cacheSkipped: 0
+    cacheSkipped: 0,
+    ticketRenewalActive: 0,
+    ticketsRenewed: 0,
+    ticketsUnknownKey: 0
   }
 
   // Whatever setSecureContext is in place now (Node's, or someone's wrapper) is what we build on; put back on close.
@@ -351,7 +431,9 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     maxClockSkewMs: o.maxClockSkewMs,
     checkMs: o.ticketKeyCheckMs,
     apply: (key, epoch) => {
+      // Also in renewal mode: should the callback ever be lost with a context, Node's own path has the right key.
       server.setTicketKeys(key)
+      issuing = key
       metrics.ticketKeyEpoch = epoch
       metrics.ticketKeyId = ticketKeyId(key)
       metrics.ticketKeyAppliedAt = Date.now()
@@ -384,8 +466,8 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
         case 'adopted':
           log.warn({ epoch: e.epoch, from: e.from, to: e.to, prepared: e.prepared }, e.prepared
             ? 'fastify-handoff: the store holds another TLS ticket key for the next epoch than the one prepared; switching to the stored one'
-            : 'fastify-handoff: the store holds another TLS ticket key for this epoch (created after a Redis wipe?); switching to it, ' +
-              'tickets issued under the old one need one full handshake unless the ticket-key callback keeps them')
+            : 'fastify-handoff: the store holds another TLS ticket key for this epoch (created after a Redis wipe?); switching to it ' +
+              '(with ticket renewal, tickets under the old key still resume here until the epoch ends)')
           break
         case 'error':
           log.error({ epoch: e.epoch, reason: e.reason }, 'fastify-handoff: TLS ticket key schedule failed; retrying')
@@ -402,6 +484,8 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
         'fastify-handoff/tls-sessions fills it in')
     }
     originalSetSecureContext.call(this, options === null || typeof options !== 'object' ? options : { ...options, sessionIdContext: o.sessionIdContext })
+    // A new native context: Node's random key and its own ticket path again. Both are put back.
+    if (renewal) metrics.ticketRenewalActive = enableTicketRenewal(server, ticketKeys) ? 1 : 0
     schedule.reapply()
   }
   Object.defineProperty(server, 'setSecureContext', { value: wrapped, configurable: true, writable: true, enumerable: false })
@@ -483,6 +567,23 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     server.on('resumeSession', onResumeSession)
   }
 
+  // Ticket renewal. Until a shared key is read, tickets use the key Node gave this server (as without renewal).
+  let issuing: Buffer = server.getTicketKeys()
+  const ticketKeys: TicketKeySource = {
+    issuing: () => issuing,
+    accepted: () => schedule.decryptionKeys(),
+    renewed: () => { metrics.ticketsRenewed++ },
+    unknown: () => { metrics.ticketsUnknownKey++ }
+  }
+  const renewal = o.ticketRenewal
+  if (renewal) {
+    metrics.ticketRenewalActive = enableTicketRenewal(server, ticketKeys) ? 1 : 0
+    if (metrics.ticketRenewalActive === 0) {
+      log.warn('fastify-handoff: this Node version has no TLS ticket-key callback; tickets are not renewed after a resumption ' +
+        '(clients that use each ticket once resume every other connection)')
+    }
+  }
+
   // Reads (or creates) this epoch's key before the server listens, so the first clients already get shared tickets.
   await schedule.start()
   if (metrics.ticketKeyEpoch === null) {
@@ -499,6 +600,8 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
   })
 
   fastify.addHook('onClose', async () => {
+    // A handshake still in flight must not issue a ticket under a key being wiped: a throwaway key from here on.
+    issuing = randomBytes(TICKET_KEY_BYTES)
     schedule.stop()
     server.off('secureConnection', onSecureConnection)
     server.off('tlsClientError', onClientError)

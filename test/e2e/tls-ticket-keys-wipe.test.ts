@@ -107,6 +107,7 @@ t.test('Redis killed and restarted empty, one instance restarts before the other
   const [before] = await keyIds()
   const survivors = [fleet[0], fleet[1]] as TlsInstance[]
   const logFrom = survivors.map(i => i.stderr().length)
+  const oldTicket = await visit((fleet[0] as TlsInstance).port, certs.ca)
   // Frozen survivors cannot check: the restarted instance finds nothing and creates a new key, the split to repair.
   for (const i of survivors) process.kill(i.pid, 'SIGSTOP')
   try {
@@ -125,6 +126,9 @@ t.test('Redis killed and restarted empty, one instance restarts before the other
     t.equal(s.metrics.ticketKeyAdoptions, 1, `${i.name} adopted the stored key once`)
     t.match(i.stderr().slice(logFrom[n]), /holds another TLS ticket key for this epoch/, `${i.name} warned`)
   }
+  // With ticket renewal the replaced key still decrypts until its epoch ends, on the instances that held it.
+  t.equal((await visit((fleet[1] as TlsInstance).port, certs.ca, { session: oldTicket.session })).reused, true,
+    'a ticket under the replaced key still resumes on a survivor (and is renewed under the new key)')
   await everyPairResumes(t, 'after kill + restart empty')
 })
 

@@ -62,7 +62,7 @@ export async function visit (port: number, ca: Buffer, opts: { mode?: TlsMode, s
 }
 
 /** openssl s_client, one HTTP request; whether it reported the session "Reused,". */
-export function sClient (port: number, caPath: string, mode: TlsMode, sess: { out?: string, in?: string }): { reused: boolean, output: string } {
+export function sClient (port: number, caPath: string, mode: TlsMode, sess: { out?: string, in?: string, msg?: boolean }): { reused: boolean, output: string } {
   const args = ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-CAfile', caPath,
     '-verify_return_error', '-ign_eof']
   if (mode === 'tls13') args.push('-tls1_3')
@@ -70,6 +70,8 @@ export function sClient (port: number, caPath: string, mode: TlsMode, sess: { ou
   if (mode === 'tls12-no-ticket') args.push('-no_ticket')
   if (sess.out !== undefined) args.push('-sess_out', sess.out)
   if (sess.in !== undefined) args.push('-sess_in', sess.in)
+  // Every TLS message in the output ("<<< TLS 1.3, Handshake [length 00f5], NewSessionTicket"): what the server sent.
+  if (sess.msg === true) args.push('-msg')
   const r = spawnSync('openssl', args, { input: 'GET /tls HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', encoding: 'utf8', timeout: 10_000 })
   const output = `${r.stdout}\n${r.stderr}`
   if (!/\b(New|Reused), /.test(output)) throw new Error(`s_client gave no session line (status ${String(r.status)}): ${output.slice(-500)}`)

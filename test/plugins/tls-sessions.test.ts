@@ -471,7 +471,8 @@ t.test('re-creating the secure context keeps the other options (minVersion) and 
     applySessionIdContext: true,
     sessionCache: false,
     sessionLookupTimeoutMs: 50,
-    singleUse: false
+    singleUse: false,
+    ticketRenewal: true
   })
   t.equal(app.handoffTls.metrics.handshakeErrors, 1, 'the refused TLS 1.2 client counted as a failed handshake')
   t.equal(app.handoffTls.metrics.resumed, 1)
