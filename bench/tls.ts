@@ -29,6 +29,8 @@ const FULL = Number(process.env.BENCH_TLS_FULL ?? 300)
 const CPU_ROUNDS = Number(process.env.BENCH_TLS_CPU_ROUNDS ?? 5)
 const AGENT_REQUESTS = Number(process.env.BENCH_TLS_AGENT_REQUESTS ?? 200)
 const WARMUP = 30
+/** Parts to run, comma-separated (certs, tls12, clients); default all. For a quick look at one part. */
+const ONLY = new Set((process.env.BENCH_TLS_ONLY ?? 'certs,tls12,clients').split(','))
 const certs = testCerts()
 const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
 
@@ -240,9 +242,20 @@ async function agentRun (ports: number[], n: number): Promise<{ pattern: string,
 const started = performance.now()
 // Other work on the machine inflates per-process CPU time unevenly (shared cores): recorded so that runs compare.
 const loadAtStart = os.loadavg()[0] ?? 0
-const results: { certs: CertResult[], tls12?: Record<string, Run>, singleUse?: Record<string, { pattern: string, resumedShare: number }> } = { certs: [] }
+/** TLS 1.3 handshake CPU with sessionCache on and off, alternating rounds in the same run (issue 16). */
+interface CacheCost {
+  rounds: Array<{ fullOff: Run, fullOn: Run, resumedOff: Run, resumedOn: Run }>
+  fullOffUs: number
+  fullOnUs: number
+  resumedOffUs: number
+  resumedOnUs: number
+  /** Medians of the per-round ratios on / off. */
+  fullRatio: number
+  resumedRatio: number
+}
+const results: { certs: CertResult[], tls12?: Record<string, Run>, singleUse?: Record<string, { pattern: string, resumedShare: number }>, cacheCost?: CacheCost } = { certs: [] }
 try {
-  for (const type of ['rsa', 'ecdsa'] as const) {
+  for (const type of ONLY.has('certs') ? ['rsa', 'ecdsa'] as const : []) {
     const handoff = await cluster(`handoff-${type}`, type, {})
     await warm(handoff, 'tls13')
     const idle = await idleRate(handoff)
@@ -265,22 +278,50 @@ try {
       `CPU full ${fullUs.toFixed(0)} us, resumed ${resumedUs.toFixed(0)} us, ratios ${ratios.map(x => x.toFixed(2)).join(' ')}`)
   }
 
+  if (ONLY.has('tls12')) {
   // TLS 1.2, RSA: tickets, and the session cache for clients without tickets.
-  const cache: TlsSessionsOptions = { sessionCache: true }
-  const c12 = await cluster('tls12', 'rsa', { tlsSessions: cache })
-  const idle12 = await idleRate(c12)
-  results.tls12 = {
-    tickets: await roundRobin(c12, RECONNECTS, 'tls12', true, idle12),
-    sessionCache: await roundRobin(c12, RECONNECTS, 'tls12-no-ticket', true, idle12),
-    fullNoTicket: await roundRobin(c12, FULL, 'tls12-no-ticket', false, idle12),
-    // The price of sessionCache for TLS 1.3 clients: a lookup of their random legacy session id on each connection.
-    tls13WithCache: await roundRobin(c12, RECONNECTS, 'tls13', true, idle12)
+    const cache: TlsSessionsOptions = { sessionCache: true }
+    const c12 = await cluster('tls12', 'rsa', { tlsSessions: cache })
+    const off = await cluster('nocache', 'rsa', { tlsSessions: { sessionCache: false } })
+    await warm(c12, 'tls13')
+    await warm(off, 'tls13')
+    const idle12 = await idleRate(c12)
+    const idleOff = await idleRate(off)
+    // The price of sessionCache for TLS 1.3 clients, on and off alternating so that drift hits both alike.
+    const costRounds: CacheCost['rounds'] = []
+    for (let r = 0; r < CPU_ROUNDS; r++) {
+      costRounds.push({
+        fullOff: await roundRobin(off, FULL, 'tls13', false, idleOff),
+        fullOn: await roundRobin(c12, FULL, 'tls13', false, idle12),
+        resumedOff: await roundRobin(off, FULL, 'tls13', true, idleOff),
+        resumedOn: await roundRobin(c12, FULL, 'tls13', true, idle12)
+      })
+    }
+    await stopAll(off)
+    const medOf = (f: (x: CacheCost['rounds'][number]) => number): number => median(costRounds.map(f))
+    results.cacheCost = {
+      rounds: costRounds,
+      fullOffUs: medOf(x => x.fullOff.cpuUsPerHandshake),
+      fullOnUs: medOf(x => x.fullOn.cpuUsPerHandshake),
+      resumedOffUs: medOf(x => x.resumedOff.cpuUsPerHandshake),
+      resumedOnUs: medOf(x => x.resumedOn.cpuUsPerHandshake),
+      fullRatio: medOf(x => x.fullOn.cpuUsPerHandshake / x.fullOff.cpuUsPerHandshake),
+      resumedRatio: medOf(x => x.resumedOn.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake)
+    }
+    console.error(`sessionCache on/off, TLS 1.3: full ${results.cacheCost.fullRatio.toFixed(2)}x, resumed ${results.cacheCost.resumedRatio.toFixed(2)}x`)
+    results.tls12 = {
+      tickets: await roundRobin(c12, RECONNECTS, 'tls12', true, idle12),
+      sessionCache: await roundRobin(c12, RECONNECTS, 'tls12-no-ticket', true, idle12),
+      fullNoTicket: await roundRobin(c12, FULL, 'tls12-no-ticket', false, idle12),
+      // The price of sessionCache for TLS 1.3 clients: a lookup of their random legacy session id on each connection.
+      tls13WithCache: await roundRobin(c12, RECONNECTS, 'tls13', true, idle12)
+    }
+    results.singleUse = { reusable: await agentRun(c12.map(i => i.port), AGENT_REQUESTS) }
+    await stopAll(c12)
+    const single = await cluster('single', 'rsa', { tlsSessions: { sessionCache: true, singleUse: true } })
+    results.singleUse.singleUse = await agentRun(single.map(i => i.port), AGENT_REQUESTS)
+    await stopAll(single)
   }
-  results.singleUse = { reusable: await agentRun(c12.map(i => i.port), AGENT_REQUESTS) }
-  await stopAll(c12)
-  const single = await cluster('single', 'rsa', { tlsSessions: { sessionCache: true, singleUse: true } })
-  results.singleUse.singleUse = await agentRun(single.map(i => i.port), AGENT_REQUESTS)
-  await stopAll(single)
 } finally {
   await stopAll(live)
   await redis.stop()
@@ -330,6 +371,19 @@ if (results.tls12 !== undefined) {
     row('TLS 1.2, session cache (client without tickets)', t12.sessionCache, true),
     row('TLS 1.2, full handshakes (no session offered)', t12.fullNoTicket, false),
     row('TLS 1.3 tickets, with sessionCache on', t12.tls13WithCache, false),
+    ''
+  )
+}
+if (results.cacheCost !== undefined) {
+  const c = results.cacheCost
+  const ratios = (f: (x: CacheCost['rounds'][number]) => number): string => c.rounds.map(f).map(x => x.toFixed(2)).join(', ')
+  lines.push(
+    `TLS 1.3 handshakes, RSA-2048, \`sessionCache\` on vs off (${CPU_ROUNDS} alternating rounds of ${FULL} each, same run; server CPU per handshake):`,
+    '',
+    '| TLS 1.3 handshake | cache off | cache on | on / off (rounds) |',
+    '|---|---|---|---|',
+    `| full | ${us(c.fullOffUs)} | ${us(c.fullOnUs)} | ${c.fullRatio.toFixed(2)} (${ratios(x => x.fullOn.cpuUsPerHandshake / x.fullOff.cpuUsPerHandshake)}) |`,
+    `| resumed | ${us(c.resumedOffUs)} | ${us(c.resumedOnUs)} | ${c.resumedRatio.toFixed(2)} (${ratios(x => x.resumedOn.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake)}) |`,
     ''
   )
 }
