@@ -9,10 +9,13 @@
  *     subtracted) for full handshakes and for resumed ones, and their ratio.
  * Then, RSA only: TLS 1.2 with tickets, TLS 1.2 from the session cache, and a real https.Agent through a round-robin
  * TCP balancer with and without single-use sessions (the measured cost of `singleUse`).
- * Loopback only; every process is stopped at the end. Writes bench/results/tls.json and bench/results/tls.md.
+ * Then `sessionCache` on vs off for TLS 1.3 (alternating rounds), and real clients (curl, Chromium, openssl s_client,
+ * TLS 1.2 session-id clients) through HAProxy in TCP round-robin, with and without ticket renewal, one row per client.
+ * BENCH_TLS_ONLY=certs,tls12,clients picks parts. Loopback only; every process is stopped at the end. Writes
+ * bench/results/tls.json and bench/results/tls.md.
  */
 import { constants } from 'node:crypto'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import https from 'node:https'
 import net from 'node:net'
 import os from 'node:os'
@@ -22,6 +25,7 @@ import { testCerts, type KeyType } from '../scripts/certs.js'
 import { startRedis } from '../scripts/redis-server.js'
 import { spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../scripts/tls-instance.js'
 import { median, percentile } from './lib.js'
+import { chromiumPath, chromiumRun, curlRun, haproxyAvailable, sClientRun, startHaproxy, type ClientRun } from '../test/helpers/real-clients.js'
 import type { TlsSessionsOptions } from '../plugins/tls-sessions.js'
 
 const RECONNECTS = Number(process.env.BENCH_TLS_RECONNECTS ?? 1000)
@@ -253,7 +257,10 @@ interface CacheCost {
   fullRatio: number
   resumedRatio: number
 }
-const results: { certs: CertResult[], tls12?: Record<string, Run>, singleUse?: Record<string, { pattern: string, resumedShare: number }>, cacheCost?: CacheCost } = { certs: [] }
+const CLIENT_RECONNECTS = Number(process.env.BENCH_TLS_CLIENT_RECONNECTS ?? 100)
+/** Real clients through HAProxy (TCP round-robin) over 3 instances; per client, with and without ticket renewal. */
+type ClientRows = Record<string, { renewal: ClientRun | string, noRenewal: ClientRun | string }>
+const results: { certs: CertResult[], tls12?: Record<string, Run>, singleUse?: Record<string, { pattern: string, resumedShare: number }>, cacheCost?: CacheCost, clients?: ClientRows } = { certs: [] }
 try {
   for (const type of ONLY.has('certs') ? ['rsa', 'ecdsa'] as const : []) {
     const handoff = await cluster(`handoff-${type}`, type, {})
@@ -321,6 +328,41 @@ try {
     const single = await cluster('single', 'rsa', { tlsSessions: { sessionCache: true, singleUse: true } })
     results.singleUse.singleUse = await agentRun(single.map(i => i.port), AGENT_REQUESTS)
     await stopAll(single)
+  }
+  if (ONLY.has('clients')) {
+    if (!haproxyAvailable()) {
+      console.error('clients: haproxy not installed, skipped (apt-get install haproxy)')
+    } else {
+      const rows: ClientRows = {}
+      for (const renewal of [true, false]) {
+        // As the example runs: session cache on, for the TLS 1.2 session-id clients.
+        const c = await cluster(renewal ? 'clients' : 'clients-norenew', 'rsa', { tlsSessions: { sessionCache: true, ticketRenewal: renewal } })
+        const lb = await startHaproxy(c.map(i => i.port))
+        const target = { port: lb.port, caPath: certs.caPath, certPath: certs.rsa.certPath }
+        const attempt = async (f: () => ClientRun | Promise<ClientRun>): Promise<ClientRun | string> => {
+          try { return await f() } catch (err) { return `failed: ${(err as Error).message.slice(0, 120)}` }
+        }
+        const runs: Record<string, () => ClientRun | Promise<ClientRun>> = {
+          'curl, TLS 1.3, many URLs + Connection: close (single-use tickets)': () => curlRun(target, CLIENT_RECONNECTS),
+          'Chromium (playwright-core), new connection per fetch (single-use tickets)': async () => existsSync(chromiumPath())
+            ? await chromiumRun(target, CLIENT_RECONNECTS)
+            : await Promise.reject(new Error(`no chromium at ${chromiumPath()}`)),
+          'openssl s_client, TLS 1.3, newest ticket each time (single-use)': () => sClientRun(target, CLIENT_RECONNECTS, { reuse: false }),
+          'openssl s_client, TLS 1.3, -sess_in one ticket (reusing)': () => sClientRun(target, CLIENT_RECONNECTS, { reuse: true }),
+          'curl, TLS 1.2 (session ids)': () => curlRun(target, CLIENT_RECONNECTS, { tls12: true }),
+          'openssl s_client, TLS 1.2 -no_ticket (session id)': () => sClientRun(target, CLIENT_RECONNECTS, { tls12: true, noTicket: true, reuse: true })
+        }
+        for (const [name, f] of Object.entries(runs)) {
+          const r = await attempt(f)
+          rows[name] ??= { renewal: '', noRenewal: '' }
+          ;(rows[name] as ClientRows[string])[renewal ? 'renewal' : 'noRenewal'] = r
+          console.error(`clients (renewal ${String(renewal)}): ${name}: ${typeof r === 'string' ? r : `${r.resumed}/${r.connections - 1}`}`)
+        }
+        await lb.stop()
+        await stopAll(c)
+      }
+      results.clients = rows
+    }
   }
 } finally {
   await stopAll(live)
@@ -393,6 +435,18 @@ if (results.singleUse !== undefined) {
     `https.Agent (no keep-alive, TLS 1.2 without tickets) through a round-robin balancer, ${AGENT_REQUESTS} requests:`,
     `reusable sessions ${pct(s.reusable?.resumedShare ?? 0)} resumed (${s.reusable?.pattern ?? ''}...), ` +
     `singleUse ${pct(s.singleUse?.resumedShare ?? 0)} (${s.singleUse?.pattern ?? ''}...).`,
+    ''
+  )
+}
+if (results.clients !== undefined) {
+  const cell = (r: ClientRun | string): string => typeof r === 'string' ? r : `${pct(r.rate)} (${r.resumed}/${r.connections - 1}, ${r.pattern.slice(0, 8)}...)`
+  lines.push(
+    `Real clients through HAProxy 2.6 (TCP round-robin) over 3 instances (sessionCache on, as the example), ${CLIENT_RECONNECTS} connections each;`,
+    'resumed reconnects as the servers counted them (every connection after the first):',
+    '',
+    '| Client | ticketRenewal: true (default) | ticketRenewal: false (Node\'s behaviour) |',
+    '|---|---|---|',
+    ...Object.entries(results.clients).map(([name, r]) => `| ${name} | ${cell(r.renewal)} | ${cell(r.noRenewal)} |`),
     ''
   )
 }
