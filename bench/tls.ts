@@ -9,10 +9,13 @@
  *     subtracted) for full handshakes and for resumed ones, and their ratio.
  * Then, RSA only: TLS 1.2 with tickets, TLS 1.2 from the session cache, and a real https.Agent through a round-robin
  * TCP balancer with and without single-use sessions (the measured cost of `singleUse`).
- * Loopback only; every process is stopped at the end. Writes bench/results/tls.json and bench/results/tls.md.
+ * Then `sessionCache` on vs off for TLS 1.3 (alternating rounds), and real clients (curl, Chromium, openssl s_client,
+ * TLS 1.2 session-id clients) through HAProxy in TCP round-robin, with and without ticket renewal, one row per client.
+ * BENCH_TLS_ONLY=certs,tls12,clients picks parts. Loopback only; every process is stopped at the end. Writes
+ * bench/results/tls.json and bench/results/tls.md.
  */
 import { constants } from 'node:crypto'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import https from 'node:https'
 import net from 'node:net'
 import os from 'node:os'
@@ -22,6 +25,7 @@ import { testCerts, type KeyType } from '../scripts/certs.js'
 import { startRedis } from '../scripts/redis-server.js'
 import { spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../scripts/tls-instance.js'
 import { median, percentile } from './lib.js'
+import { chromiumPath, chromiumRun, curlRun, haproxyAvailable, sClientRun, startHaproxy, type ClientRun } from '../test/helpers/real-clients.js'
 import type { TlsSessionsOptions } from '../plugins/tls-sessions.js'
 
 const RECONNECTS = Number(process.env.BENCH_TLS_RECONNECTS ?? 1000)
@@ -29,6 +33,8 @@ const FULL = Number(process.env.BENCH_TLS_FULL ?? 300)
 const CPU_ROUNDS = Number(process.env.BENCH_TLS_CPU_ROUNDS ?? 5)
 const AGENT_REQUESTS = Number(process.env.BENCH_TLS_AGENT_REQUESTS ?? 200)
 const WARMUP = 30
+/** Parts to run, comma-separated (certs, tls12, clients); default all. For a quick look at one part. */
+const ONLY = new Set((process.env.BENCH_TLS_ONLY ?? 'certs,tls12,clients').split(','))
 const certs = testCerts()
 const RESULTS = fileURLToPath(new URL('./results/', import.meta.url))
 
@@ -240,9 +246,23 @@ async function agentRun (ports: number[], n: number): Promise<{ pattern: string,
 const started = performance.now()
 // Other work on the machine inflates per-process CPU time unevenly (shared cores): recorded so that runs compare.
 const loadAtStart = os.loadavg()[0] ?? 0
-const results: { certs: CertResult[], tls12?: Record<string, Run>, singleUse?: Record<string, { pattern: string, resumedShare: number }> } = { certs: [] }
+/** TLS 1.3 handshake CPU with sessionCache on and off, alternating rounds in the same run (issue 16). */
+interface CacheCost {
+  rounds: Array<{ fullOff: Run, fullOn: Run, resumedOff: Run, resumedOn: Run }>
+  fullOffUs: number
+  fullOnUs: number
+  resumedOffUs: number
+  resumedOnUs: number
+  /** Medians of the per-round ratios on / off. */
+  fullRatio: number
+  resumedRatio: number
+}
+const CLIENT_RECONNECTS = Number(process.env.BENCH_TLS_CLIENT_RECONNECTS ?? 100)
+/** Real clients through HAProxy (TCP round-robin) over 3 instances; per client, with and without ticket renewal. */
+type ClientRows = Record<string, { renewal: ClientRun | string, noRenewal: ClientRun | string }>
+const results: { certs: CertResult[], tls12?: Record<string, Run>, singleUse?: Record<string, { pattern: string, resumedShare: number }>, cacheCost?: CacheCost, clients?: ClientRows } = { certs: [] }
 try {
-  for (const type of ['rsa', 'ecdsa'] as const) {
+  for (const type of ONLY.has('certs') ? ['rsa', 'ecdsa'] as const : []) {
     const handoff = await cluster(`handoff-${type}`, type, {})
     await warm(handoff, 'tls13')
     const idle = await idleRate(handoff)
@@ -265,22 +285,85 @@ try {
       `CPU full ${fullUs.toFixed(0)} us, resumed ${resumedUs.toFixed(0)} us, ratios ${ratios.map(x => x.toFixed(2)).join(' ')}`)
   }
 
+  if (ONLY.has('tls12')) {
   // TLS 1.2, RSA: tickets, and the session cache for clients without tickets.
-  const cache: TlsSessionsOptions = { sessionCache: true }
-  const c12 = await cluster('tls12', 'rsa', { tlsSessions: cache })
-  const idle12 = await idleRate(c12)
-  results.tls12 = {
-    tickets: await roundRobin(c12, RECONNECTS, 'tls12', true, idle12),
-    sessionCache: await roundRobin(c12, RECONNECTS, 'tls12-no-ticket', true, idle12),
-    fullNoTicket: await roundRobin(c12, FULL, 'tls12-no-ticket', false, idle12),
-    // The price of sessionCache for TLS 1.3 clients: a lookup of their random legacy session id on each connection.
-    tls13WithCache: await roundRobin(c12, RECONNECTS, 'tls13', true, idle12)
+    const cache: TlsSessionsOptions = { sessionCache: true }
+    const c12 = await cluster('tls12', 'rsa', { tlsSessions: cache })
+    const off = await cluster('nocache', 'rsa', { tlsSessions: { sessionCache: false } })
+    await warm(c12, 'tls13')
+    await warm(off, 'tls13')
+    const idle12 = await idleRate(c12)
+    const idleOff = await idleRate(off)
+    // The price of sessionCache for TLS 1.3 clients, on and off alternating so that drift hits both alike.
+    const costRounds: CacheCost['rounds'] = []
+    for (let r = 0; r < CPU_ROUNDS; r++) {
+      costRounds.push({
+        fullOff: await roundRobin(off, FULL, 'tls13', false, idleOff),
+        fullOn: await roundRobin(c12, FULL, 'tls13', false, idle12),
+        resumedOff: await roundRobin(off, FULL, 'tls13', true, idleOff),
+        resumedOn: await roundRobin(c12, FULL, 'tls13', true, idle12)
+      })
+    }
+    await stopAll(off)
+    const medOf = (f: (x: CacheCost['rounds'][number]) => number): number => median(costRounds.map(f))
+    results.cacheCost = {
+      rounds: costRounds,
+      fullOffUs: medOf(x => x.fullOff.cpuUsPerHandshake),
+      fullOnUs: medOf(x => x.fullOn.cpuUsPerHandshake),
+      resumedOffUs: medOf(x => x.resumedOff.cpuUsPerHandshake),
+      resumedOnUs: medOf(x => x.resumedOn.cpuUsPerHandshake),
+      fullRatio: medOf(x => x.fullOn.cpuUsPerHandshake / x.fullOff.cpuUsPerHandshake),
+      resumedRatio: medOf(x => x.resumedOn.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake)
+    }
+    console.error(`sessionCache on/off, TLS 1.3: full ${results.cacheCost.fullRatio.toFixed(2)}x, resumed ${results.cacheCost.resumedRatio.toFixed(2)}x`)
+    results.tls12 = {
+      tickets: await roundRobin(c12, RECONNECTS, 'tls12', true, idle12),
+      sessionCache: await roundRobin(c12, RECONNECTS, 'tls12-no-ticket', true, idle12),
+      fullNoTicket: await roundRobin(c12, FULL, 'tls12-no-ticket', false, idle12),
+      // The price of sessionCache for TLS 1.3 clients: a lookup of their random legacy session id on each connection.
+      tls13WithCache: await roundRobin(c12, RECONNECTS, 'tls13', true, idle12)
+    }
+    results.singleUse = { reusable: await agentRun(c12.map(i => i.port), AGENT_REQUESTS) }
+    await stopAll(c12)
+    const single = await cluster('single', 'rsa', { tlsSessions: { sessionCache: true, singleUse: true } })
+    results.singleUse.singleUse = await agentRun(single.map(i => i.port), AGENT_REQUESTS)
+    await stopAll(single)
   }
-  results.singleUse = { reusable: await agentRun(c12.map(i => i.port), AGENT_REQUESTS) }
-  await stopAll(c12)
-  const single = await cluster('single', 'rsa', { tlsSessions: { sessionCache: true, singleUse: true } })
-  results.singleUse.singleUse = await agentRun(single.map(i => i.port), AGENT_REQUESTS)
-  await stopAll(single)
+  if (ONLY.has('clients')) {
+    if (!haproxyAvailable()) {
+      console.error('clients: haproxy not installed, skipped (apt-get install haproxy)')
+    } else {
+      const rows: ClientRows = {}
+      for (const renewal of [true, false]) {
+        // As the example runs: session cache on, for the TLS 1.2 session-id clients.
+        const c = await cluster(renewal ? 'clients' : 'clients-norenew', 'rsa', { tlsSessions: { sessionCache: true, ticketRenewal: renewal } })
+        const lb = await startHaproxy(c.map(i => i.port))
+        const target = { port: lb.port, caPath: certs.caPath, certPath: certs.rsa.certPath }
+        const attempt = async (f: () => ClientRun | Promise<ClientRun>): Promise<ClientRun | string> => {
+          try { return await f() } catch (err) { return `failed: ${(err as Error).message.slice(0, 120)}` }
+        }
+        const runs: Record<string, () => ClientRun | Promise<ClientRun>> = {
+          'curl, TLS 1.3, many URLs + Connection: close (single-use tickets)': () => curlRun(target, CLIENT_RECONNECTS),
+          'Chromium (playwright-core), new connection per fetch (single-use tickets)': async () => existsSync(chromiumPath())
+            ? await chromiumRun(target, CLIENT_RECONNECTS)
+            : await Promise.reject(new Error(`no chromium at ${chromiumPath()}`)),
+          'openssl s_client, TLS 1.3, newest ticket each time (single-use)': () => sClientRun(target, CLIENT_RECONNECTS, { reuse: false }),
+          'openssl s_client, TLS 1.3, -sess_in one ticket (reusing)': () => sClientRun(target, CLIENT_RECONNECTS, { reuse: true }),
+          'curl, TLS 1.2 (session ids)': () => curlRun(target, CLIENT_RECONNECTS, { tls12: true }),
+          'openssl s_client, TLS 1.2 -no_ticket (session id)': () => sClientRun(target, CLIENT_RECONNECTS, { tls12: true, noTicket: true, reuse: true })
+        }
+        for (const [name, f] of Object.entries(runs)) {
+          const r = await attempt(f)
+          rows[name] ??= { renewal: '', noRenewal: '' }
+          ;(rows[name] as ClientRows[string])[renewal ? 'renewal' : 'noRenewal'] = r
+          console.error(`clients (renewal ${String(renewal)}): ${name}: ${typeof r === 'string' ? r : `${r.resumed}/${r.connections - 1}`}`)
+        }
+        await lb.stop()
+        await stopAll(c)
+      }
+      results.clients = rows
+    }
+  }
 } finally {
   await stopAll(live)
   await redis.stop()
@@ -333,12 +416,37 @@ if (results.tls12 !== undefined) {
     ''
   )
 }
+if (results.cacheCost !== undefined) {
+  const c = results.cacheCost
+  const ratios = (f: (x: CacheCost['rounds'][number]) => number): string => c.rounds.map(f).map(x => x.toFixed(2)).join(', ')
+  lines.push(
+    `TLS 1.3 handshakes, RSA-2048, \`sessionCache\` on vs off (${CPU_ROUNDS} alternating rounds of ${FULL} each, same run; server CPU per handshake):`,
+    '',
+    '| TLS 1.3 handshake | cache off | cache on | on / off (rounds) |',
+    '|---|---|---|---|',
+    `| full | ${us(c.fullOffUs)} | ${us(c.fullOnUs)} | ${c.fullRatio.toFixed(2)} (${ratios(x => x.fullOn.cpuUsPerHandshake / x.fullOff.cpuUsPerHandshake)}) |`,
+    `| resumed | ${us(c.resumedOffUs)} | ${us(c.resumedOnUs)} | ${c.resumedRatio.toFixed(2)} (${ratios(x => x.resumedOn.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake)}) |`,
+    ''
+  )
+}
 if (results.singleUse !== undefined) {
   const s = results.singleUse
   lines.push(
     `https.Agent (no keep-alive, TLS 1.2 without tickets) through a round-robin balancer, ${AGENT_REQUESTS} requests:`,
     `reusable sessions ${pct(s.reusable?.resumedShare ?? 0)} resumed (${s.reusable?.pattern ?? ''}...), ` +
     `singleUse ${pct(s.singleUse?.resumedShare ?? 0)} (${s.singleUse?.pattern ?? ''}...).`,
+    ''
+  )
+}
+if (results.clients !== undefined) {
+  const cell = (r: ClientRun | string): string => typeof r === 'string' ? r : `${pct(r.rate)} (${r.resumed}/${r.connections - 1}, ${r.pattern.slice(0, 8)}...)`
+  lines.push(
+    `Real clients through HAProxy 2.6 (TCP round-robin) over 3 instances (sessionCache on, as the example), ${CLIENT_RECONNECTS} connections each;`,
+    'resumed reconnects as the servers counted them (every connection after the first):',
+    '',
+    '| Client | ticketRenewal: true (default) | ticketRenewal: false (Node\'s behaviour) |',
+    '|---|---|---|',
+    ...Object.entries(results.clients).map(([name, r]) => `| ${name} | ${cell(r.renewal)} | ${cell(r.noRenewal)} |`),
     ''
   )
 }

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { InvalidOptionError, intOption } from './errors.js'
 import type { TieredStore } from './tiered-store.js'
 
@@ -21,10 +21,26 @@ import type { TieredStore } from './tiered-store.js'
  * Repository unreachable: an instance that prepared the next key still switches at the boundary; one that could not
  * stays on its current key. Either way the schedule reports one 'unavailable' event per outage, retries every
  * `retryMs`, and makes a missed switch as soon as the key can be read. Key material is never part of an event.
+ *
+ * Repository wiped (FLUSHALL, restarted empty): the instances still hold the epoch's key in memory, but an instance
+ * that starts now finds nothing and creates another. So every `checkMs` each instance reads the stored key again
+ * (one GET): when it is missing, the instance writes its own back (create-if-absent, so the first to notice wins);
+ * when it differs, the instance adopts the stored one. Within about `checkMs` every instance serves one key again.
+ * The replaced key is kept for decryption (`decryptionKeys`) until its epoch's key would have been deleted, so a
+ * server that can take several keys (the ticket-key callback) resumes tickets issued under either.
  */
 
 /** Node's ticket keys: 16 bytes key name, 16 bytes HMAC secret, 16 bytes AES key. */
 export const TICKET_KEY_BYTES = 48
+
+/**
+ * A short id of a ticket key for logs and metrics: the first 32 bits of SHA-256 over the key's 16-byte name, as an
+ * unsigned integer. The name travels in clear at the start of every ticket, so this reveals nothing about the HMAC
+ * or AES parts; two instances serving the same id serve the same key.
+ */
+export function ticketKeyId (key: Buffer): number {
+  return createHash('sha256').update(key.subarray(0, 16)).digest().readUInt32BE(0)
+}
 
 /** Where the keys live. `TieredTicketKeyStore` is the one on the shared store. */
 export interface TicketKeyStore {
@@ -33,6 +49,12 @@ export interface TicketKeyStore {
    * must not be used or replaced: deleted (retired) or sealed under another cluster secret. Throws when unreachable.
    */
   obtain: (epoch: number, ttlMs: number) => Promise<Buffer | undefined>
+  /**
+   * The key of `epoch` as the repository holds it now (never a cached copy); when nothing is stored (a wiped
+   * repository), `key` is written (create-if-absent) and whatever is stored afterwards is returned, with `written`
+   * true when it was this call's write. undefined like `obtain`. Throws when unreachable.
+   */
+  confirm: (epoch: number, ttlMs: number, key: Buffer) => Promise<{ key: Buffer, written: boolean } | undefined>
   /** Delete the key of a retired epoch. Throws when unreachable. */
   remove: (epoch: number) => Promise<void>
 }
@@ -55,6 +77,13 @@ export type TicketKeyEvent =
   | { type: 'unusable', epoch: number }
   /** The key of a retired epoch was deleted from the repository. */
   | { type: 'removed', epoch: number }
+  /** The repository had lost the key of `epoch` (wiped); this instance wrote the one it holds back. */
+  | { type: 'restored', epoch: number, keyId: number }
+  /**
+   * The repository holds another key for `epoch` than this instance did (another instance created one after a wipe):
+   * this instance switched to it. `prepared`: the next epoch's key held ahead, not the one in use.
+   */
+  | { type: 'adopted', epoch: number, from: number, to: number, prepared: boolean }
   /** Something other than the repository failed (e.g. `apply` threw). Retried like a repository failure. */
   | { type: 'error', epoch: number, reason: string }
 
@@ -73,6 +102,11 @@ export interface TicketKeyScheduleOptions {
   leadMs?: number
   /** Retry interval while the repository fails, ms. Default: periodMs / 20 clamped to 100..5000. */
   retryMs?: number
+  /**
+   * How often the key in use (and the next one, once prepared) is read again from the repository, ms, so that all
+   * instances converge on one key after the repository lost it. 1 to periodMs. Default: leadMs.
+   */
+  checkMs?: number
   /** Longest single timer, ms, so that a wall-clock step is noticed. Default: 60000. */
   maxTimerMs?: number
   clock?: Clock
@@ -88,6 +122,10 @@ export interface TicketKeyCounters {
   errors: number
   /** Retired keys deleted. */
   removed: number
+  /** Keys written back after the repository had lost them. */
+  restored: number
+  /** Switches to another key for the same epoch (the repository held another one). */
+  adopted: number
 }
 
 const systemClock: Clock = {
@@ -109,7 +147,8 @@ export class TicketKeySchedule {
   readonly maxClockSkewMs: number
   readonly leadMs: number
   readonly retryMs: number
-  readonly counters: TicketKeyCounters = { rotations: 0, obtained: 0, errors: 0, removed: 0 }
+  readonly checkMs: number
+  readonly counters: TicketKeyCounters = { rotations: 0, obtained: 0, errors: 0, removed: 0, restored: 0, adopted: 0 }
   private readonly store: TicketKeyStore
   private readonly applyKey: (key: Buffer, epoch: number) => void
   private readonly clock: Clock
@@ -117,6 +156,10 @@ export class TicketKeySchedule {
   private readonly onEvent: ((e: TicketKeyEvent) => void) | undefined
   private current: { epoch: number, key: Buffer } | undefined
   private next: { epoch: number, key: Buffer } | undefined
+  /** Keys no longer issued that still decrypt (a retired epoch until its deletion; a key replaced within its epoch). */
+  private previous: Array<{ epoch: number, key: Buffer, until: number }> = []
+  /** When the keys held are next compared with the repository's. */
+  private checkAt = 0
   /** Retired epochs whose key still has to be deleted from the store. */
   private readonly retired = new Set<number>()
   /** Epochs reported unusable, so each is reported once. */
@@ -137,6 +180,7 @@ export class TicketKeySchedule {
     this.maxClockSkewMs = intOption('maxClockSkewMs', opts.maxClockSkewMs, Math.min(5000, quarter), 0, quarter)
     this.leadMs = intOption('leadMs', opts.leadMs, Math.min(quarter, 60_000), 1, quarter)
     this.retryMs = intOption('retryMs', opts.retryMs, Math.min(5000, Math.max(100, Math.floor(this.periodMs / 20))), 1, this.periodMs)
+    this.checkMs = intOption('checkMs', opts.checkMs, this.leadMs, 1, this.periodMs)
     this.maxTimerMs = intOption('maxTimerMs', opts.maxTimerMs, 60_000, 1, MAX_TIMER)
     this.store = opts.store
     this.applyKey = opts.apply
@@ -163,6 +207,22 @@ export class TicketKeySchedule {
     return this.next?.epoch
   }
 
+  /** ticketKeyId() of the key in use; undefined while none could be read. */
+  get currentKeyId (): number | undefined {
+    return this.current === undefined ? undefined : ticketKeyId(this.current.key)
+  }
+
+  /**
+   * Every key that should still decrypt a ticket: the one in use first, then keys replaced recently (the previous
+   * epoch's until its deletion, one replaced within its epoch until that epoch's end plus maxClockSkewMs).
+   */
+  decryptionKeys (): Buffer[] {
+    const now = this.clock.now()
+    const keys = this.current === undefined ? [] : [this.current.key]
+    for (const p of this.previous) if (p.until > now) keys.push(p.key)
+    return keys
+  }
+
   /** True while the repository fails (since the last success). */
   get degraded (): boolean {
     return this.failing
@@ -186,8 +246,10 @@ export class TicketKeySchedule {
     this.timer = undefined
     this.current?.key.fill(0)
     this.next?.key.fill(0)
+    for (const p of this.previous) p.key.fill(0)
     this.current = undefined
     this.next = undefined
+    this.previous = []
   }
 
   /** Runs one evaluation now (also what the timers do). Serialized: a call during a run schedules one more run. */
@@ -234,7 +296,13 @@ export class TicketKeySchedule {
         key = got
         if (key === undefined && !this.unusable.has(epoch)) retryAt = now + this.retryMs
       }
-      if (key !== undefined) this.install(epoch, key)
+      // Just read from the repository (now, or when prepared): nothing to compare it with before the next check.
+      if (key !== undefined) { this.install(epoch, key); this.checkAt = now + this.checkMs }
+    } else if (now >= this.checkAt) {
+      // 1b. Still the same epoch: is the key in use still the repository's? (A wipe, then another instance's start.)
+      const ok = await this.check(epoch, now)
+      if (this.stopped) return
+      this.checkAt = this.clock.now() + (ok ? this.checkMs : this.retryMs)
     }
 
     // 2. Prepare the next epoch's key ahead of its boundary.
@@ -269,12 +337,23 @@ export class TicketKeySchedule {
       if (this.stopped) return
     }
 
-    // 4. One timer, for whichever comes first: the boundary, the preparation, a retry or a deletion.
+    // Keys kept for decryption only are wiped when their time is up.
+    const nowWipe = this.clock.now()
+    let wipeAt: number | undefined
+    this.previous = this.previous.filter(p => {
+      if (p.until > nowWipe) { wipeAt = Math.min(wipeAt ?? Infinity, p.until); return true }
+      p.key.fill(0)
+      return false
+    })
+
+    // 4. One timer, for whichever comes first: the boundary, the preparation, a retry, a deletion or a check.
     const after = this.clock.now()
     let wakeAt = nextBoundary
     if (this.next?.epoch !== epoch + 1 && prepareAt > after) wakeAt = Math.min(wakeAt, prepareAt)
     if (retryAt !== undefined) wakeAt = Math.min(wakeAt, retryAt)
     if (removeAt !== undefined) wakeAt = Math.min(wakeAt, removeAt)
+    if (wipeAt !== undefined) wakeAt = Math.min(wakeAt, wipeAt)
+    if (this.current?.epoch === epoch) wakeAt = Math.min(wakeAt, Math.max(this.checkAt, after + 1))
     const delay = Math.min(Math.max(1, wakeAt - after), this.maxTimerMs)
     if (!this.stopped) this.timer = this.clock.setTimeout(() => { this.run().catch(() => {}) }, delay)
   }
@@ -288,14 +367,63 @@ export class TicketKeySchedule {
     if (previous !== undefined) {
       this.counters.rotations++
       this.retired.add(previous.epoch)
-      previous.key.fill(0)
+      // Decrypts until it is deleted from the repository too: tickets issued just before the boundary still resume.
+      this.keep(previous.epoch, previous.key)
     }
     this.onEvent?.({ type: 'applied', epoch, rotation })
   }
 
+  private keep (epoch: number, key: Buffer): void {
+    this.previous.push({ epoch, key, until: this.boundaryOf(epoch + 1) + this.maxClockSkewMs })
+  }
+
+  /**
+   * Compares the key in use, and the next one if prepared, with the repository's; writes ours back where the
+   * repository has none, adopts the repository's where it differs. False when the repository failed.
+   */
+  private async check (epoch: number, now: number): Promise<boolean> {
+    for (const which of ['current', 'next'] as const) {
+      const held = this[which]
+      if (held === undefined || (which === 'current' ? held.epoch !== epoch : held.epoch !== epoch + 1)) continue
+      let got: { key: Buffer, written: boolean } | undefined
+      try {
+        got = await this.store.confirm(held.epoch, this.ttlFor(held.epoch, now), Buffer.from(held.key))
+      } catch (err) {
+        this.failed(epoch, err)
+        return false
+      }
+      this.succeeded(epoch)
+      if (this.stopped) { got?.key.fill(0); return true }
+      // Unusable (tombstone, another secret): keep what we hold; an 'unusable' event is about obtaining, not this.
+      if (got === undefined) continue
+      if (got.written) {
+        this.counters.restored++
+        this.onEvent?.({ type: 'restored', epoch: held.epoch, keyId: ticketKeyId(held.key) })
+      }
+      // The instance may have moved on (or stopped) while the repository answered.
+      if (this[which] !== held || got.key.equals(held.key)) { got.key.fill(0); continue }
+      const from = ticketKeyId(held.key)
+      if (which === 'current') {
+        this.applyKey(got.key, held.epoch)
+        this.current = { epoch: held.epoch, key: got.key }
+        this.keep(held.epoch, held.key)
+      } else {
+        this.next = { epoch: held.epoch, key: got.key }
+        held.key.fill(0)
+      }
+      this.counters.adopted++
+      this.onEvent?.({ type: 'adopted', epoch: held.epoch, from, to: ticketKeyId(got.key), prepared: which === 'next' })
+    }
+    return true
+  }
+
+  /** Kept until the planned deletion and a little beyond: the TTL only matters when no instance lived to delete it. */
+  private ttlFor (epoch: number, now: number): number {
+    return Math.max(1000, this.boundaryOf(epoch + 1) + 2 * this.maxClockSkewMs + this.leadMs - now)
+  }
+
   private async obtain (epoch: number, now: number): Promise<Buffer | undefined> {
-    // Kept until the planned deletion and a little beyond: the TTL only matters when no instance lived to delete it.
-    const ttlMs = Math.max(1000, this.boundaryOf(epoch + 1) + 2 * this.maxClockSkewMs + this.leadMs - now)
+    const ttlMs = this.ttlFor(epoch, now)
     let got: Buffer | undefined
     try {
       got = await this.store.obtain(epoch, ttlMs)
@@ -402,7 +530,33 @@ export class TieredTicketKeyStore implements TicketKeyStore {
     return key
   }
 
+  async confirm (epoch: number, ttlMs: number, key: Buffer): Promise<{ key: Buffer, written: boolean } | undefined> {
+    const id = this.keyOf(epoch)
+    // A minimum version no entry reaches makes get() skip the local tier: a local copy would still show a key that a
+    // wiped repository no longer holds.
+    const seen = await this.store.get(id, { minVersion: Number.MAX_SAFE_INTEGER })
+    const stored = seen === undefined ? undefined : asStoredKey(seen.value, epoch)
+    if (stored !== undefined) return decodeKey(stored, false)
+    // Nothing readable: write ours back, unless something is there after all (a tombstone, an entry sealed under
+    // another secret, or another instance's key written just now), which create-if-absent leaves alone.
+    const encoded = key.toString('base64')
+    key.fill(0)
+    const res = await this.store.update(id, (current, info) => {
+      if (current !== undefined || info.version > 0) return undefined
+      const value: StoredTicketKey = { key: encoded, epoch, createdAt: this.now() }
+      return value
+    }, { ttlMs })
+    const after = asStoredKey(res.value, epoch)
+    return after === undefined ? undefined : decodeKey(after, res.written)
+  }
+
   async remove (epoch: number): Promise<void> {
     await this.store.delete(this.keyOf(epoch))
   }
+}
+
+function decodeKey (stored: StoredTicketKey, written: boolean): { key: Buffer, written: boolean } | undefined {
+  const key = Buffer.from(stored.key, 'base64')
+  if (key.length !== TICKET_KEY_BYTES) { key.fill(0); return undefined }
+  return { key, written }
 }

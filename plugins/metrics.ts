@@ -145,7 +145,7 @@ const metricsPlugin: FastifyPluginAsync<HandoffMetricsOptions> = async (fastify:
   // The feature plugins are optional: mirror whichever is registered by the time the server is ready.
   fastify.addHook('onReady', async () => {
     const f = fastify as unknown as Record<string, { metrics?: Numbers } | undefined>
-    mirrorAll(registry, prefix, 'tls', () => f.handoffTls?.metrics, new Set(['ticketKeyEpoch', 'ticketKeyAppliedAt']))
+    mirrorAll(registry, prefix, 'tls', () => f.handoffTls?.metrics, new Set(['ticketKeyEpoch', 'ticketKeyId', 'ticketKeyAppliedAt', 'ticketRenewalActive']))
     mirrorAll(registry, prefix, 'session', () => f.handoffSessions?.metrics)
     mirrorAll(registry, prefix, 'cart', () => f.handoffCart?.metrics)
     if (fastify.hasDecorator('handoffDraining')) {

@@ -1,11 +1,11 @@
-import { createHash, createHmac } from 'node:crypto'
+import { createHash, createHmac, randomBytes } from 'node:crypto'
 import tls, { type TLSSocket } from 'node:tls'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { InvalidOptionError, intOption } from '../lib/errors.js'
 import { compileOptions, optionPath, type OptionsCheck } from '../lib/options.js'
 import { KeyRing, type SecretInput } from '../lib/seal.js'
-import { TicketKeySchedule, TieredTicketKeyStore, type TicketKeyEvent } from '../lib/ticket-keys.js'
+import { TICKET_KEY_BYTES, TicketKeySchedule, TieredTicketKeyStore, ticketKeyId, type TicketKeyEvent } from '../lib/ticket-keys.js'
 import type { TieredStore } from '../lib/tiered-store.js'
 
 /**
@@ -29,6 +29,13 @@ export interface TlsSessionsOptions {
    * ended, so an instance whose clock lags can still read it. 0 to periodMs / 4. Default: 5000 (capped at periodMs / 4).
    */
   maxClockSkewMs?: number
+  /**
+   * How often each instance reads the epoch's ticket key from the store again, ms, to find out that Redis lost it
+   * (wiped, restarted empty): the first instance to notice writes its key back, every other one adopts the stored
+   * key, so instances that started before and after the wipe serve one key again. One GET per instance per check.
+   * 100 to ticketKeyPeriodMs. Default: 60000 (capped at ticketKeyPeriodMs / 4).
+   */
+  ticketKeyCheckMs?: number
   /**
    * The session id context every instance must share, 1 to 32 characters. Default: derived from the cluster secret
    * (`sessionIdContextFor(secret)`), what `handoffHttpsOptions` puts in the `https` options.
@@ -57,6 +64,15 @@ export interface TlsSessionsOptions {
    * (F R F R instead of F R R R). Default: false.
    */
   singleUse?: boolean
+  /**
+   * Issue a new ticket after every resumed handshake, so that clients that use each ticket once (browsers, curl with
+   * many URLs; RFC 8446 C.4) resume on every reconnect instead of every other one. Node does not do this by itself:
+   * it sends tickets after a full TLS 1.3 handshake only. Works through Node's internal ticket-key callback
+   * (`enableTicketKeyCallback`, feature-detected; where it is missing the plugin keeps `setTicketKeys` and
+   * `metrics.ticketRenewalActive` is 0). With it, tickets under the previous epoch's key (until it is deleted) and
+   * under a key replaced after a Redis wipe still resume. Default: true.
+   */
+  ticketRenewal?: boolean
 }
 
 /** Per-instance counters, live. */
@@ -71,6 +87,16 @@ export interface TlsSessionMetrics {
   keyRotations: number
   /** Epoch of the shared ticket key in use; null while the server runs on its own (unshared) random key. */
   ticketKeyEpoch: number | null
+  /**
+   * A short, non-secret id of the ticket key in use (`ticketKeyId()`: 32 bits of SHA-256 over the key name, which
+   * every ticket carries in clear); null like ticketKeyEpoch. Instances serving different ids do not resume each
+   * other's tickets: compare it across the fleet.
+   */
+  ticketKeyId: number | null
+  /** The store had lost the epoch's key (Redis wiped) and this instance wrote its own back. */
+  ticketKeyRestores: number
+  /** This instance switched to another key within an epoch, because the store held another one. */
+  ticketKeyAdoptions: number
   /** When that key was applied, ms since the Unix epoch by this instance's clock; null like ticketKeyEpoch. */
   ticketKeyAppliedAt: number | null
   /** Ticket-key reads, creations or deletions that failed (repository unreachable). */
@@ -89,6 +115,12 @@ export interface TlsSessionMetrics {
   cacheWriteErrors: number
   /** Session cache: TLS 1.3 sessions not stored, since Node never resumes TLS 1.3 from a session id. */
   cacheSkipped: number
+  /** 1 when tickets are renewed after every resumption (the ticket-key callback is in place), else 0. */
+  ticketRenewalActive: number
+  /** Tickets accepted and answered with a new one (renewal mode only). */
+  ticketsRenewed: number
+  /** Tickets offered under a key this instance does not hold (another cluster, or retired): full handshake. Renewal mode only. */
+  ticketsUnknownKey: number
 }
 
 export interface HandoffTlsDecorator {
@@ -108,14 +140,16 @@ declare module 'fastify' {
 }
 
 /** Defaults, in one place. */
-export const TLS_SESSIONS_DEFAULTS: Readonly<Required<Omit<TlsSessionsOptions, 'sessionIdContext' | 'maxClockSkewMs'>>> = Object.freeze({
+export const TLS_SESSIONS_DEFAULTS: Readonly<Required<Omit<TlsSessionsOptions, 'sessionIdContext' | 'maxClockSkewMs' | 'ticketKeyCheckMs'>>> = Object.freeze({
   ticketKeyPeriodMs: 12 * 60 * 60 * 1000,
   applySessionIdContext: true,
   sessionCache: false,
   sessionLookupTimeoutMs: 50,
-  singleUse: false
+  singleUse: false,
+  ticketRenewal: true
 })
 const DEFAULT_MAX_CLOCK_SKEW_MS = 5000
+const DEFAULT_TICKET_KEY_CHECK_MS = 60_000
 /** OpenSSL's SSL_MAX_SID_CTX_LENGTH. */
 const MAX_SESSION_ID_CONTEXT = 32
 /** OpenSSL's default session lifetime, which Node keeps when `sessionTimeout` is not given. */
@@ -208,7 +242,10 @@ export const TLS_SESSIONS_OPTIONS_SCHEMA = {
     applySessionIdContext: { type: 'boolean' },
     sessionCache: { type: 'boolean' },
     sessionLookupTimeoutMs: { type: 'integer', minimum: 1, maximum: 5000 },
-    singleUse: { type: 'boolean' }
+    singleUse: { type: 'boolean' },
+    // Its upper bound is ticketKeyPeriodMs: checked once that is known.
+    ticketKeyCheckMs: { type: 'integer', minimum: 100 },
+    ticketRenewal: { type: 'boolean' }
   }
 } as const
 
@@ -223,6 +260,7 @@ export function checkTlsSessionsOptions (opts: unknown, path = ''): void {
   const o = (opts ?? {}) as TlsSessionsOptions
   const quarter = Math.floor((o.ticketKeyPeriodMs ?? TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs) / 4)
   intOption(optionPath(path, 'maxClockSkewMs'), o.maxClockSkewMs, 0, 0, quarter)
+  intOption(optionPath(path, 'ticketKeyCheckMs'), o.ticketKeyCheckMs, 100, 100, o.ticketKeyPeriodMs ?? TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs)
   if ((o.singleUse ?? TLS_SESSIONS_DEFAULTS.singleUse) && !(o.sessionCache ?? TLS_SESSIONS_DEFAULTS.sessionCache)) {
     throw new InvalidOptionError(optionPath(path, 'singleUse'), 'applies to the session cache only; set sessionCache: true as well (tickets cannot be single-use)')
   }
@@ -232,18 +270,22 @@ export function checkTlsSessionsOptions (opts: unknown, path = ''): void {
 export function resolveTlsSessionsOptions (opts: TlsSessionsOptions, ring: KeyRing): Required<TlsSessionsOptions> {
   checkTlsSessionsOptions(opts)
   const ticketKeyPeriodMs = opts.ticketKeyPeriodMs ?? TLS_SESSIONS_DEFAULTS.ticketKeyPeriodMs
-  const maxClockSkewMs = opts.maxClockSkewMs ?? Math.min(DEFAULT_MAX_CLOCK_SKEW_MS, Math.floor(ticketKeyPeriodMs / 4))
+  const quarter = Math.floor(ticketKeyPeriodMs / 4)
+  const maxClockSkewMs = opts.maxClockSkewMs ?? Math.min(DEFAULT_MAX_CLOCK_SKEW_MS, quarter)
+  const ticketKeyCheckMs = opts.ticketKeyCheckMs ?? Math.min(DEFAULT_TICKET_KEY_CHECK_MS, quarter)
   const sessionLookupTimeoutMs = opts.sessionLookupTimeoutMs ?? TLS_SESSIONS_DEFAULTS.sessionLookupTimeoutMs
   const sessionCache = opts.sessionCache ?? TLS_SESSIONS_DEFAULTS.sessionCache
   const singleUse = opts.singleUse ?? TLS_SESSIONS_DEFAULTS.singleUse
   return {
     ticketKeyPeriodMs,
     maxClockSkewMs,
+    ticketKeyCheckMs,
     sessionIdContext: opts.sessionIdContext ?? sessionIdContextFor(ring),
     applySessionIdContext: opts.applySessionIdContext ?? TLS_SESSIONS_DEFAULTS.applySessionIdContext,
     sessionCache,
     sessionLookupTimeoutMs,
-    singleUse
+    singleUse,
+    ticketRenewal: opts.ticketRenewal ?? TLS_SESSIONS_DEFAULTS.ticketRenewal
   }
 }
 
@@ -284,6 +326,65 @@ function establishSessionIdContext (server: tls.Server, setSecureContext: SetSec
   return 'applied'
 }
 
+/** What the ticket-key callback needs: the key to issue tickets under, the keys to accept, two counters. */
+interface TicketKeySource {
+  issuing: () => Buffer
+  accepted: () => Buffer[]
+  renewed: () => void
+  unknown: () => void
+}
+
+/** Node's native SecureContext, as far as the ticket-key callback goes (internal: feature-detected). */
+interface NativeSecureContext {
+  enableTicketKeyCallback?: () => void
+  onticketkeycallback?: (name: Buffer, iv: Buffer, encrypt: boolean) => unknown[]
+}
+
+const TICKET_PART = 16
+const ZERO_PART = Buffer.alloc(TICKET_PART)
+
+/**
+ * Answers OpenSSL's ticket-key callback the way Node's native code expects (src/crypto/crypto_context.cc,
+ * SecureContext::TicketKeyCallback): `[result, hmacKey, aesKey, keyName, iv]`, where result 1 means "use these",
+ * 2 "use these and issue a new ticket" (renew), 0 "unknown ticket" (full handshake). The key layout is
+ * setTicketKeys's: name, HMAC secret, AES key, 16 bytes each, so tickets interoperate with instances on either path.
+ * Views, not copies: when the schedule wipes a key, nothing here keeps its bytes.
+ */
+export function ticketKeyCallback (keys: TicketKeySource): (name: Buffer, iv: Buffer, encrypt: boolean) => unknown[] {
+  return (name, _iv, encrypt) => {
+    try {
+      if (encrypt) {
+        const k = keys.issuing()
+        return [1, k.subarray(16, 32), k.subarray(32, 48), k.subarray(0, 16), randomBytes(TICKET_PART)]
+      }
+      for (const k of [keys.issuing(), ...keys.accepted()]) {
+        if (k.subarray(0, 16).equals(name)) {
+          keys.renewed()
+          return [2, k.subarray(16, 32), k.subarray(32, 48)]
+        }
+      }
+      keys.unknown()
+      return [0, ZERO_PART, ZERO_PART]
+    } catch {
+      // Called from inside OpenSSL: an exception would surface as an uncaught one. Decrypt: full handshake; encrypt:
+      // Node reads a name and an IV even then, so give it some and let OpenSSL send no ticket.
+      return [0, ZERO_PART, ZERO_PART, ZERO_PART, ZERO_PART]
+    }
+  }
+}
+
+/**
+ * Puts the ticket-key callback on the server's current native context. Internal API (exercised by Node's own test
+ * test-https-resume-after-renew), so detected rather than assumed: false when this Node does not have it.
+ */
+function enableTicketRenewal (server: tls.Server, keys: TicketKeySource): boolean {
+  const context = (server as unknown as { _sharedCreds?: { context?: NativeSecureContext } })._sharedCreds?.context
+  if (context === undefined || typeof context.enableTicketKeyCallback !== 'function') return false
+  context.onticketkeycallback = ticketKeyCallback(keys)
+  context.enableTicketKeyCallback()
+  return true
+}
+
 const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify: FastifyInstance, rawOpts) => {
   const server = fastify.server as unknown
   if (!(server instanceof tls.Server)) {
@@ -302,7 +403,10 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     // Live views of the schedule's counters (getters are enumerable in a literal, so a JSON dump includes them).
     get keyRotations (): number { return schedule.counters.rotations },
     get ticketKeyErrors (): number { return schedule.counters.errors },
+    get ticketKeyRestores (): number { return schedule.counters.restored },
+    get ticketKeyAdoptions (): number { return schedule.counters.adopted },
     ticketKeyEpoch: null,
+    ticketKeyId: null,
     ticketKeyAppliedAt: null,
     cacheHits: 0,
     cacheMisses: 0,
@@ -310,7 +414,10 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     cacheErrors: 0,
     cacheWrites: 0,
     cacheWriteErrors: 0,
-    cacheSkipped: 0
+    cacheSkipped: 0,
+    ticketRenewalActive: 0,
+    ticketsRenewed: 0,
+    ticketsUnknownKey: 0
   }
 
   // Whatever setSecureContext is in place now (Node's, or someone's wrapper) is what we build on; put back on close.
@@ -324,9 +431,13 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     store: new TieredTicketKeyStore(store),
     periodMs: o.ticketKeyPeriodMs,
     maxClockSkewMs: o.maxClockSkewMs,
+    checkMs: o.ticketKeyCheckMs,
     apply: (key, epoch) => {
+      // Also in renewal mode: should the callback ever be lost with a context, Node's own path has the right key.
       server.setTicketKeys(key)
+      issuing = key
       metrics.ticketKeyEpoch = epoch
+      metrics.ticketKeyId = ticketKeyId(key)
       metrics.ticketKeyAppliedAt = Date.now()
     },
     onEvent: (e: TicketKeyEvent) => {
@@ -350,6 +461,16 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
         case 'removed':
           log.debug({ epoch: e.epoch }, 'fastify-handoff: retired TLS ticket key deleted')
           break
+        case 'restored':
+          log.warn({ epoch: e.epoch, ticketKeyId: e.keyId }, 'fastify-handoff: the TLS ticket key of this epoch was missing from the store ' +
+            '(Redis wiped or restarted empty?); wrote this instance\'s key back so that every instance converges on it')
+          break
+        case 'adopted':
+          log.warn({ epoch: e.epoch, from: e.from, to: e.to, prepared: e.prepared }, e.prepared
+            ? 'fastify-handoff: the store holds another TLS ticket key for the next epoch than the one prepared; switching to the stored one'
+            : 'fastify-handoff: the store holds another TLS ticket key for this epoch (created after a Redis wipe?); switching to it ' +
+              '(with ticket renewal, tickets under the old key still resume here until the epoch ends)')
+          break
         case 'error':
           log.error({ epoch: e.epoch, reason: e.reason }, 'fastify-handoff: TLS ticket key schedule failed; retrying')
           break
@@ -365,6 +486,8 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
         'fastify-handoff/tls-sessions fills it in')
     }
     originalSetSecureContext.call(this, options === null || typeof options !== 'object' ? options : { ...options, sessionIdContext: o.sessionIdContext })
+    // A new native context: Node's random key and its own ticket path again. Both are put back.
+    if (renewal) metrics.ticketRenewalActive = enableTicketRenewal(server, ticketKeys) ? 1 : 0
     schedule.reapply()
   }
   Object.defineProperty(server, 'setSecureContext', { value: wrapped, configurable: true, writable: true, enumerable: false })
@@ -446,6 +569,23 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     server.on('resumeSession', onResumeSession)
   }
 
+  // Ticket renewal. Until a shared key is read, tickets use the key Node gave this server (as without renewal).
+  let issuing: Buffer = server.getTicketKeys()
+  const ticketKeys: TicketKeySource = {
+    issuing: () => issuing,
+    accepted: () => schedule.decryptionKeys(),
+    renewed: () => { metrics.ticketsRenewed++ },
+    unknown: () => { metrics.ticketsUnknownKey++ }
+  }
+  const renewal = o.ticketRenewal
+  if (renewal) {
+    metrics.ticketRenewalActive = enableTicketRenewal(server, ticketKeys) ? 1 : 0
+    if (metrics.ticketRenewalActive === 0) {
+      log.warn('fastify-handoff: this Node version has no TLS ticket-key callback; tickets are not renewed after a resumption ' +
+        '(clients that use each ticket once resume every other connection)')
+    }
+  }
+
   // Reads (or creates) this epoch's key before the server listens, so the first clients already get shared tickets.
   await schedule.start()
   if (metrics.ticketKeyEpoch === null) {
@@ -462,6 +602,8 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
   })
 
   fastify.addHook('onClose', async () => {
+    // A handshake still in flight must not issue a ticket under a key being wiped: a throwaway key from here on.
+    issuing = randomBytes(TICKET_KEY_BYTES)
     schedule.stop()
     server.off('secureConnection', onSecureConnection)
     server.off('tlsClientError', onClientError)

@@ -106,7 +106,7 @@ export async function buildShop (opts: ShopOptions): Promise<{ app: FastifyInsta
     ...(opts.redisUrl === undefined ? {} : { redis: opts.redisUrl }),
     ...(opts.repository === undefined ? {} : { repository: opts.repository })
   })
-  if (opts.tls !== undefined) await app.register(tlsSessions)
+  if (opts.tls !== undefined) await app.register(tlsSessions, { sessionCache: true })
   await app.register(authSession, { cookie: { secure } })
   const provider = new FakeProvider(app.handoff.store)
   await app.register(cart, {

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import { MemoryRepository } from '../../lib/repository/memory.js'
 import {
-  TICKET_KEY_BYTES, TicketKeySchedule, TieredTicketKeyStore,
+  TICKET_KEY_BYTES, TicketKeySchedule, TieredTicketKeyStore, ticketKeyId,
   type Clock, type TicketKeyEvent, type TicketKeyScheduleOptions, type TicketKeyStore
 } from '../../lib/ticket-keys.js'
 import { TieredStore } from '../../lib/tiered-store.js'
@@ -66,6 +66,18 @@ class FakeKeyStore implements TicketKeyStore {
     }
     // A copy, as a real store gives: the schedule zeroes the keys it retires.
     return Buffer.from(k)
+  }
+
+  readonly confirmed: number[] = []
+  async confirm (epoch: number, ttlMs: number, key: Buffer): Promise<{ key: Buffer, written: boolean } | undefined> {
+    this.confirmed.push(epoch)
+    if (this.down) throw new Error('repository unavailable')
+    if (this.foreign.has(epoch)) return undefined
+    const k = this.keys.get(epoch)
+    if (k !== undefined) return { key: Buffer.from(k), written: false }
+    this.keys.set(epoch, Buffer.from(key))
+    this.ttls.push(ttlMs)
+    return { key: Buffer.from(key), written: true }
   }
 
   async remove (epoch: number): Promise<void> {
@@ -296,4 +308,121 @@ t.test('TieredTicketKeyStore: create-if-absent, shared, never overwritten, never
   t.equal((await k2.obtain(2, 60_000))?.length, 48, 'other epochs unaffected')
   t.throws(() => new TieredTicketKeyStore(s1, { namespace: 'a b' }), { code: 'FST_HANDOFF_INVALID_OPTION' })
   await Promise.all([s1.close(), s2.close(), foreign.close()])
+})
+
+t.test('after a wipe, an instance started anew creates another key; the others adopt it within checkMs', async t => {
+  const e = 60
+  const clock = new FakeClock(e * P + 100)
+  const store = new FakeKeyStore()
+  const a = instance(clock, store, { checkMs: 500 })
+  const b = instance(clock, store, { checkMs: 500 })
+  await a.schedule.start()
+  await b.schedule.start()
+  const k1 = a.applied[0]?.key ?? ''
+  t.equal(a.schedule.checkMs, 500)
+  store.keys.clear() // FLUSHALL, or Redis restarted empty
+  const c = instance(clock, store, { checkMs: 500 })
+  await c.schedule.start()
+  const k2 = c.applied[0]?.key ?? ''
+  t.not(k2, k1, 'the new instance found nothing and created another key')
+  t.not(a.schedule.currentKeyId, c.schedule.currentKeyId, 'a split, visible in the key ids')
+  await clock.advance(500)
+  for (const [name, x] of [['A', a], ['B', b]] as const) {
+    t.equal(x.applied.at(-1)?.key, k2, `${name} adopted the stored key`)
+    t.equal(x.applied.at(-1)?.epoch, e, `${name}: same epoch`)
+    t.same(x.events.filter(ev => ev.type === 'adopted'), [{
+      type: 'adopted', epoch: e, from: ticketKeyId(Buffer.from(k1, 'hex')), to: ticketKeyId(Buffer.from(k2, 'hex')), prepared: false
+    }], `${name}: one 'adopted' event with both ids`)
+    t.equal(x.schedule.counters.adopted, 1)
+    t.equal(x.schedule.counters.rotations, 0, 'not a rotation')
+    t.same(x.schedule.decryptionKeys().map(k => k.toString('hex')), [k2, k1], `${name}: still decrypts the replaced key`)
+  }
+  t.equal(a.schedule.currentKeyId, c.schedule.currentKeyId, 'one key id again')
+  t.equal(c.events.filter(ev => ev.type === 'adopted' || ev.type === 'restored').length, 0, 'C had the stored key all along')
+  await clock.advance(5000)
+  t.equal(a.applied.length, 2, 'checks that find the same key change nothing')
+  t.ok(store.confirmed.length >= 20, `checked periodically (${store.confirmed.length} checks)`)
+  // The replaced key decrypts until its epoch's key would be deleted (end of epoch + skew), then it is wiped.
+  await clock.advance((e + 1) * P + a.schedule.maxClockSkewMs - 1 - clock.now())
+  t.same(a.schedule.decryptionKeys().slice(1).map(k => k.toString('hex')), [k1, k2],
+    'after the boundary: the new epoch key, then the replaced and the retired one')
+  const replaced = a.schedule.decryptionKeys()[1]
+  await clock.advance(1)
+  t.equal(a.schedule.decryptionKeys().length, 1, 'at the deletion time only the new epoch key is left')
+  t.ok(replaced?.every(b => b === 0), 'and the replaced key\'s bytes are wiped')
+  t.ok(store.removed.includes(e), 'the retired key was deleted from the store')
+  for (const x of [a, b, c]) x.schedule.stop()
+})
+
+t.test('after a wipe, the first instance to check writes its key back; a new instance then reads that one', async t => {
+  const e = 70
+  const clock = new FakeClock(e * P + 100)
+  const store = new FakeKeyStore()
+  const a = instance(clock, store, { checkMs: 500 })
+  await a.schedule.start()
+  const k1 = a.applied[0]?.key ?? ''
+  store.keys.clear()
+  await clock.advance(500)
+  t.same(a.events.filter(ev => ev.type === 'restored'), [{ type: 'restored', epoch: e, keyId: ticketKeyId(Buffer.from(k1, 'hex')) }])
+  t.equal(a.schedule.counters.restored, 1)
+  t.equal(store.keys.get(e)?.toString('hex'), k1, 'the key is stored again')
+  const c = instance(clock, store, { checkMs: 500 })
+  await c.schedule.start()
+  t.equal(c.applied[0]?.key, k1, 'the new instance serves the restored key')
+  t.equal(a.applied.length, 1, 'A never switched')
+  // The next epoch's key, prepared ahead, is checked too.
+  await clock.advance((e + 1) * P - a.schedule.leadMs - clock.now())
+  t.equal(a.schedule.preparedEpoch, e + 1)
+  const prepared = store.keys.get(e + 1)?.toString('hex')
+  store.keys.set(e + 1, randomBytes(TICKET_KEY_BYTES)) // another key for e + 1 appeared (wipe + another instance)
+  await clock.advance(500)
+  t.equal(a.events.filter(ev => ev.type === 'adopted' && ev.prepared).length, 1, 'the prepared key was replaced by the stored one')
+  await clock.advance((e + 1) * P - clock.now())
+  t.equal(a.applied.at(-1)?.key, store.keys.get(e + 1)?.toString('hex'), 'and that one is applied at the boundary')
+  t.not(a.applied.at(-1)?.key, prepared)
+  a.schedule.stop()
+  c.schedule.stop()
+})
+
+t.test('checks while the repository is down: reported once, retried, the key in use is kept', async t => {
+  const clock = new FakeClock(80 * P + 100)
+  const store = new FakeKeyStore()
+  const a = instance(clock, store, { checkMs: 500 })
+  await a.schedule.start()
+  store.down = true
+  await clock.advance(2000)
+  t.equal(a.events.filter(ev => ev.type === 'unavailable').length, 1)
+  t.equal(a.applied.length, 1)
+  store.down = false
+  await clock.advance(a.schedule.retryMs)
+  t.equal(a.events.filter(ev => ev.type === 'recovered').length, 1)
+  a.schedule.stop()
+})
+
+t.test('TieredTicketKeyStore.confirm: reads past a local copy, writes back once, the others get that key', async t => {
+  const repository = new MemoryRepository()
+  t.teardown(async () => { await repository.close() })
+  // Coherence on: local copies live for minutes, and a wipe publishes no invalidation.
+  const s1 = new TieredStore({ repository, secret: SECRET })
+  const s2 = new TieredStore({ repository, secret: SECRET })
+  await Promise.all([s1.start(), s2.start()])
+  const k1 = new TieredTicketKeyStore(s1)
+  const k2 = new TieredTicketKeyStore(s2)
+  const held = await k1.obtain(5, 60_000)
+  t.ok(held)
+  t.same((await k1.confirm(5, 60_000, Buffer.from(held ?? '')))?.written, false, 'present: nothing written')
+  const entries = (repository as unknown as { entries: Map<string, unknown> }).entries
+  entries.clear() // FLUSHALL
+  t.ok(s1.getLocal(k1.keyOf(5)) !== undefined, 'the local tier still has a copy')
+  const mine = Buffer.from(held ?? '')
+  const back = await k1.confirm(5, 60_000, mine)
+  t.equal(back?.written, true, 'missing in the repository: written back')
+  t.same(back?.key, held)
+  t.ok(mine.every(b => b === 0), 'the caller\'s copy is wiped')
+  const other = await k2.confirm(5, 60_000, randomBytes(TICKET_KEY_BYTES))
+  t.same(other, { key: held, written: false }, 'another instance gets the written-back key, not its own')
+  t.same(await k2.obtain(5, 60_000), held)
+  await k1.remove(5)
+  t.equal(await k2.confirm(5, 60_000, randomBytes(TICKET_KEY_BYTES)), undefined, 'a retired key is not written back')
+  await Promise.all([s1.close(), s2.close()])
 })

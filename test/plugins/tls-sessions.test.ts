@@ -467,11 +467,13 @@ t.test('re-creating the secure context keeps the other options (minVersion) and 
   t.same(app.handoffTls.options, {
     ticketKeyPeriodMs: 43_200_000,
     maxClockSkewMs: 5000,
+    ticketKeyCheckMs: 60_000,
     sessionIdContext: sessionIdContextFor(SECRET),
     applySessionIdContext: true,
     sessionCache: false,
     sessionLookupTimeoutMs: 50,
-    singleUse: false
+    singleUse: false,
+    ticketRenewal: true
   })
   t.equal(app.handoffTls.metrics.handshakeErrors, 1, 'the refused TLS 1.2 client counted as a failed handshake')
   t.equal(app.handoffTls.metrics.resumed, 1)
