@@ -32,6 +32,9 @@ export function exampleConfig (port: number, ports: number[], adminSocket: strin
   ports.forEach((p, i) => { cfg = cfg.replace(new RegExp(`127\\.0\\.0\\.1:${8444 + i}\\b`), `127.0.0.1:${p}`) })
   // maxconn: the example's 20000 needs 40k file descriptors, more than a test machine's limit; 1000 is plenty here.
   cfg = cfg.replace(/^(\s*)maxconn\s+\d+/m, '$1maxconn 1000')
+  // The instances these tests start do not run the proxy-protocol plugin (its own tests cover HAProxy's
+  // send-proxy-v2): without it a PROXY header would open their TLS stream, so the servers get plain TCP here.
+  cfg = cfg.replace(/ send-proxy-v2\b/g, '')
   return cfg.replace(/^global\s*$/m, `global\n  stats socket ${adminSocket} mode 600 level admin`)
 }
 
