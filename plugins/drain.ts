@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
-import { InvalidOptionError, intOption } from '../lib/errors.js'
+import { InvalidOptionError } from '../lib/errors.js'
+import { compileOptions, optionPath, type OptionsCheck } from '../lib/options.js'
 
 export interface HandoffDrainOptions {
   /**
@@ -40,22 +41,41 @@ declare module 'fastify' {
 // Signals a process can catch and that mean "stop" in practice (SIGKILL and SIGSTOP cannot be caught).
 const DRAIN_SIGNALS: ReadonlySet<string> = new Set(['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'])
 
-function signalsOption (v: unknown): NodeJS.Signals[] {
-  if (v === undefined) return []
-  if (!Array.isArray(v) || v.some(s => typeof s !== 'string' || !DRAIN_SIGNALS.has(s))) {
-    throw new InvalidOptionError('signals', `must be an array of ${[...DRAIN_SIGNALS].join(', ')}, got ${JSON.stringify(v)}`)
+const SIGNALS_ALLOWED = `an array of ${[...DRAIN_SIGNALS].join(', ')}`
+
+/** The options' schema: types and ranges (lib/options.ts applies it the same way in every plugin). */
+export const DRAIN_OPTIONS_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    drainMs: { type: 'integer', minimum: 0, maximum: 3_600_000 },
+    closeTimeoutMs: { type: 'integer', minimum: 0, maximum: 3_600_000 },
+    readinessEndpoint: {
+      anyOf: [{ type: 'string', pattern: '^/' }, { const: false }],
+      description: 'a path starting with "/" or false'
+    },
+    // Entries are checked below, so that a bad one is reported against `signals` with the list of allowed ones.
+    signals: { type: 'array', description: SIGNALS_ALLOWED }
   }
-  return [...new Set(v as NodeJS.Signals[])]
+} as const
+
+const checkDrainSchema: OptionsCheck = compileOptions(DRAIN_OPTIONS_SCHEMA)
+
+/** Refuses invalid drain options (unknown keys with a did-you-mean, types, ranges, unknown signals), naming the option under `path`. */
+export function checkDrainOptions (opts: unknown, path = ''): void {
+  checkDrainSchema(opts, path)
+  const signals = (opts as HandoffDrainOptions | undefined)?.signals
+  if (signals !== undefined && signals.some(s => typeof s !== 'string' || !DRAIN_SIGNALS.has(s))) {
+    throw new InvalidOptionError(optionPath(path, 'signals'), `must be ${SIGNALS_ALLOWED}, got ${JSON.stringify(signals)}`)
+  }
 }
 
 const drainPlugin: FastifyPluginAsync<HandoffDrainOptions> = async (fastify: FastifyInstance, opts) => {
-  const drainMs = intOption('drainMs', opts.drainMs, 5000, 0, 3_600_000)
-  const closeTimeoutMs = intOption('closeTimeoutMs', opts.closeTimeoutMs, 10_000, 0, 3_600_000)
+  checkDrainOptions(opts)
+  const drainMs = opts.drainMs ?? 5000
+  const closeTimeoutMs = opts.closeTimeoutMs ?? 10_000
   const readiness = opts.readinessEndpoint ?? '/ready'
-  if (readiness !== false && (typeof readiness !== 'string' || !readiness.startsWith('/'))) {
-    throw new InvalidOptionError('readinessEndpoint', `must be a path starting with "/" or false, got ${JSON.stringify(readiness)}`)
-  }
-  const signals = signalsOption(opts.signals)
+  const signals = [...new Set(opts.signals ?? [])]
 
   let draining = false
   let drained: Promise<void> | undefined

@@ -8,8 +8,8 @@ import { tlsSessions, checkTlsSessionsOptions, type TlsSessionsOptions } from '.
 import { authSession, resolveOptions, type AuthSessionOptions } from './auth-session.js'
 import { cart, checkCartOptions, resolveCartCookie, type CartOptions } from './cart.js'
 import { handoffMetrics, checkMetricsOptions, type HandoffMetricsOptions } from './metrics.js'
-import { proxyProtocol, resolveProxyProtocolOptions, type ProxyProtocolOptions } from './proxy-protocol.js'
-import { handoffDrain, type HandoffDrainOptions } from './drain.js'
+import { proxyProtocol, checkProxyProtocolOptions, type ProxyProtocolOptions } from './proxy-protocol.js'
+import { handoffDrain, checkDrainOptions, type HandoffDrainOptions } from './drain.js'
 
 export interface HandoffOptions extends HandoffStoreOptions {
   /** TLS session failover; needs Fastify's `https` option. `false` to leave out. Default: on when the server is HTTPS. */
@@ -52,8 +52,8 @@ const checkTopLevel: OptionsCheck = compileOptions(HANDOFF_OPTIONS_SCHEMA)
  */
 export function checkHandoffOptions (opts: HandoffOptions): void {
   checkTopLevel(opts)
-  const { tls, session, cart: cartOpts, metrics, proxyProtocol: proxyOpts } = opts
-  if (proxyOpts !== undefined) resolveProxyProtocolOptions(proxyOpts)
+  const { tls, session, cart: cartOpts, metrics, proxyProtocol: proxyOpts, drain } = opts
+  if (proxyOpts !== undefined) checkProxyProtocolOptions(proxyOpts, 'proxyProtocol')
   if (typeof tls === 'object') checkTlsSessionsOptions(tls, 'tls')
   const sessionOpts = opt(session)
   const sessionCookieName = sessionOpts === undefined ? undefined : resolveOptions(sessionOpts, 'session').cookieName
@@ -64,6 +64,7 @@ export function checkHandoffOptions (opts: HandoffOptions): void {
   const c = opt(cartOpts)
   if (c !== undefined) resolveCartCookie(c, sessionCookieName, 'cart')
   if (typeof metrics === 'object') checkMetricsOptions(metrics, 'metrics')
+  if (typeof drain === 'object') checkDrainOptions(drain, 'drain')
 }
 
 /**

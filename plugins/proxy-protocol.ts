@@ -2,7 +2,7 @@ import { Socket, type Server } from 'node:net'
 import tls from 'node:tls'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
-import { InvalidOptionError, intOption } from '../lib/errors.js'
+import { compileOptions, optionPath, type OptionsCheck } from '../lib/options.js'
 import { scanProxyHeader, trustedAddresses, type ProxiedClient } from '../lib/proxy-protocol.js'
 
 /**
@@ -66,15 +66,41 @@ export const PROXY_PROTOCOL_DEFAULTS: Readonly<Required<Omit<ProxyProtocolOption
   allowDirect: true
 })
 
-/** Checks every option and applies the defaults. `trusted` comes back as given, each entry checked. */
-export function resolveProxyProtocolOptions (opts: ProxyProtocolOptions): Required<ProxyProtocolOptions> & { isTrusted: (address: string) => boolean } {
-  if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('proxyProtocol', 'must be an object such as { trusted: [\'10.0.0.0/24\'] }')
-  const isTrusted = trustedAddresses(opts.trusted, 'trusted')
-  const headerTimeoutMs = intOption('headerTimeoutMs', opts.headerTimeoutMs, PROXY_PROTOCOL_DEFAULTS.headerTimeoutMs, 1, 60_000)
-  if (opts.allowDirect !== undefined && typeof opts.allowDirect !== 'boolean') {
-    throw new InvalidOptionError('allowDirect', `must be true or false, got ${typeof opts.allowDirect}`)
+const TRUSTED_ALLOWED = 'a non-empty array of balancer addresses or CIDR blocks, e.g. ["10.0.0.0/8"]'
+
+/** The options' schema: types and ranges (lib/options.ts applies it the same way in every plugin). */
+export const PROXY_PROTOCOL_OPTIONS_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['trusted'],
+  properties: {
+    // Each entry's address and prefix length are parsed after the schema (trustedAddresses), which quotes a bad one.
+    trusted: { type: 'array', minItems: 1, description: TRUSTED_ALLOWED },
+    headerTimeoutMs: { type: 'integer', minimum: 1, maximum: 60_000 },
+    allowDirect: { type: 'boolean' }
   }
-  return { trusted: [...opts.trusted], headerTimeoutMs, allowDirect: opts.allowDirect ?? PROXY_PROTOCOL_DEFAULTS.allowDirect, isTrusted }
+} as const
+
+const checkProxyProtocolSchema: OptionsCheck = compileOptions(PROXY_PROTOCOL_OPTIONS_SCHEMA)
+
+/**
+ * Refuses invalid PROXY protocol options (unknown keys with a did-you-mean, types, ranges, entries of `trusted` that
+ * are no address or CIDR block), naming the option under `path`. Returns the check of an address against `trusted`.
+ */
+export function checkProxyProtocolOptions (opts: unknown, path = ''): (address: string) => boolean {
+  checkProxyProtocolSchema(opts, path)
+  return trustedAddresses((opts as ProxyProtocolOptions).trusted, optionPath(path, 'trusted'))
+}
+
+/** Checks every option and applies the defaults. `trusted` comes back as given, each entry checked. */
+export function resolveProxyProtocolOptions (opts: ProxyProtocolOptions, path = ''): Required<ProxyProtocolOptions> & { isTrusted: (address: string) => boolean } {
+  const isTrusted = checkProxyProtocolOptions(opts, path)
+  return {
+    trusted: [...opts.trusted],
+    headerTimeoutMs: opts.headerTimeoutMs ?? PROXY_PROTOCOL_DEFAULTS.headerTimeoutMs,
+    allowDirect: opts.allowDirect ?? PROXY_PROTOCOL_DEFAULTS.allowDirect,
+    isTrusted
+  }
 }
 
 /**

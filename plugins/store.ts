@@ -138,8 +138,7 @@ export const STORE_OPTIONS_SCHEMA = {
       required: ['replicas'],
       properties: { replicas: integerAtLeast(1), timeoutMs: integerAtLeast(1) }
     },
-    // Checked by TieredStore (lib/tiered-store.ts), which defines it.
-    maxDegradedMs: {},
+    maxDegradedMs: integerAtLeast(0),
     now: { typeof: 'function' },
     observe: { typeof: 'function' }
   }

@@ -3,16 +3,21 @@
  * unknown keys with a did-you-mean, wrong types and ranges, and contradictions, all as FST_HANDOFF_INVALID_OPTION
  * naming the option's path. Each row is a misconfiguration measured to start (or crash) before this policy.
  */
+import { createServer, type AddressInfo, type Socket } from 'node:net'
 import { Writable } from 'node:stream'
 import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyCookie from '@fastify/cookie'
-import { handoff, handoffStore, authSession, cart, handoffMetrics, type HandoffOptions } from '../../plugins/index.js'
+import { handoff, handoffStore, authSession, cart, handoffMetrics, handoffDrain, proxyProtocol, type HandoffOptions } from '../../plugins/index.js'
 import { didYouMean, editDistance } from '../../lib/options.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 // A port nothing listens on: a refused option must fail before any connection is tried.
 const NOWHERE = 'redis://127.0.0.1:1'
+
+// A loopback listener standing where Redis would be, started by the table's test: a dial to it stays open for a
+// while (one to NOWHERE is refused at once), so a refusal that came after the Redis client was made shows.
+const listener = { url: '', dialledBy: [] as string[] }
 
 type Setup = (app: FastifyInstance) => Promise<void>
 
@@ -24,6 +29,15 @@ const withSession = async (app: FastifyInstance): Promise<void> => {
   await app.register(authSession, { cookie: { secure: false } })
 }
 const cartWith = (opts: Record<string, unknown>): Setup => async app => { await withSession(app); await app.register(cart, opts as never) }
+// Resolves `redis` when the row runs (the listener's port is known only then), and notes a socket left by the row.
+const storeListened = (opts: Record<string, unknown>): Setup => async app => {
+  const before = sockets()
+  try { await store({ redis: listener.url, ...opts })(app) } finally {
+    if (sockets() > before) listener.dialledBy.push(JSON.stringify(opts))
+  }
+}
+const drainWith = (opts: Record<string, unknown>): Setup => async app => { await app.register(handoffDrain, opts as never) }
+const proxyWith = (opts: Record<string, unknown>): Setup => async app => { await app.register(proxyProtocol, opts as never) }
 const metricsWith = (opts: Record<string, unknown>): Setup => async app => {
   await app.register(handoffStore, { secret: SECRET })
   await app.register(handoffMetrics, opts as never)
@@ -64,6 +78,12 @@ const table: Array<[string, Setup, string, RegExp?]> = [
   ['metrics: latencyBuckets "1"', metricsWith({ latencyBuckets: '1' }), 'latencyBuckets'],
   ['metrics: latencyBuckets not increasing', metricsWith({ latencyBuckets: [0.1, 0.01] }), 'latencyBuckets', /increasing/],
   ['umbrella: metrics latencyBuckets [0]', umbrella({ secret: SECRET, metrics: { latencyBuckets: [0] } }), 'metrics.latencyBuckets.0'],
+  ['store: maxDegradedMs -1, refused before Redis is dialled', storeListened({ maxDegradedMs: -1 }), 'maxDegradedMs', /integer >= 0, got -1/],
+  ['drain: typo', drainWith({ drainMS: 1000 }), 'drainMS', /did you mean "drainMs"/],
+  ['umbrella: drain drainMs -1', umbrella({ secret: SECRET, drain: { drainMs: -1 } }), 'drain.drainMs', /got -1/],
+  ['umbrella: drain typo', umbrella({ secret: SECRET, drain: { drainMS: 1 } }), 'drain.drainMS', /did you mean "drainMs"/],
+  ['proxy-protocol: typo', proxyWith({ trusted: ['127.0.0.1'], headerTimeout: 500 }), 'headerTimeout', /did you mean "headerTimeoutMs"/],
+  ['umbrella: proxyProtocol without trusted', umbrella({ secret: SECRET, proxyProtocol: {} }), 'proxyProtocol.trusted', /non-empty array/],
   ['auth-session: typo', async app => { await withSessionStoreOnly(app); await app.register(authSession, { idleTimeout: 5 } as never) }, 'idleTimeout', /did you mean "idleTimeoutMs"/]
 ]
 
@@ -75,6 +95,14 @@ async function withSessionStoreOnly (app: FastifyInstance): Promise<void> {
 const sockets = (): number => process.getActiveResourcesInfo().filter(r => r === 'TCPSocketWrap' || r === 'TCPConnectWrap').length
 
 t.test('each measured misconfiguration is refused at registration, naming the option', async t => {
+  const accepted = new Set<Socket>()
+  const server = createServer(socket => { accepted.add(socket); socket.on('error', () => {}) })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  listener.url = `redis://127.0.0.1:${(server.address() as AddressInfo).port}`
+  t.teardown(async () => {
+    for (const s of accepted) s.destroy()
+    await new Promise<void>(resolve => server.close(() => resolve()))
+  })
   const open = sockets()
   for (const [what, setup, path, extra] of table) {
     const app = Fastify()
@@ -85,6 +113,7 @@ t.test('each measured misconfiguration is refused at registration, naming the op
     await app.close().catch(() => {})
   }
   t.equal(sockets(), open, 'no Redis connection was opened for a refused configuration')
+  t.same(listener.dialledBy, [], 'no refused configuration dialled the address given as redis')
 })
 
 t.test('unknown keys list the known ones; Fastify\'s own registration keys are not refused', async t => {
