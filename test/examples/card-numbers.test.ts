@@ -10,6 +10,7 @@ import { Writable } from 'node:stream'
 import { buildShop } from '../../examples/checkout/app.js'
 import { startRedis } from '../../scripts/redis-server.js'
 import { inTextArb, legitArb, panArb } from '../helpers/card-spellings.js'
+import { isGtin } from '../../lib/pan.js'
 
 const SECRET = 'card-number test secret, at least 32 bytes long'
 const BILLING = { name: 'Ada Lovelace', line1: '12 St James Square', city: 'London', postcode: 'SW1Y 4JH', country: 'GB' }
@@ -120,6 +121,8 @@ t.test('the access log shows DELETE /api/cart/items/<number> redacted, and 404s 
   const { call, logs } = await shop(t)
   await call('POST', '/api/cart/items', { sku: 'TEE-BLK' })
   await fc.assert(fc.asyncProperty(panArb, fc.constantFrom('', '%20', '-', '.', '%C2%A0', '%E2%80%8B', '_'), async (pan, sep) => {
+    // A sku that is exactly a GTIN-13/14 is accepted by design (lib/pan.ts): such a number, unspelled, is a product code.
+    fc.pre(!(sep === '' && isGtin(pan)))
     const spelled = (pan.match(/.{1,4}/g) as string[]).join(sep)
     logs.length = 0
     const res = await call('DELETE', `/api/cart/items/${spelled}`)
