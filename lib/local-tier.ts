@@ -107,6 +107,8 @@ export class LocalTier implements InvalidationListener {
   private readonly partitionFlushes: Uint32Array
   private readonly tickets = new Map<string, FillTicket>()
   private leaseFrom = Number.NEGATIVE_INFINITY
+  /** The newest answered heartbeat, which a resync does not void: it dates what copies of this generation may know. */
+  private heardFrom = Number.NEGATIVE_INFINITY
   /**
    * +1 each time the lease is renewed after a lapse: messages may have been lost meanwhile, so copies whose read or
    * write started before are not served as fresh any more. They are not flushed: while the repository is unreachable
@@ -165,12 +167,13 @@ export class LocalTier implements InvalidationListener {
   }
 
   /**
-   * performance.now() of the newest answered heartbeat: now with reliable (in-process) delivery, which has nothing to
+   * performance.now() of the newest answered heartbeat, also after a resync voided the lease (copies of the current
+   * generation knew every message sent until then): now with reliable (in-process) delivery, which has nothing to
    * lose; never without coherence (no heartbeat proves anything then).
    */
   get heardAt (): number {
     if (this.reliable) return this.clock()
-    return this.leaseMs === undefined ? Number.NEGATIVE_INFINITY : this.leaseFrom
+    return this.leaseMs === undefined ? Number.NEGATIVE_INFINITY : this.heardFrom
   }
 
   /** The copy of `key` that may answer now: readable, unexpired, at or above `minVersion`, of the known epoch. */
@@ -189,6 +192,15 @@ export class LocalTier implements InvalidationListener {
     const copy = this.stripeOf(partition)?.peek(key)
     if (copy === undefined || copy.expiresAt <= this.now()) return undefined
     return copy
+  }
+
+  /**
+   * The copy that may answer while the repository is unreachable (flagged degraded), whatever the lease says: only one
+   * of the current generation, since an older one may predate a message missed during a lapse (a logout).
+   */
+  peekCurrent (key: string, partition: number): LocalCopy | undefined {
+    const copy = this.peek(key, partition)
+    return copy !== undefined && copy.generation === this.generation ? copy : undefined
   }
 
   drop (key: string, partition: number): void {
@@ -259,6 +271,7 @@ export class LocalTier implements InvalidationListener {
     // still in flight) stop answering as fresh; see `generation`.
     const lapsed = sentAt - this.leaseFrom > this.leaseMs
     this.leaseFrom = sentAt
+    this.heardFrom = Math.max(this.heardFrom, sentAt)
     if (lapsed) {
       this.lapseCounted = false
       this.generation++

@@ -335,8 +335,6 @@ export class TieredStore<T = unknown> {
     if (hit !== undefined) return hit
     const minVersion = opts?.minVersion ?? 0
     const partition = this.partitionOf(key)
-    // What this instance knows, for answers while the repository is unreachable.
-    const known = this.local.peek(key, partition)
     this.counters.localMisses++
     const ticket = this.local.open(key, partition)
     let stored: StoredEntry | null
@@ -349,8 +347,10 @@ export class TieredStore<T = unknown> {
         this.corrupt(key, err)
         return undefined
       }
-      // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor, for as long as
-      // the repository was heard from recently enough (maxDegradedMs); past that, an unconfirmed copy is no answer.
+      // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor, of the current
+      // lease generation, for as long as the repository was heard from recently enough (maxDegradedMs); past that, an
+      // unconfirmed copy is no answer. Looked up now, not before the call: an invalidation may have come meanwhile.
+      const known = this.local.peekCurrent(key, partition)
       if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMs <= this.maxDegradedMs) {
         this.counters.degradedReads++
         return { value: known.value as T, version: known.version, expiresAt: known.expiresAt, source: 'local', degraded: true, epoch: known.epoch }
@@ -507,11 +507,14 @@ export class TieredStore<T = unknown> {
   }
 
   /**
-   * Ms since the repository was last confirmed: an answered call, or an answered heartbeat of the invalidation lease
-   * (which proves the path to Redis). 0 with the in-process repository.
+   * Ms since local copies were last confirmed, which bounds degraded reads (maxDegradedMs). With coherence: since the
+   * newest answered heartbeat of the invalidation lease (with several nodes, the oldest node's), as only that proves
+   * no invalidation for them was missed; an answered call, maybe to another node, proves nothing about them. Without
+   * coherence: since the newest answered repository call. 0 with the in-process repository.
    */
   get unconfirmedMs (): number {
     const now = performance.now()
+    if (this.local.coherent) return Math.max(0, now - this.local.heardAt)
     return Math.max(0, Math.min(now - this.answeredAt, now - this.local.heardAt))
   }
 
