@@ -78,7 +78,7 @@ const RESET_LOG_INTERVAL_MS = 60_000
  * - invalidations drop copies older than the notified version, or from another epoch;
  * - a per-partition sequence gap (lost message) or a resync (reconnect) flushes the affected copies: repair by
  *   negative acknowledgement, as Hazelcast's near cache does;
- * - an epoch change (seen in an invalidation, a reply, or a node's witness on the heartbeat) is a reset: the
+ * - an epoch change (seen in an invalidation or a node's witness on the heartbeat) is a reset: the
  *   repository forgot, versions restart at 1, and every copy of the affected partitions is dropped;
  * - a lease renewed by heartbeats: copies answer only while it is held; after a renewal that follows a lapse, copies
  *   from before it never answer as fresh again (messages may have been lost meanwhile), so staleness stays bounded
@@ -239,8 +239,10 @@ export class LocalTier implements InvalidationListener {
 
   /**
    * The reply came: keep it (or, with `fill.value` undefined, drop the copy: the key is absent or deleted) unless a
-   * flush happened or a newer version was notified while it was in flight. The reply's epoch is learned first: an
-   * epoch other than the partition's known one is a reset, which flushes the partition before the fill.
+   * flush happened or a newer version was notified while it was in flight. The reply's epoch describes that entry
+   * only: a late reply from before a reset, or an entry that outlived its partition's epoch key, must not switch the
+   * partition back or count a reset (only invalidations and witnesses do). An entry of another epoch than the
+   * partition's known one is not kept.
    */
   fill (t: FillTicket, fill: Fill): void {
     this.release(t)
@@ -248,9 +250,17 @@ export class LocalTier implements InvalidationListener {
       t.partitionFlushes === (this.partitionFlushes[t.partition] ?? 0) &&
       t.maxNotified <= fill.version
     if (!ok) { this.counters.fillsSkipped++; return }
-    this.learnEpoch(t.partition, fill.epoch)
     const stripe = this.stripeOf(t.partition)
     if (stripe === undefined) return
+    const known = this.epochs[t.partition]
+    if (fill.epoch !== '' && known !== undefined && fill.epoch !== known) {
+      this.counters.fillsSkipped++
+      stripe.delete(t.key)
+      return
+    }
+    // A partition not heard of yet takes the reply's epoch, so that its first invalidation from a later epoch counts
+    // as the reset it is; that is no switch (nothing was known), and the tier was not flushed since the ticket opened.
+    if (fill.epoch !== '' && known === undefined) this.epochs[t.partition] = fill.epoch
     const ttl = Math.min(this.ttlMs, fill.expiresAt - this.now())
     if (fill.value === undefined || ttl <= 0) { stripe.delete(t.key); return }
     const cur = stripe.peek(t.key)
@@ -341,7 +351,7 @@ export class LocalTier implements InvalidationListener {
   }
 
   /**
-   * Records the epoch a reply or message shows for `partition`. True when it differs from the one known: a reset of
+   * Records the epoch an invalidation shows for `partition`. True when it differs from the one known: a reset of
    * that partition, whose copies are dropped.
    */
   private learnEpoch (partition: number, epoch: string): boolean {

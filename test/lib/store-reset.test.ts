@@ -4,6 +4,7 @@
  * what it holds, count it, and never let a base from before the reset overwrite what was written after it.
  */
 import t, { type Test } from 'tap'
+import { LocalTier } from '../../lib/local-tier.js'
 import { MemoryRepository } from '../../lib/repository/memory.js'
 import { RedisRepository } from '../../lib/repository/redis.js'
 import type { Repository } from '../../lib/repository/types.js'
@@ -178,4 +179,46 @@ t.test('MemoryRepository: wipe() is a reset for every store on it', async t => {
   t.equal(a.counters.resets, 1)
   await a.update(k, add('MUG'))
   t.same((await b.update(k, add('PEN'))).value, ['MUG', 'PEN'])
+})
+
+/** A coherent local tier with a lease held for the test's duration, as a subscriber with an open lease sees it. */
+function coherentTier (): LocalTier {
+  const tier = new LocalTier({ partitions: 4, stripes: 4, maxBytes: 1 << 20, ttlMs: 60_000, leaseMs: 60_000, reliable: false, now: Date.now, repository: 'test' })
+  tier.onHeartbeat(performance.now())
+  return tier
+}
+
+function fillFrom (tier: LocalTier, key: string, version: number, epoch: string): void {
+  tier.fill(tier.open(key, 0), { value: { v: version }, version, epoch, expiresAt: Date.now() + 60_000, bytes: 8 })
+}
+
+t.test('a late reply from the old epoch does not set the partition back, count a reset, or fill', async t => {
+  const tier = coherentTier()
+  tier.onInvalidation({ key: 'k1', version: 3, partition: 0, sequence: 1, epoch: 'old' })
+  tier.onInvalidation({ key: 'k2', version: 1, partition: 0, sequence: 1, epoch: 'new' }) // the reset is heard
+  t.equal(tier.counters.resets, 1)
+  fillFrom(tier, 'other', 1, 'new')
+  t.ok(tier.get('other', 0, 0) !== undefined, 'a copy of the new epoch answers')
+  fillFrom(tier, 'k', 5, 'old') // a read answered from the old epoch (a late reply, or a node that has not reset yet)
+  t.equal(tier.counters.resets, 1, 'no reset counted for the late reply')
+  t.equal(tier.get('k', 0, 0), undefined, 'the old-epoch copy is not kept')
+  t.ok(tier.get('other', 0, 0) !== undefined, 'the partition was not flushed')
+  tier.onInvalidation({ key: 'k3', version: 2, partition: 0, sequence: 2, epoch: 'new' })
+  t.equal(tier.counters.resets, 1, 'the partition is still in the new epoch: its next invalidation is no reset')
+  t.ok(tier.get('other', 0, 0) !== undefined)
+})
+
+t.test('an entry that outlived its partition\'s epoch key does not flip the partition back and forth', async t => {
+  const tier = coherentTier()
+  tier.onInvalidation({ key: 'fresh', version: 1, partition: 0, sequence: 1, epoch: 'current' })
+  fillFrom(tier, 'fresh', 1, 'current')
+  for (let i = 0; i < 5; i++) {
+    fillFrom(tier, 'survivor', 7, 'evicted') // read again and again: its epoch is the one of a lost epoch key
+    fillFrom(tier, 'fresh', 1, 'current')
+  }
+  t.equal(tier.counters.resets, 0, 'no reset counted')
+  t.equal(tier.get('survivor', 0, 0), undefined, 'the survivor is read from the repository each time, not kept')
+  t.ok(tier.get('fresh', 0, 0) !== undefined, 'copies of the partition\'s epoch stay')
+  fillFrom(tier, 'legacy', 2, '')
+  t.ok(tier.get('legacy', 0, 0) !== undefined, 'entries written before epochs are kept')
 })
