@@ -7,7 +7,8 @@ import t, { type Test } from 'tap'
 import { LocalTier } from '../../lib/local-tier.js'
 import { MemoryRepository } from '../../lib/repository/memory.js'
 import { RedisRepository } from '../../lib/repository/redis.js'
-import type { Repository } from '../../lib/repository/types.js'
+import { ShardedRepository } from '../../lib/repository/sharded.js'
+import type { InvalidationListener, Repository, Subscription, SubscriptionScope } from '../../lib/repository/types.js'
 import { TieredStore } from '../../lib/tiered-store.js'
 import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 
@@ -221,4 +222,40 @@ t.test('an entry that outlived its partition\'s epoch key does not flip the part
   t.ok(tier.get('fresh', 0, 0) !== undefined, 'copies of the partition\'s epoch stay')
   fillFrom(tier, 'legacy', 2, '')
   t.ok(tier.get('legacy', 0, 0) !== undefined, 'entries written before epochs are kept')
+})
+
+/** An in-process node whose witness the test reports, as a Redis node's subscriber does with every heartbeat. */
+class WitnessingMemoryRepository extends MemoryRepository {
+  private readonly witnessListeners: InvalidationListener[] = []
+  override async subscribe (scope: SubscriptionScope, listener: InvalidationListener): Promise<Subscription> {
+    this.witnessListeners.push(listener)
+    return await super.subscribe(scope, listener)
+  }
+
+  heartbeat (): void { for (const l of this.witnessListeners) l.onWitness?.('witness', 'unchanged') }
+}
+
+t.test('{ shards }: a node\'s partitions are computed once, not on every witness heartbeat', async t => {
+  const nodes = [new WitnessingMemoryRepository(), new WitnessingMemoryRepository()]
+  const sharded = new ShardedRepository(nodes.map((repository, i) => ({ id: `n${i}`, repository })))
+  t.teardown(async () => await sharded.close())
+  const rendezvous = (sharded as unknown as { rendezvous: { nodeFor: (p: number) => string } }).rendezvous
+  const nodeFor = rendezvous.nodeFor.bind(rendezvous)
+  let lookups = 0
+  rendezvous.nodeFor = p => { lookups++; return nodeFor(p) }
+  const reported = new Map<string, readonly number[] | undefined>()
+  const sub = await sharded.subscribe({ prefix: 'handoff:', partitions: 64 }, {
+    onInvalidation: () => {},
+    onResync: () => {},
+    onWitness: (name, _value, partitions) => { reported.set(name, partitions) }
+  })
+  t.teardown(async () => await sub.close())
+  for (const n of nodes) n.heartbeat()
+  const afterFirst = lookups
+  for (let beat = 0; beat < 20; beat++) for (const n of nodes) n.heartbeat()
+  t.equal(lookups, afterFirst, 'no rendezvous lookup on later heartbeats')
+  const owned = reported.get('n0 witness') ?? []
+  t.ok(owned.length > 0 && owned.length < 64, 'each node reports its share of the partitions')
+  t.same([...owned, ...(reported.get('n1 witness') ?? [])].sort((a, b) => a - b), Array.from({ length: 64 }, (_, p) => p), 'together, every partition once')
+  t.ok(owned.every(p => nodeFor(p) === 'n0'), 'the partitions a node reports are its own')
 })
