@@ -92,7 +92,8 @@ export class LocalTier implements InvalidationListener {
   private readonly stripeMask: number
   private readonly ttlMs: number
   private readonly partitions: number
-  private readonly leaseMs: number | undefined
+  /** Follow invalidations with this lease (ms), or undefined: no coherence. */
+  readonly leaseMs: number | undefined
   private reliable: boolean
   private readonly now: () => number
   private readonly clock: () => number

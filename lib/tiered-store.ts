@@ -300,7 +300,12 @@ export class TieredStore<T = unknown> {
       for (const w of await this.repository.checkServer()) this.logger?.warn({ repository: this.repository.kind }, w)
     }
     if (this.local.coherent) {
-      this.subscription = await this.repository.subscribe({ prefix: this.prefix, partitions: this.partitions }, this.local)
+      const leaseMs = this.local.leaseMs
+      this.subscription = await this.repository.subscribe({
+        prefix: this.prefix,
+        partitions: this.partitions,
+        ...(leaseMs === undefined ? {} : { witnessIntervalMs: leaseMs / 2 })
+      }, this.local)
       this.local.setReliable(this.subscription.reliable)
       // Resolve once the first heartbeat proves the subscription live, so local copies are usable from the start.
       const deadline = performance.now() + 3000

@@ -259,3 +259,24 @@ t.test('{ shards }: a node\'s partitions are computed once, not on every witness
   t.same([...owned, ...(reported.get('n1 witness') ?? [])].sort((a, b) => a - b), Array.from({ length: 64 }, (_, p) => p), 'together, every partition once')
   t.ok(owned.every(p => nodeFor(p) === 'n0'), 'the partitions a node reports are its own')
 })
+
+t.test('the witness is read every half lease at most, not with every heartbeat', async t => {
+  const server = await startRedis({ private: true })
+  t.teardown(async () => await server.stop())
+  const repository = redisRepo(t, server.url)
+  const getexCalls = async (): Promise<number> => {
+    const info = await repository.command(async c => await c.info('commandstats'))
+    return Number(/cmdstat_getex:calls=(\d+)/.exec(info)?.[1] ?? 0)
+  }
+  const s = new TieredStore<Cart>({ repository, secret: SECRET, partitions: 64, coherence: { leaseMs: 400 } })
+  await s.start()
+  t.teardown(async () => { await s.close() })
+  const before = await getexCalls()
+  const started = performance.now()
+  await sleep(2000)
+  const calls = await getexCalls() - before
+  const elapsed = performance.now() - started
+  // Heartbeats every 50 ms would read it ~40 times; every 200 ms at most is ~10.
+  t.ok(calls >= 1, `the witness is still checked (${calls} reads)`)
+  t.ok(calls <= Math.ceil(elapsed / 200) + 1, `${calls} witness reads in ${elapsed.toFixed(0)} ms (heartbeats every 50 ms, lease 400 ms)`)
+})
