@@ -327,6 +327,15 @@ export class LocalTier implements InvalidationListener {
     if (stale) stripe?.delete(msg.key)
   }
 
+  /**
+   * A refused compare-and-set found the entry in another epoch than a local copy it started from: the repository
+   * forgot that partition (a reset no message told of yet), so every copy of it is dropped, not only this key's.
+   */
+  onRefusedFromOtherEpoch (partition: number): void {
+    if (partition < 0 || partition >= this.partitions) return
+    this.reset([partition], 'epoch')
+  }
+
   onWitness (name: string, value: string, partitions?: readonly number[]): void {
     const before = this.witnesses.get(name)
     this.witnesses.set(name, value)

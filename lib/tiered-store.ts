@@ -448,6 +448,10 @@ export class TieredStore<T = unknown> {
       conflicts++
       this.counters.conflicts++
       this.local.drop(key, partition)
+      const currentEpoch = res.current?.epoch ?? ''
+      if (base.from === 'local' && base.epoch !== '' && currentEpoch !== '' && currentEpoch !== base.epoch) {
+        this.local.onRefusedFromOtherEpoch(partition)
+      }
       base = this.stored(key, res.current)
       if (attempt >= 1) await backoff(attempt)
       attempt++

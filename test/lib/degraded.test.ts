@@ -115,7 +115,7 @@ class LossyMemoryRepository extends MemoryRepository {
     const sub = await super.subscribe(scope, {
       onInvalidation: (msg: Invalidation) => { if (!this.deaf) listener.onInvalidation(msg) },
       onResync: partitions => listener.onResync(partitions),
-      onWitness: (name, value, partitions) => listener.onWitness?.(name, value, partitions)
+      onWitness: (name, value, partitions) => { if (!this.deaf) listener.onWitness?.(name, value, partitions) }
     })
     return { reliable: false, close: sub.close }
   }
@@ -181,4 +181,26 @@ t.test('an invalidation that arrives while the failing call is in flight counts:
   repo.duringGet = async () => { await repo.delete(k, 60_000) } // the logout is heard while the read is in flight
   await t.rejects(s.get(k), { code: 'FST_HANDOFF_UNAVAILABLE' })
   t.equal(s.counters.degradedReads, 0)
+})
+
+t.test('a compare-and-set refused because its local base is from another epoch drops every copy of the partition', async t => {
+  const repo = new LossyMemoryRepository()
+  const b = new TieredStore({ repository: repo, secret: SECRET, partitions: 1, coherence: { leaseMs: 60_000 } })
+  await b.start()
+  repo.beat()
+  t.teardown(async () => { await b.close(); await repo.close() })
+  const cart = b.key('cart', 'cart')
+  const session = b.key('session', 'session') // the same (only) partition
+  await b.update(cart, () => ['BOOK'])
+  await b.update(session, () => ({ user: 'alice' }))
+  t.ok(b.getLocal(session) !== undefined)
+  repo.deaf = true // the reset is not heard (no witness, no invalidation reaches b yet)
+  repo.wipe()
+  const other = new TieredStore({ repository: repo, secret: SECRET, partitions: 1 })
+  t.teardown(async () => { await other.close() })
+  await other.update(cart, () => ['MUG']) // written after the reset, at version 1 of the new epoch
+  const written = await b.update(cart, (cur: unknown) => [...(cur as string[]), 'PEN'])
+  t.same(written.value, ['MUG', 'PEN'], 'the update is re-made on what is stored')
+  t.equal(b.getLocal(session), undefined, 'the session the repository forgot no longer answers from the local tier')
+  t.ok(b.counters.resets >= 1, 'the reset is counted')
 })
