@@ -127,7 +127,7 @@ export interface TieredStoreOptions {
   observe?: (op: RepositoryOp, ms: number, ok: boolean) => void
 }
 
-export type RepositoryOp = 'get' | 'compareAndSet' | 'take' | 'delete' | 'touch'
+export type RepositoryOp = 'get' | 'compareAndSet' | 'take' | 'delete' | 'touch' | 'waitForReplicas'
 
 export interface StoreHealth {
   /** 'degraded': the repository failed its last call; writes fail with 503 and known local copies answer. */
@@ -637,8 +637,10 @@ export class TieredStore<T = unknown> {
 
   private async awaitReplicas (key: string): Promise<void> {
     const d = this.durability
-    if (d === undefined || this.repository.waitForReplicas === undefined) return
-    const acked = await this.repository.waitForReplicas(key, d.replicas, d.timeoutMs)
+    const wait = this.repository.waitForReplicas?.bind(this.repository)
+    if (d === undefined || wait === undefined) return
+    // Through call(), as every repository call: its latency is observed, and a failure opens the outage state.
+    const acked = await this.call('waitForReplicas', async () => await wait(key, d.replicas, d.timeoutMs))
     if (acked < d.replicas) {
       this.counters.durabilityFailures++
       throw new DurabilityError(acked, d.replicas)

@@ -204,3 +204,15 @@ t.test('a compare-and-set refused because its local base is from another epoch d
   t.equal(b.getLocal(session), undefined, 'the session the repository forgot no longer answers from the local tier')
   t.ok(b.counters.resets >= 1, 'the reset is counted')
 })
+
+t.test('waiting for replicas is a repository call like the others: its latency is observed', async t => {
+  const repository = new RedisRepository({ url: redis.url, commandTimeoutMs: 1000 })
+  const ops: string[] = []
+  const s = new TieredStore({ repository, secret: SECRET, partitions: 64, durability: { replicas: 1, timeoutMs: 50 }, observe: op => { ops.push(op) } })
+  await s.start()
+  t.teardown(async () => { await s.close(); await repository.close() })
+  ops.length = 0
+  // No replica here: the write is stored, WAIT answers 0, and the caller gets a clear 503.
+  await t.rejects(s.update(s.key('durable', 'cart'), () => ['BOOK']), { code: 'FST_HANDOFF_DURABILITY' })
+  t.same(ops, ['compareAndSet', 'waitForReplicas'], 'the WAIT is observed after the write')
+})
