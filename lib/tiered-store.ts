@@ -102,8 +102,9 @@ export interface TieredStoreOptions {
    */
   coherence?: false | { leaseMs?: number }
   /**
-   * How long after the repository was last confirmed (an answered call, or the invalidation lease last held) a local
-   * copy may still answer while the repository is unreachable, ms; such answers are flagged `degraded`. Past it,
+   * How long after the repository was last confirmed (with coherence, the last answered invalidation heartbeat; without,
+   * the last answered call) a local copy may still answer while the repository is unreachable, ms; such answers are
+   * flagged `degraded`, and only copies of the current lease generation give them. Past it,
    * reads fail as writes do (FST_HANDOFF_UNAVAILABLE, 503). The trade-off: longer keeps serving signed-in users
    * through a longer outage, but an instance cut off from Redis also keeps honouring what other instances changed
    * meanwhile (a logout, an emptied cart) for that long. 0: never answer from an unconfirmed copy. Default: 30000.
