@@ -78,7 +78,7 @@ const RESET_LOG_INTERVAL_MS = 60_000
  * - invalidations drop copies older than the notified version, or from another epoch;
  * - a per-partition sequence gap (lost message) or a resync (reconnect) flushes the affected copies: repair by
  *   negative acknowledgement, as Hazelcast's near cache does;
- * - an epoch change (seen in an invalidation, a reply, or a node's witness on the heartbeat) is a reset: the
+ * - an epoch change (seen in an invalidation or a node's witness on the heartbeat) is a reset: the
  *   repository forgot, versions restart at 1, and every copy of the affected partitions is dropped;
  * - a lease renewed by heartbeats: copies answer only while it is held; after a renewal that follows a lapse, copies
  *   from before it never answer as fresh again (messages may have been lost meanwhile), so staleness stays bounded
@@ -92,7 +92,8 @@ export class LocalTier implements InvalidationListener {
   private readonly stripeMask: number
   private readonly ttlMs: number
   private readonly partitions: number
-  private readonly leaseMs: number | undefined
+  /** Follow invalidations with this lease (ms), or undefined: no coherence. */
+  readonly leaseMs: number | undefined
   private reliable: boolean
   private readonly now: () => number
   private readonly clock: () => number
@@ -107,6 +108,8 @@ export class LocalTier implements InvalidationListener {
   private readonly partitionFlushes: Uint32Array
   private readonly tickets = new Map<string, FillTicket>()
   private leaseFrom = Number.NEGATIVE_INFINITY
+  /** The newest answered heartbeat, which a resync does not void: it dates what copies of this generation may know. */
+  private heardFrom = Number.NEGATIVE_INFINITY
   /**
    * +1 each time the lease is renewed after a lapse: messages may have been lost meanwhile, so copies whose read or
    * write started before are not served as fresh any more. They are not flushed: while the repository is unreachable
@@ -165,12 +168,13 @@ export class LocalTier implements InvalidationListener {
   }
 
   /**
-   * performance.now() of the newest answered heartbeat: now with reliable (in-process) delivery, which has nothing to
+   * performance.now() of the newest answered heartbeat, also after a resync voided the lease (copies of the current
+   * generation knew every message sent until then): now with reliable (in-process) delivery, which has nothing to
    * lose; never without coherence (no heartbeat proves anything then).
    */
   get heardAt (): number {
     if (this.reliable) return this.clock()
-    return this.leaseMs === undefined ? Number.NEGATIVE_INFINITY : this.leaseFrom
+    return this.leaseMs === undefined ? Number.NEGATIVE_INFINITY : this.heardFrom
   }
 
   /** The copy of `key` that may answer now: readable, unexpired, at or above `minVersion`, of the known epoch. */
@@ -189,6 +193,15 @@ export class LocalTier implements InvalidationListener {
     const copy = this.stripeOf(partition)?.peek(key)
     if (copy === undefined || copy.expiresAt <= this.now()) return undefined
     return copy
+  }
+
+  /**
+   * The copy that may answer while the repository is unreachable (flagged degraded), whatever the lease says: only one
+   * of the current generation, since an older one may predate a message missed during a lapse (a logout).
+   */
+  peekCurrent (key: string, partition: number): LocalCopy | undefined {
+    const copy = this.peek(key, partition)
+    return copy !== undefined && copy.generation === this.generation ? copy : undefined
   }
 
   drop (key: string, partition: number): void {
@@ -227,8 +240,10 @@ export class LocalTier implements InvalidationListener {
 
   /**
    * The reply came: keep it (or, with `fill.value` undefined, drop the copy: the key is absent or deleted) unless a
-   * flush happened or a newer version was notified while it was in flight. The reply's epoch is learned first: an
-   * epoch other than the partition's known one is a reset, which flushes the partition before the fill.
+   * flush happened or a newer version was notified while it was in flight. The reply's epoch describes that entry
+   * only: a late reply from before a reset, or an entry that outlived its partition's epoch key, must not switch the
+   * partition back or count a reset (only invalidations and witnesses do). An entry of another epoch than the
+   * partition's known one is not kept.
    */
   fill (t: FillTicket, fill: Fill): void {
     this.release(t)
@@ -236,9 +251,17 @@ export class LocalTier implements InvalidationListener {
       t.partitionFlushes === (this.partitionFlushes[t.partition] ?? 0) &&
       t.maxNotified <= fill.version
     if (!ok) { this.counters.fillsSkipped++; return }
-    this.learnEpoch(t.partition, fill.epoch)
     const stripe = this.stripeOf(t.partition)
     if (stripe === undefined) return
+    const known = this.epochs[t.partition]
+    if (fill.epoch !== '' && known !== undefined && fill.epoch !== known) {
+      this.counters.fillsSkipped++
+      stripe.delete(t.key)
+      return
+    }
+    // A partition not heard of yet takes the reply's epoch, so that its first invalidation from a later epoch counts
+    // as the reset it is; that is no switch (nothing was known), and the tier was not flushed since the ticket opened.
+    if (fill.epoch !== '' && known === undefined) this.epochs[t.partition] = fill.epoch
     const ttl = Math.min(this.ttlMs, fill.expiresAt - this.now())
     if (fill.value === undefined || ttl <= 0) { stripe.delete(t.key); return }
     const cur = stripe.peek(t.key)
@@ -259,6 +282,7 @@ export class LocalTier implements InvalidationListener {
     // still in flight) stop answering as fresh; see `generation`.
     const lapsed = sentAt - this.leaseFrom > this.leaseMs
     this.leaseFrom = sentAt
+    this.heardFrom = Math.max(this.heardFrom, sentAt)
     if (lapsed) {
       this.lapseCounted = false
       this.generation++
@@ -303,6 +327,15 @@ export class LocalTier implements InvalidationListener {
     if (stale) stripe?.delete(msg.key)
   }
 
+  /**
+   * A refused compare-and-set found the entry in another epoch than a local copy it started from: the repository
+   * forgot that partition (a reset no message told of yet), so every copy of it is dropped, not only this key's.
+   */
+  onRefusedFromOtherEpoch (partition: number): void {
+    if (partition < 0 || partition >= this.partitions) return
+    this.reset([partition], 'epoch')
+  }
+
   onWitness (name: string, value: string, partitions?: readonly number[]): void {
     const before = this.witnesses.get(name)
     this.witnesses.set(name, value)
@@ -328,7 +361,7 @@ export class LocalTier implements InvalidationListener {
   }
 
   /**
-   * Records the epoch a reply or message shows for `partition`. True when it differs from the one known: a reset of
+   * Records the epoch an invalidation shows for `partition`. True when it differs from the one known: a reset of
    * that partition, whose copies are dropped.
    */
   private learnEpoch (partition: number, epoch: string): boolean {

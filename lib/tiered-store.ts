@@ -102,8 +102,9 @@ export interface TieredStoreOptions {
    */
   coherence?: false | { leaseMs?: number }
   /**
-   * How long after the repository was last confirmed (an answered call, or the invalidation lease last held) a local
-   * copy may still answer while the repository is unreachable, ms; such answers are flagged `degraded`. Past it,
+   * How long after the repository was last confirmed (with coherence, the last answered invalidation heartbeat; without,
+   * the last answered call) a local copy may still answer while the repository is unreachable, ms; such answers are
+   * flagged `degraded`, and only copies of the current lease generation give them. Past it,
    * reads fail as writes do (FST_HANDOFF_UNAVAILABLE, 503). The trade-off: longer keeps serving signed-in users
    * through a longer outage, but an instance cut off from Redis also keeps honouring what other instances changed
    * meanwhile (a logout, an emptied cart) for that long. 0: never answer from an unconfirmed copy. Default: 30000.
@@ -127,7 +128,7 @@ export interface TieredStoreOptions {
   observe?: (op: RepositoryOp, ms: number, ok: boolean) => void
 }
 
-export type RepositoryOp = 'get' | 'compareAndSet' | 'take' | 'delete' | 'touch'
+export type RepositoryOp = 'get' | 'compareAndSet' | 'take' | 'delete' | 'touch' | 'waitForReplicas'
 
 export interface StoreHealth {
   /** 'degraded': the repository failed its last call; writes fail with 503 and known local copies answer. */
@@ -300,7 +301,12 @@ export class TieredStore<T = unknown> {
       for (const w of await this.repository.checkServer()) this.logger?.warn({ repository: this.repository.kind }, w)
     }
     if (this.local.coherent) {
-      this.subscription = await this.repository.subscribe({ prefix: this.prefix, partitions: this.partitions }, this.local)
+      const leaseMs = this.local.leaseMs
+      this.subscription = await this.repository.subscribe({
+        prefix: this.prefix,
+        partitions: this.partitions,
+        ...(leaseMs === undefined ? {} : { witnessIntervalMs: leaseMs / 2 })
+      }, this.local)
       this.local.setReliable(this.subscription.reliable)
       // Resolve once the first heartbeat proves the subscription live, so local copies are usable from the start.
       const deadline = performance.now() + 3000
@@ -335,8 +341,6 @@ export class TieredStore<T = unknown> {
     if (hit !== undefined) return hit
     const minVersion = opts?.minVersion ?? 0
     const partition = this.partitionOf(key)
-    // What this instance knows, for answers while the repository is unreachable.
-    const known = this.local.peek(key, partition)
     this.counters.localMisses++
     const ticket = this.local.open(key, partition)
     let stored: StoredEntry | null
@@ -349,8 +353,10 @@ export class TieredStore<T = unknown> {
         this.corrupt(key, err)
         return undefined
       }
-      // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor, for as long as
-      // the repository was heard from recently enough (maxDegradedMs); past that, an unconfirmed copy is no answer.
+      // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor, of the current
+      // lease generation, for as long as the repository was heard from recently enough (maxDegradedMs); past that, an
+      // unconfirmed copy is no answer. Looked up now, not before the call: an invalidation may have come meanwhile.
+      const known = this.local.peekCurrent(key, partition)
       if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMs <= this.maxDegradedMs) {
         this.counters.degradedReads++
         return { value: known.value as T, version: known.version, expiresAt: known.expiresAt, source: 'local', degraded: true, epoch: known.epoch }
@@ -443,6 +449,10 @@ export class TieredStore<T = unknown> {
       conflicts++
       this.counters.conflicts++
       this.local.drop(key, partition)
+      const currentEpoch = res.current?.epoch ?? ''
+      if (base.from === 'local' && base.epoch !== '' && currentEpoch !== '' && currentEpoch !== base.epoch) {
+        this.local.onRefusedFromOtherEpoch(partition)
+      }
       base = this.stored(key, res.current)
       if (attempt >= 1) await backoff(attempt)
       attempt++
@@ -507,11 +517,14 @@ export class TieredStore<T = unknown> {
   }
 
   /**
-   * Ms since the repository was last confirmed: an answered call, or an answered heartbeat of the invalidation lease
-   * (which proves the path to Redis). 0 with the in-process repository.
+   * Ms since local copies were last confirmed, which bounds degraded reads (maxDegradedMs). With coherence: since the
+   * newest answered heartbeat of the invalidation lease (with several nodes, the oldest node's), as only that proves
+   * no invalidation for them was missed; an answered call, maybe to another node, proves nothing about them. Without
+   * coherence: since the newest answered repository call. 0 with the in-process repository.
    */
   get unconfirmedMs (): number {
     const now = performance.now()
+    if (this.local.coherent) return Math.max(0, now - this.local.heardAt)
     return Math.max(0, Math.min(now - this.answeredAt, now - this.local.heardAt))
   }
 
@@ -625,8 +638,10 @@ export class TieredStore<T = unknown> {
 
   private async awaitReplicas (key: string): Promise<void> {
     const d = this.durability
-    if (d === undefined || this.repository.waitForReplicas === undefined) return
-    const acked = await this.repository.waitForReplicas(key, d.replicas, d.timeoutMs)
+    const wait = this.repository.waitForReplicas?.bind(this.repository)
+    if (d === undefined || wait === undefined) return
+    // Through call(), as every repository call: its latency is observed, and a failure opens the outage state.
+    const acked = await this.call('waitForReplicas', async () => await wait(key, d.replicas, d.timeoutMs))
     if (acked < d.replicas) {
       this.counters.durabilityFailures++
       throw new DurabilityError(acked, d.replicas)

@@ -31,6 +31,8 @@ export class RedisSubscriber {
   private pingInFlight = false
   private pingSentAt = 0
   private witnessInFlight = false
+  private witnessCheckedAt = Number.NEGATIVE_INFINITY
+  private readonly witnessName: string
   private started = false
   private closed = false
   private readonly heartbeatIntervalMs: number
@@ -43,6 +45,7 @@ export class RedisSubscriber {
     private readonly opts: RedisSubscriberOptions = {}
   ) {
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 50
+    this.witnessName = witnessKey(scope.prefix, opts.partitions?.[0] ?? 0)
   }
 
   async start (): Promise<void> {
@@ -129,16 +132,19 @@ export class RedisSubscriber {
   }
 
   /**
-   * Confirms with every heartbeat that this node still holds the data it held: one read of one witness key per node
-   * (O(1) per heartbeat, whatever the partition count; GETEX, a command nothing else sends, so it can be told apart
+   * Confirms with a heartbeat, every `scope.witnessIntervalMs` at most, that this node still holds the data it held:
+   * one read of one witness key per node (O(1), whatever the partition count; GETEX, a command nothing else sends, so it can be told apart
    * from the data path in INFO commandstats). A FLUSHALL or an empty restart loses the witness; the next check mints
    * a new one (SET NX GET: whoever comes first wins), and the listener sees another value: a reset, detected without
    * any write. It runs on the command connection (a subscribed connection takes no GET); one check at a time.
    */
   private checkWitness (): void {
     if (this.witnessInFlight || this.listener.onWitness === undefined || this.client.status !== 'ready') return
+    const now = performance.now()
+    if (now - this.witnessCheckedAt < (this.scope.witnessIntervalMs ?? 0)) return
+    this.witnessCheckedAt = now
     this.witnessInFlight = true
-    const name = witnessKey(this.scope.prefix, this.opts.partitions?.[0] ?? 0)
+    const name = this.witnessName
     const report = (value: string): void => {
       if (!this.closed) this.listener.onWitness?.(name, value, this.opts.partitions)
     }

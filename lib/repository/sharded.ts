@@ -78,11 +78,15 @@ export class ShardedRepository implements Repository {
     let forwarded = Number.NEGATIVE_INFINITY
     const subs = await Promise.all(this.nodes.map(async n => {
       beats.set(n.id, Number.NEGATIVE_INFINITY)
+      // The node's partitions, computed once: the witness is reported with every heartbeat (rendezvous over every
+      // partition each time would cost more than the heartbeat itself).
+      let owned: readonly number[] | undefined
       return await n.repository.subscribe(scope, {
         onInvalidation: msg => listener.onInvalidation(msg),
         // Every node has a witness of the same name: tell them apart, and a wipe resets only that node's partitions.
         onWitness: (name, value, partitions) => {
-          listener.onWitness?.(`${n.id} ${name}`, value, partitions ?? this.partitionsOf(n.id, scope.partitions))
+          owned ??= partitions ?? this.partitionsOf(n.id, scope.partitions)
+          listener.onWitness?.(`${n.id} ${name}`, value, owned)
         },
         onResync: partitions => {
           beats.set(n.id, Number.NEGATIVE_INFINITY)

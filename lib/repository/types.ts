@@ -63,6 +63,11 @@ export interface InvalidationListener {
 export interface SubscriptionScope {
   prefix: string
   partitions: number
+  /**
+   * Check each node's witness at most this often, ms: half the reader's lease keeps reset detection within about
+   * the lease at a fraction of the heartbeats' cost. Default: with every heartbeat.
+   */
+  witnessIntervalMs?: number
 }
 
 export interface Subscription {

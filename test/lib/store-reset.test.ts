@@ -4,9 +4,11 @@
  * what it holds, count it, and never let a base from before the reset overwrite what was written after it.
  */
 import t, { type Test } from 'tap'
+import { LocalTier } from '../../lib/local-tier.js'
 import { MemoryRepository } from '../../lib/repository/memory.js'
 import { RedisRepository } from '../../lib/repository/redis.js'
-import type { Repository } from '../../lib/repository/types.js'
+import { ShardedRepository } from '../../lib/repository/sharded.js'
+import type { InvalidationListener, Repository, Subscription, SubscriptionScope } from '../../lib/repository/types.js'
 import { TieredStore } from '../../lib/tiered-store.js'
 import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 
@@ -178,4 +180,103 @@ t.test('MemoryRepository: wipe() is a reset for every store on it', async t => {
   t.equal(a.counters.resets, 1)
   await a.update(k, add('MUG'))
   t.same((await b.update(k, add('PEN'))).value, ['MUG', 'PEN'])
+})
+
+/** A coherent local tier with a lease held for the test's duration, as a subscriber with an open lease sees it. */
+function coherentTier (): LocalTier {
+  const tier = new LocalTier({ partitions: 4, stripes: 4, maxBytes: 1 << 20, ttlMs: 60_000, leaseMs: 60_000, reliable: false, now: Date.now, repository: 'test' })
+  tier.onHeartbeat(performance.now())
+  return tier
+}
+
+function fillFrom (tier: LocalTier, key: string, version: number, epoch: string): void {
+  tier.fill(tier.open(key, 0), { value: { v: version }, version, epoch, expiresAt: Date.now() + 60_000, bytes: 8 })
+}
+
+t.test('a late reply from the old epoch does not set the partition back, count a reset, or fill', async t => {
+  const tier = coherentTier()
+  tier.onInvalidation({ key: 'k1', version: 3, partition: 0, sequence: 1, epoch: 'old' })
+  tier.onInvalidation({ key: 'k2', version: 1, partition: 0, sequence: 1, epoch: 'new' }) // the reset is heard
+  t.equal(tier.counters.resets, 1)
+  fillFrom(tier, 'other', 1, 'new')
+  t.ok(tier.get('other', 0, 0) !== undefined, 'a copy of the new epoch answers')
+  fillFrom(tier, 'k', 5, 'old') // a read answered from the old epoch (a late reply, or a node that has not reset yet)
+  t.equal(tier.counters.resets, 1, 'no reset counted for the late reply')
+  t.equal(tier.get('k', 0, 0), undefined, 'the old-epoch copy is not kept')
+  t.ok(tier.get('other', 0, 0) !== undefined, 'the partition was not flushed')
+  tier.onInvalidation({ key: 'k3', version: 2, partition: 0, sequence: 2, epoch: 'new' })
+  t.equal(tier.counters.resets, 1, 'the partition is still in the new epoch: its next invalidation is no reset')
+  t.ok(tier.get('other', 0, 0) !== undefined)
+})
+
+t.test('an entry that outlived its partition\'s epoch key does not flip the partition back and forth', async t => {
+  const tier = coherentTier()
+  tier.onInvalidation({ key: 'fresh', version: 1, partition: 0, sequence: 1, epoch: 'current' })
+  fillFrom(tier, 'fresh', 1, 'current')
+  for (let i = 0; i < 5; i++) {
+    fillFrom(tier, 'survivor', 7, 'evicted') // read again and again: its epoch is the one of a lost epoch key
+    fillFrom(tier, 'fresh', 1, 'current')
+  }
+  t.equal(tier.counters.resets, 0, 'no reset counted')
+  t.equal(tier.get('survivor', 0, 0), undefined, 'the survivor is read from the repository each time, not kept')
+  t.ok(tier.get('fresh', 0, 0) !== undefined, 'copies of the partition\'s epoch stay')
+  fillFrom(tier, 'legacy', 2, '')
+  t.ok(tier.get('legacy', 0, 0) !== undefined, 'entries written before epochs are kept')
+})
+
+/** An in-process node whose witness the test reports, as a Redis node's subscriber does with every heartbeat. */
+class WitnessingMemoryRepository extends MemoryRepository {
+  private readonly witnessListeners: InvalidationListener[] = []
+  override async subscribe (scope: SubscriptionScope, listener: InvalidationListener): Promise<Subscription> {
+    this.witnessListeners.push(listener)
+    return await super.subscribe(scope, listener)
+  }
+
+  heartbeat (): void { for (const l of this.witnessListeners) l.onWitness?.('witness', 'unchanged') }
+}
+
+t.test('{ shards }: a node\'s partitions are computed once, not on every witness heartbeat', async t => {
+  const nodes = [new WitnessingMemoryRepository(), new WitnessingMemoryRepository()]
+  const sharded = new ShardedRepository(nodes.map((repository, i) => ({ id: `n${i}`, repository })))
+  t.teardown(async () => await sharded.close())
+  const rendezvous = (sharded as unknown as { rendezvous: { nodeFor: (p: number) => string } }).rendezvous
+  const nodeFor = rendezvous.nodeFor.bind(rendezvous)
+  let lookups = 0
+  rendezvous.nodeFor = p => { lookups++; return nodeFor(p) }
+  const reported = new Map<string, readonly number[] | undefined>()
+  const sub = await sharded.subscribe({ prefix: 'handoff:', partitions: 64 }, {
+    onInvalidation: () => {},
+    onResync: () => {},
+    onWitness: (name, _value, partitions) => { reported.set(name, partitions) }
+  })
+  t.teardown(async () => await sub.close())
+  for (const n of nodes) n.heartbeat()
+  const afterFirst = lookups
+  for (let beat = 0; beat < 20; beat++) for (const n of nodes) n.heartbeat()
+  t.equal(lookups, afterFirst, 'no rendezvous lookup on later heartbeats')
+  const owned = reported.get('n0 witness') ?? []
+  t.ok(owned.length > 0 && owned.length < 64, 'each node reports its share of the partitions')
+  t.same([...owned, ...(reported.get('n1 witness') ?? [])].sort((a, b) => a - b), Array.from({ length: 64 }, (_, p) => p), 'together, every partition once')
+  t.ok(owned.every(p => nodeFor(p) === 'n0'), 'the partitions a node reports are its own')
+})
+
+t.test('the witness is read every half lease at most, not with every heartbeat', async t => {
+  const server = await startRedis({ private: true })
+  t.teardown(async () => await server.stop())
+  const repository = redisRepo(t, server.url)
+  const getexCalls = async (): Promise<number> => {
+    const info = await repository.command(async c => await c.info('commandstats'))
+    return Number(/cmdstat_getex:calls=(\d+)/.exec(info)?.[1] ?? 0)
+  }
+  const s = new TieredStore<Cart>({ repository, secret: SECRET, partitions: 64, coherence: { leaseMs: 400 } })
+  await s.start()
+  t.teardown(async () => { await s.close() })
+  const before = await getexCalls()
+  const started = performance.now()
+  await sleep(2000)
+  const calls = await getexCalls() - before
+  const elapsed = performance.now() - started
+  // Heartbeats every 50 ms would read it ~40 times; every 200 ms at most is ~10.
+  t.ok(calls >= 1, `the witness is still checked (${calls} reads)`)
+  t.ok(calls <= Math.ceil(elapsed / 200) + 1, `${calls} witness reads in ${elapsed.toFixed(0)} ms (heartbeats every 50 ms, lease 400 ms)`)
 })
