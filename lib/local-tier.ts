@@ -294,8 +294,9 @@ export class LocalTier implements InvalidationListener {
     if (partitions === undefined) {
       this.lastSequence.fill(0)
       if (this.reliable || this.leaseMs === undefined) { this.flushAll(); return }
-      // Void the lease: copies stop answering now and are flushed when it is renewed. Until then they stay, to answer
-      // while the repository itself is unreachable. Replies in flight may not fill.
+      // Void the lease: copies stop answering as fresh now. Until the lease is renewed they may still answer degraded
+      // (the repository itself unreachable); the renewal starts a new generation, after which they never answer again.
+      // Replies in flight may not fill.
       this.leaseFrom = Number.NEGATIVE_INFINITY
       this.flushes++
       return
