@@ -3,8 +3,7 @@
  * one private redis-server; clients are Node's tls.connect and `openssl s_client`. In-process tests at the end cover
  * registration checks. Every process started here is stopped here, by PID.
  */
-import { spawnSync } from 'node:child_process'
-import { constants, createHash } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -25,6 +24,7 @@ import { testCerts } from '../../scripts/certs.js'
 import { startRedis } from '../../scripts/redis-server.js'
 import { DEFAULT_TEST_SECRET, runningInstances, spawnTlsInstance, type InstanceConfig, type TlsInstance } from '../../scripts/tls-instance.js'
 import { elapse, waitFor } from '../helpers/wait-for.js'
+import { sClient as sClientTls, visit as visitTls, type TlsMode, type Visit } from '../helpers/tls-clients.js'
 
 const FIXTURE = fileURLToPath(new URL('../../scripts/tls-instance.ts', import.meta.url))
 const OTHER_SECRET = 'a different cluster secret, also 32+ bytes'
@@ -44,74 +44,19 @@ async function startInstance (name: string, cfg: Partial<InstanceConfig>, argv: 
 // ---------------------------------------------------------------------------------------------------------------
 // Clients
 
-type Mode = 'tls13' | 'tls12' | 'tls12-no-ticket'
+type Mode = TlsMode
 const MODES: Mode[] = ['tls13', 'tls12', 'tls12-no-ticket']
 
-interface Visit {
-  reused: boolean
-  protocol: string | null
-  session: Buffer | undefined
-  /** What the server said in the response: request.tlsResumed. */
-  body: { resumed: boolean, protocol: string, pid: number } | undefined
-  ms: number
-}
-
-function clientOptions (mode: Mode): tls.ConnectionOptions {
-  if (mode === 'tls13') return { minVersion: 'TLSv1.3' }
-  if (mode === 'tls12') return { maxVersion: 'TLSv1.2' }
-  // The client leaves out the session ticket extension: the server can only resume from its session cache.
-  return { maxVersion: 'TLSv1.2', secureOptions: constants.SSL_OP_NO_TICKET }
-}
-
 /** One TLS connection with one HTTP request (so TLS 1.3 tickets, sent after the handshake, arrive). */
-async function visit (port: number, opts: { mode?: Mode, session?: Buffer | undefined } = {}): Promise<Visit> {
+async function visit (port: number, opts: { mode?: Mode, session?: Buffer | undefined } = {}): Promise<Visit & { ms: number }> {
   const start = performance.now()
-  return await new Promise((resolve, reject) => {
-    let session: Buffer | undefined
-    let data = ''
-    const socket = tls.connect({
-      host: '127.0.0.1',
-      port,
-      servername: 'localhost',
-      ca: certs.ca,
-      ...clientOptions(opts.mode ?? 'tls13'),
-      ...(opts.session === undefined ? {} : { session: opts.session })
-    })
-    socket.setTimeout(5000, () => socket.destroy(new Error('client timeout')))
-    socket.on('session', s => { session ??= s })
-    // Read at once: after 'close' the native handle is gone and both read as null.
-    let reused = false
-    let protocol: string | null = null
-    socket.on('secureConnect', () => {
-      reused = socket.isSessionReused()
-      protocol = socket.getProtocol()
-      socket.write('GET /tls HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
-    })
-    socket.on('data', d => { data += String(d) })
-    socket.on('error', reject)
-    socket.on('close', () => {
-      const at = data.indexOf('\r\n\r\n')
-      let body: Visit['body']
-      try { body = at < 0 ? undefined : JSON.parse(data.slice(at + 4)) as Visit['body'] } catch { body = undefined }
-      resolve({ reused, protocol, session, body, ms: performance.now() - start })
-    })
-  })
+  const v = await visitTls(port, certs.ca, opts)
+  return { ...v, ms: performance.now() - start }
 }
 
 /** openssl s_client, one HTTP request; returns whether it reported the session "Reused,". */
-function sClient (port: number, mode: Mode, sess: { out?: string, in?: string }): { reused: boolean, output: string } {
-  const args = ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-CAfile', certs.caPath,
-    '-verify_return_error', '-ign_eof']
-  if (mode === 'tls13') args.push('-tls1_3')
-  else args.push('-tls1_2')
-  if (mode === 'tls12-no-ticket') args.push('-no_ticket')
-  if (sess.out !== undefined) args.push('-sess_out', sess.out)
-  if (sess.in !== undefined) args.push('-sess_in', sess.in)
-  const r = spawnSync('openssl', args, { input: 'GET /tls HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', encoding: 'utf8', timeout: 10_000 })
-  const output = `${r.stdout}\n${r.stderr}`
-  if (!/\b(New|Reused), /.test(output)) throw new Error(`s_client gave no session line (status ${String(r.status)}): ${output.slice(-500)}`)
-  return { reused: /\bReused, /.test(output), output }
-}
+const sClient = (port: number, mode: Mode, sess: { out?: string, in?: string }): { reused: boolean, output: string } =>
+  sClientTls(port, certs.caPath, mode, sess)
 
 function nodeDefaultContext (argv: string[]): string {
   return createHash('sha1').update(argv.join(' ')).digest('hex').slice(0, 32)
