@@ -54,12 +54,14 @@ export const spelledArb = panArb.chain(pan => fc.tuple(
 
 /**
  * Text before the number: nothing, words, other digits (the window must still find it). Never a '+' right before
- * (a phone number), nor hex letters glued to it (a hex identifier): the two documented exceptions.
+ * (a phone number, also with digits and separators between), nor hex letters glued to it (a hex identifier): the two
+ * documented exceptions.
  */
 export const prefixArb = fc.oneof(
   fc.constant(''),
   fc.constantFrom('card ', 'my card is ', 'Card: ', 'no.', 'ref 12 ', '99', '12 34 ', '2026-11-22 ', '#', '(', 'tok_', 'x '),
-  fc.string({ maxLength: 12 }).filter(s => !/[+0-9A-Fa-f]$/.test(s))
+  // A '+' followed only by digits and separators joins the number's run ("+0 1000..."): the phone exception too.
+  fc.string({ maxLength: 12 }).filter(s => !/[+0-9A-Fa-f]$/.test(s) && !/\+[^\p{L}:]*$/u.test(s))
 )
 /** Text after it: a CVV, an expiry, words, digits. */
 export const suffixArb = fc.oneof(
