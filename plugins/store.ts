@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply } from 'fastify'
 import fp from 'fastify-plugin'
 import { Redis, Cluster, type RedisOptions, type ClusterNode, type ClusterOptions } from 'ioredis'
 import { InvalidOptionError, isHandoffError } from '../lib/errors.js'
@@ -193,3 +193,23 @@ const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: Fas
 /** Builds the shared TieredStore and decorates `fastify.handoff`. The other plugins depend on it. */
 export const handoffStore = fp(storePlugin, { fastify: '5.x', name: 'fastify-handoff/store' })
 export default handoffStore
+
+/**
+ * The store's 503, for errors met in onSend (where the error handler would log every request of an outage; the store
+ * logs the outage once): status, `Retry-After` (the `retryAfterSeconds` option) and the JSON body the error handler
+ * would give. Returns the payload to send instead of `payload`, which is released.
+ */
+export function unavailableReply (reply: FastifyReply, payload: unknown, err: Error): string {
+  if (payload !== null && typeof payload === 'object' && typeof (payload as { destroy?: unknown }).destroy === 'function') {
+    (payload as { destroy: () => void }).destroy()
+  }
+  reply.code(503)
+  reply.header('retry-after', String(reply.server.handoff.retryAfterSeconds))
+  reply.header('content-type', 'application/json; charset=utf-8')
+  return JSON.stringify({
+    statusCode: 503,
+    code: isHandoffError(err) ? err.code : 'FST_HANDOFF_UNAVAILABLE',
+    error: 'Service Unavailable',
+    message: err.message
+  })
+}
