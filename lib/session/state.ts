@@ -36,6 +36,8 @@ export interface CookieInputs {
   readonly current: CurrentSession | undefined
   /** This request stored a new version of `current`. */
   readonly wrote: boolean
+  /** This request ended the session it started on (destroy, regenerate). */
+  readonly endedHere: boolean
 }
 
 const NONE: CookieDecision = Object.freeze({ action: 'none' })
@@ -44,7 +46,10 @@ const NO_COOKIE: CookieAtStart = Object.freeze({ kind: 'none' })
 
 /**
  * The one cookie decision, from what the cookie named when the request started and the session the request is on
- * now.
+ * now. Without a session now, the cookie is cleared only when it named none when the request started, or when this
+ * request ended it: a session that ended under the request (logout elsewhere, a login in another tab) leaves the
+ * cookie alone, since by the time this response arrives the client may hold a newer one, which a clear would delete.
+ * The next request that starts with the dead cookie clears it.
  */
 export function decideCookie (s: CookieInputs, policy: SessionPolicy, now = Date.now()): CookieDecision {
   const cur = s.current
@@ -63,7 +68,8 @@ export function decideCookie (s: CookieInputs, policy: SessionPolicy, now = Date
     }
     return NONE
   }
-  return s.start.kind === 'none' ? NONE : CLEAR
+  const start = s.start.kind
+  return start === 'rejected' || start === 'gone' || (start === 'live' && s.endedHere) ? CLEAR : NONE
 }
 
 /** The state of `request.session`, created when the session is loaded or first used. */
@@ -78,6 +84,8 @@ export class SessionState implements HandoffSession {
   private chain: Promise<void> = Promise.resolve()
   /** This request stored a new version: the client gets a cookie naming it (its new floor). */
   private wrote = false
+  /** This request ended the session it started on (destroy, regenerate). */
+  private endedHere = false
   /** Loaded from an unconfirmed local copy while the store was unreachable. */
   degraded = false
   /** A save failed: onSend runs again for the error response, and then only the cookie is decided. */
@@ -173,7 +181,7 @@ export class SessionState implements HandoffSession {
 
   /** The cookie decision as things stand now. */
   cookie (): CookieDecision {
-    return decideCookie({ start: this.start, current: this.current, wrote: this.wrote }, this.rt.policy)
+    return decideCookie({ start: this.start, current: this.current, wrote: this.wrote, endedHere: this.endedHere }, this.rt.policy)
   }
 
   /** True when onSend has anything to do: the read path stops here. */
@@ -229,6 +237,7 @@ export class SessionState implements HandoffSession {
       }
     }
     this.reset()
+    this.endedHere = true
   }
 
   private async write (): Promise<void> {

@@ -367,12 +367,45 @@ t.test('logout: a slow request still in flight cannot bring the session back', a
   const late = await slow
   t.equal(late.statusCode, 409, 'the late write is refused')
   t.equal(late.json<{ code: string }>().code, 'FST_HANDOFF_SESSION_ENDED')
-  t.equal(setCookieOf(late), '', 'and its cookie cleared')
+  // The session ended under it (elsewhere): the client may hold a newer cookie by now (a login's), which a clear
+  // would delete. The logout's own response cleared the cookie; a late response leaves it alone.
+  t.equal(setCookieOf(late), undefined, 'and it leaves the cookie alone')
+  t.equal(setCookieOf(await call(b, 'GET', '/me', cookie)), '', 'a request that starts with the dead cookie clears it')
   for (const app of [a, b]) t.match(await me(app, cookie), { id: null, user: null, data: {} }, 'still logged out')
   const key = a.handoff.store.key(id, 'session')
   t.equal(redis.cli('HEXISTS', key, 'd'), '0', 'Redis holds a tombstone, no data')
   t.ok(Number(redis.cli('HGET', key, 'v')) >= 2, 'with a version above the session\'s')
   t.equal(b.handoffSessions.metrics.ended, 1)
+})
+
+t.test('late response: a request still running on the old session never clears the cookie a newer login set', async t => {
+  const prefix = freshPrefix()
+  const a = await instance(t, { prefix, name: 'A' })
+  const b = await instance(t, { prefix, name: 'B' })
+  // One browser: its cookie jar applies each response's Set-Cookie in the order the responses arrive.
+  let jar: string | undefined = await login(a, 'alice')
+  const apply = (res: LightMyRequestResponse): void => {
+    const c = setCookieOf(res)
+    if (c !== undefined) jar = c === '' ? undefined : c
+  }
+  const loads = (): number => b.handoffSessions.metrics.loadedLocal + b.handoffSessions.metrics.loadedRemote
+  const loadsBefore = loads()
+  // A slow request on the signed-in session (an upload, a slow page), started before the user signs in again.
+  const slow = call(b, 'POST', '/slow-set', jar, { ms: 1000, a: 'late' })
+  t.ok(await waitFor(() => loads() > loadsBefore), 'the slow request has loaded the session')
+  // Meanwhile, in another tab, the user signs in again (as someone else, or the same: a new id either way).
+  const relogin = await call(a, 'POST', '/login', jar, { user: 'alice' })
+  t.equal(relogin.statusCode, 200)
+  apply(relogin)
+  const newer = jar
+  t.ok(newer !== undefined, 'the login set a new cookie')
+  const late = await slow
+  t.equal(late.statusCode, 409, 'the late write on the ended session is refused')
+  t.equal(setCookieOf(late), undefined, 'and its response does not touch the cookie')
+  apply(late)
+  t.equal(jar, newer, 'the browser still holds the login\'s cookie')
+  t.match(await me(a, jar), { user: { id: 'alice' } }, 'and is still signed in')
+  t.match(await me(b, jar), { user: { id: 'alice' } }, 'on every instance')
 })
 
 t.test('logout everywhere: every session of the user, on every instance, and nobody else\'s', async t => {
