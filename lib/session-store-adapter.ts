@@ -1,4 +1,6 @@
+import type { Collection } from './collection.js'
 import { InvalidOptionError, SessionEndedError, intOption } from './errors.js'
+import { isObject, reservedKeyOf } from './session/model.js'
 import type { Logger, TieredStore } from './tiered-store.js'
 
 /**
@@ -19,6 +21,11 @@ import type { Logger, TieredStore } from './tiered-store.js'
  * @fastify/session writing a header after an async handler sent the reply without `return reply`) can never become
  * an unhandled rejection that takes the process down. It is reported as the caller's (logged with its own stack
  * through `logger`, else as a process warning) and goes no further, as it would with @fastify/session's MemoryStore.
+ *
+ * Session field names follow auth-session's rule: `__proto__`, `constructor` and `prototype` are refused. A session
+ * holding one at its top level is not saved (the set callback gets a TypeError), and a stored one that holds one is
+ * treated as unreadable (no session): @fastify/session copies every stored field onto its Session object, where a
+ * `__proto__` field would replace the object's prototype.
  *
  * Not implemented, on purpose: the optional `all`, `ids`, `length` and `clear` (express-session's MemoryStore has
  * them). Sessions are spread over every partition, i.e. every Redis Cluster slot, and the store keeps no index of
@@ -50,12 +57,21 @@ interface CookieLike {
   originalMaxAge?: unknown
 }
 
+/** The stored shape: a plain object without the field names auth-session refuses. */
+function parseSession (v: unknown): Record<string, unknown> {
+  if (!isObject(v)) throw new TypeError('not a session object')
+  const bad = reservedKeyOf(v)
+  if (bad !== undefined) throw new TypeError(`session field "${bad}" is refused`)
+  return v
+}
+
 export class TieredSessionStore<S extends object = Record<string, unknown>> {
   private readonly kind: string
+  private readonly sessions: Collection<Record<string, unknown>>
   private readonly ttlMs: number
   private readonly logger: Logger | undefined
 
-  constructor (private readonly store: TieredStore, opts: TieredSessionStoreOptions = {}) {
+  constructor (store: TieredStore, opts: TieredSessionStoreOptions = {}) {
     if (store === null || typeof store !== 'object' || typeof store.update !== 'function') {
       throw new InvalidOptionError('store', 'a TieredStore is required (fastify.handoff.store)')
     }
@@ -68,12 +84,12 @@ export class TieredSessionStore<S extends object = Record<string, unknown>> {
       throw new InvalidOptionError('logger', 'must have a warn(obj, msg) method (fastify.log fits)')
     }
     this.logger = opts.logger
+    this.sessions = store.collection(this.kind, { parse: parseSession })
   }
 
   get (sessionId: string, callback: SessionStoreGetCallback<S>): void {
-    const key = this.keyOf(sessionId)
-    if (key === undefined) { callback(null, null); return }
-    this.store.get(key).then(entry => {
+    if (!this.validId(sessionId)) { callback(null, null); return }
+    this.sessions.get(sessionId).then(entry => {
       // The store hands out frozen values shared with its local tier; @fastify/session mutates what it gets.
       const session = entry === undefined ? null : structuredClone(entry.value) as S
       this.settle(() => { callback(null, session) })
@@ -81,12 +97,11 @@ export class TieredSessionStore<S extends object = Record<string, unknown>> {
   }
 
   set (sessionId: string, session: object, callback: SessionStoreCallback): void {
-    const key = this.keyOf(sessionId)
-    if (key === undefined) { callback(new InvalidOptionError('sessionId', 'must be a non-empty string of at most 256 characters')); return }
-    let plain: unknown
+    if (!this.validId(sessionId)) { callback(new InvalidOptionError('sessionId', 'must be a non-empty string of at most 256 characters')); return }
+    let plain: Record<string, unknown>
     try {
       // Own enumerable fields plus cookie.toJSON(): what connect-redis stores too.
-      plain = JSON.parse(JSON.stringify(session))
+      plain = parseSession(JSON.parse(JSON.stringify(session)))
     } catch (err) {
       callback(asError(err))
       return
@@ -96,24 +111,22 @@ export class TieredSessionStore<S extends object = Record<string, unknown>> {
     // A blind overwrite, as every @fastify/session store does, except over a tombstone: a session destroyed while
     // this request ran (logout in another tab) stays destroyed instead of being written back, and the caller is told
     // so (FST_HANDOFF_SESSION_ENDED, 409) rather than acknowledged for a write that was not stored.
-    this.store.update(key, (_cur, info) => info.deleted ? undefined : plain, { ttlMs }).then(
+    this.sessions.update(sessionId, (_cur, info) => info.deleted ? undefined : plain, { ttlMs }).then(
       r => { this.settle(() => { if (r.written) callback(); else callback(new SessionEndedError()) }) },
       (err: unknown) => { this.settle(() => { callback(asError(err)) }) })
   }
 
   destroy (sessionId: string, callback: SessionStoreCallback): void {
-    const key = this.keyOf(sessionId)
-    if (key === undefined) { callback(); return }
-    this.store.delete(key).then(() => { this.settle(() => { callback() }) }, (err: unknown) => { this.settle(() => { callback(asError(err)) }) })
+    if (!this.validId(sessionId)) { callback(); return }
+    this.sessions.delete(sessionId).then(() => { this.settle(() => { callback() }) }, (err: unknown) => { this.settle(() => { callback(asError(err)) }) })
   }
 
   /** express-session calls this on reads with `resave: false`; extends the expiry without rewriting. */
   touch (sessionId: string, session: object, callback: SessionStoreCallback): void {
-    const key = this.keyOf(sessionId)
-    if (key === undefined) { callback(); return }
+    if (!this.validId(sessionId)) { callback(); return }
     const ttlMs = this.ttlOf((session as { cookie?: CookieLike }).cookie)
     if (ttlMs <= 0) { callback(); return }
-    this.store.touch(key, ttlMs).then(() => { this.settle(() => { callback() }) }, (err: unknown) => { this.settle(() => { callback(asError(err)) }) })
+    this.sessions.touch(sessionId, ttlMs).then(() => { this.settle(() => { callback() }) }, (err: unknown) => { this.settle(() => { callback(asError(err)) }) })
   }
 
   /** Runs the caller's callback on its own tick, outside the store's promise chain; what it throws is theirs. */
@@ -138,9 +151,8 @@ export class TieredSessionStore<S extends object = Record<string, unknown>> {
     }
   }
 
-  private keyOf (sessionId: unknown): string | undefined {
-    if (typeof sessionId !== 'string' || sessionId === '' || sessionId.length > MAX_ID_LENGTH) return undefined
-    return this.store.key(sessionId, this.kind)
+  private validId (sessionId: unknown): sessionId is string {
+    return typeof sessionId === 'string' && sessionId !== '' && sessionId.length <= MAX_ID_LENGTH
   }
 
   /** The cookie's expiry decides the entry's, like connect-redis; without one, the default TTL. */

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyPluginCallback, FastifyRequest } from 'fas
 import fp from 'fastify-plugin'
 import { InvalidOptionError, SessionEndedError, SessionDisabledError } from '../lib/errors.js'
 import { compileOptions, cookieSchema, optionPath, resolveCookie, type CookieOptions, type OptionsCheck } from '../lib/options.js'
+import { assertFieldName } from '../lib/session/model.js'
 import { Sessions } from '../lib/session/sessions.js'
 import { SessionState } from '../lib/session/state.js'
 import type { DestroyAllOptions, FieldKey, HandoffSession, SessionMetrics, SessionPolicy } from '../lib/session/types.js'
@@ -149,6 +150,7 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
     keepOnRegenerate: (...fields: FieldKey[]) => {
       for (const f of fields as unknown[]) {
         if (typeof f !== 'string' || f === '') throw new InvalidOptionError('keepOnRegenerate', 'field names must be non-empty strings')
+        assertFieldName(f)
         rt.keptOnRegenerate.add(f)
       }
     },

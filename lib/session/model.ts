@@ -27,6 +27,24 @@ export type Op =
   | { t: 'del', k: string }
   | { t: 'inc', k: string, by: number }
 
+/** Names no session field may have: they are the prototype machinery of JavaScript objects, not data. */
+const RESERVED_NAMES: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype'])
+
+/**
+ * A session field name is any string but `__proto__`, `constructor` and `prototype` (TypeError): stored fields are
+ * plain JSON objects, whose reads must never reach an inherited property and whose writes must never set a prototype.
+ */
+export function assertFieldName (name: unknown, what = 'session field'): asserts name is string {
+  if (typeof name !== 'string') throw new TypeError(`${what} names must be strings, got ${typeof name}`)
+  if (RESERVED_NAMES.has(name)) throw new TypeError(`"${name}" cannot be a ${what} name (__proto__, constructor and prototype are refused)`)
+}
+
+/** The first own key of `o` that assertFieldName refuses, if any. */
+export function reservedKeyOf (o: object): string | undefined {
+  for (const k of Object.keys(o)) if (RESERVED_NAMES.has(k)) return k
+  return undefined
+}
+
 export function isObject (v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
 }

@@ -1,7 +1,7 @@
 import { isHandoffError, SessionEndedError } from '../errors.js'
 import type { StoreEntry, StoreValue, UpdateInfo } from '../tiered-store.js'
 import { newSessionId, type SessionCookie } from './cookie.js'
-import { applyOps, isObject, type Op, type StoredSession } from './model.js'
+import { applyOps, assertFieldName, isObject, type Op, type StoredSession } from './model.js'
 import type { Sessions } from './sessions.js'
 import type { DebugLogger, FieldKey, HandoffSession, NumericField, SessionData, SessionPolicy, SessionUser } from './types.js'
 
@@ -134,7 +134,10 @@ export class SessionState implements HandoffSession {
   }
 
   get<K extends FieldKey> (key: K): SessionData[K] | undefined {
-    let v: StoreValue | undefined = this.current?.base.d[key]
+    assertFieldName(key)
+    // Own fields only: a name missing from the stored object is undefined, never something it inherits.
+    const d = this.current?.base.d
+    let v: StoreValue | undefined = d !== undefined && Object.hasOwn(d, key) ? d[key] : undefined
     for (const op of this.inflight.length === 0 ? this.ops : [...this.inflight, ...this.ops]) {
       if (op.k !== key) continue
       if (op.t === 'set') v = op.v
@@ -145,11 +148,13 @@ export class SessionState implements HandoffSession {
   }
 
   set<K extends FieldKey> (key: K, value: SessionData[K]): void {
+    assertFieldName(key)
     if (value === undefined) this.ops.push({ t: 'del', k: key })
     else this.ops.push({ t: 'set', k: key, v: value as StoreValue })
   }
 
   delete (key: FieldKey): void {
+    assertFieldName(key)
     this.ops.push({ t: 'del', k: key })
   }
 

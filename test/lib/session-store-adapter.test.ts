@@ -140,6 +140,34 @@ t.test('a set still in flight after destroy does not bring the session back', as
   t.equal(got, null, 'the tombstone refused the write')
 })
 
+t.test('field names __proto__, constructor and prototype: not saved, and never read back from the store', async t => {
+  const app = await buildApp()
+  t.teardown(async () => { await app.close() })
+  const store = new TieredSessionStore(app.handoff.store)
+  const call = async (f: (cb: (err?: Error | null) => void) => void): Promise<void> => {
+    await new Promise<void>((resolve, reject) => { f(err => { if (err != null) reject(err); else resolve() }) })
+  }
+  const read = async (id: string): Promise<unknown> => await new Promise<unknown>((resolve, reject) => {
+    store.get(id, (err, s) => { if (err != null) reject(err); else resolve(s) })
+  })
+  const cookie = { originalMaxAge: 60_000, expires: new Date(Date.now() + 60_000).toISOString() }
+  for (const name of ['__proto__', 'constructor', 'prototype']) {
+    const id = `s-reserved-${name}-0123456789abcdef`
+    // As JSON.parse makes it: an own property of that name (what a stored session or a parsed body can hold).
+    const session = JSON.parse(`{"n": 1, ${JSON.stringify(name)}: {"polluted": true}}`) as object
+    await t.rejects(call(cb => { store.set(id, { ...session, cookie }, cb) }), TypeError, `set with a "${name}" field is refused`)
+    t.equal(await read(id), null, 'and nothing was stored')
+    // Written by something else under the adapter's key (an older version, another writer): not handed out.
+    const corrupt = app.handoff.store.counters.corrupt
+    await app.handoff.store.update(app.handoff.store.key(id, 'fsession'), () => ({ cookie, n: 1, [name]: { polluted: true } }))
+    const got = await read(id)
+    t.equal(got, null, `a stored session holding "${name}" reads as no session`)
+    t.equal(app.handoff.store.counters.corrupt, corrupt + 1, 'counted as a corrupt entry')
+  }
+  await call(cb => { store.set('s-plain-0123456789abcdefghijklmn', { cookie, n: 2, constructorName: 'ok' }, cb) })
+  t.match(await read('s-plain-0123456789abcdefghijklmn'), { n: 2, constructorName: 'ok' }, 'other names are fine')
+})
+
 t.test('adapter options are checked', async t => {
   const app = await buildApp()
   t.teardown(async () => { await app.close() })

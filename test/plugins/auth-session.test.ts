@@ -408,6 +408,22 @@ t.test('late response: a request still running on the old session never clears t
   t.match(await me(b, jar), { user: { id: 'alice' } }, 'on every instance')
 })
 
+t.test('field names: own fields only; __proto__, constructor and prototype are refused, not acknowledged and dropped', async t => {
+  const app = await instance(t, { prefix: freshPrefix() })
+  const cookie = setCookieOf(await call(app, 'POST', '/set', undefined, { a: 'x' })) as string
+  for (const name of ['__proto__', 'constructor', 'prototype']) {
+    const set = await call(app, 'POST', '/field', cookie, { name, value: 'v' })
+    t.equal(set.statusCode, 500, `set('${name}') is refused (a TypeError), not answered 200`)
+    t.match(set.json(), { message: /cannot be a session field name/ })
+    t.equal(setCookieOf(set), undefined, 'and nothing was stored')
+    t.equal((await call(app, 'POST', '/field', cookie, { name })).statusCode, 500, `get('${name}') too`)
+  }
+  for (const name of ['toString', 'hasOwnProperty']) {
+    t.same((await call(app, 'POST', '/field', cookie, { name })).json(), { value: null }, `get('${name}'): undefined, never inherited`)
+  }
+  t.same((await call(app, 'POST', '/field', cookie, { name: 'a' })).json(), { value: 'x' })
+})
+
 t.test('logout everywhere: every session of the user, on every instance, and nobody else\'s', async t => {
   const prefix = freshPrefix()
   const a = await instance(t, { prefix, name: 'A' })
