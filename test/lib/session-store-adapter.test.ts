@@ -120,13 +120,15 @@ t.test('@fastify/session keeps working with the adapter as its store, across ins
   t.equal(n, null, `destroyed on the other instance too, after ${Date.now() - started} ms`)
 })
 
+/** A store call with a node-style callback, as a promise. */
+async function call (f: (cb: (err?: Error | null) => void) => void): Promise<void> {
+  await new Promise<void>((resolve, reject) => { f(err => { if (err != null) reject(err); else resolve() }) })
+}
+
 t.test('a set still in flight after destroy does not bring the session back', async t => {
   const app = await buildApp()
   t.teardown(async () => { await app.close() })
   const store = new TieredSessionStore(app.handoff.store)
-  const call = async (f: (cb: (err?: Error | null) => void) => void): Promise<void> => {
-    await new Promise<void>((resolve, reject) => { f(err => { if (err != null) reject(err); else resolve() }) })
-  }
   const cookie = { originalMaxAge: 60_000, expires: new Date(Date.now() + 60_000).toISOString() }
   await call(cb => { store.set('s-resurrect-0123456789abcdefghijk', { cookie, n: 1 }, cb) })
   await call(cb => { store.destroy('s-resurrect-0123456789abcdefghijk', cb) })
@@ -144,9 +146,6 @@ t.test('field names __proto__, constructor and prototype: not saved, and never r
   const app = await buildApp()
   t.teardown(async () => { await app.close() })
   const store = new TieredSessionStore(app.handoff.store)
-  const call = async (f: (cb: (err?: Error | null) => void) => void): Promise<void> => {
-    await new Promise<void>((resolve, reject) => { f(err => { if (err != null) reject(err); else resolve() }) })
-  }
   const read = async (id: string): Promise<unknown> => await new Promise<unknown>((resolve, reject) => {
     store.get(id, (err, s) => { if (err != null) reject(err); else resolve(s) })
   })
