@@ -5,10 +5,12 @@ import { compileOptions, cookieSchema, optionPath, resolveCookie, type CookieOpt
 import { assertFieldName } from '../lib/session/model.js'
 import { Sessions } from '../lib/session/sessions.js'
 import { SessionState } from '../lib/session/state.js'
-import type { DestroyAllOptions, FieldKey, HandoffSession, SessionMetrics, SessionPolicy } from '../lib/session/types.js'
+import type { DestroyAllOptions, FieldKey, HandoffSession, ListSessionsOptions, SessionDescription, SessionInfo, SessionMetrics, SessionPolicy } from '../lib/session/types.js'
 import { unavailableReply } from './store.js'
 
-export type { SessionData, SessionUser, NumericField, HandoffSession, SessionMetrics, DestroyAllOptions } from '../lib/session/types.js'
+export type {
+  SessionData, SessionUser, NumericField, HandoffSession, SessionMetrics, DestroyAllOptions, SessionDescription, SessionInfo, ListSessionsOptions
+} from '../lib/session/types.js'
 
 /** The session cookie's attributes: the one cookie options shape of the suite (the cart's anchor cookie takes it too). */
 export type SessionCookieOptions = CookieOptions
@@ -33,6 +35,13 @@ export interface AuthSessionOptions {
    * the sessions closest to their absolute expiry are destroyed. Default: 100.
    */
   maxSessionsPerUser?: number
+  /**
+   * What to record about the device of a signed-in session, for `handoffSessions.list()` ("your devices"): called
+   * with the request that creates or signs in the session, e.g.
+   * `(request) => ({ userAgent: request.headers['user-agent'], address: request.ip })`. The values are stored (sealed)
+   * with the session. Default: none, nothing is recorded (list() still gives the times).
+   */
+  describe?: (request: FastifyRequest) => SessionDescription | undefined
 }
 
 /** `fastify.handoffSessions`. */
@@ -47,6 +56,16 @@ export interface HandoffSessions {
    * something in the session across a login (the cart plugin, its anonymous cart id). Call it at registration.
    */
   keepOnRegenerate: (...fields: FieldKey[]) => void
+  /**
+   * The user's live sessions ("your devices"): created, last seen, expiry and what `describe` recorded, on any
+   * instance, read through the user's index (no scan). Expired and destroyed sessions are not listed.
+   */
+  list: (userId: string, opts?: ListSessionsOptions) => Promise<SessionInfo[]>
+  /**
+   * End one of the user's sessions, named by the `handle` list() gave: revoked on every instance, as a logout is.
+   * False when the user has no such live session.
+   */
+  destroy: (userId: string, handle: string) => Promise<boolean>
   /** Counters since start. */
   readonly metrics: Readonly<SessionMetrics>
   /** The cookie name in use. */
@@ -84,7 +103,8 @@ export const AUTH_SESSION_OPTIONS_SCHEMA = {
     absoluteTimeoutMs: { type: 'integer', minimum: 1000 },
     refreshAfter: { type: 'number', exclusiveMinimum: 0, exclusiveMaximum: 1, description: 'a number between 0 and 1 (exclusive)' },
     maxBytes: { type: 'integer', minimum: 64 },
-    maxSessionsPerUser: { type: 'integer', minimum: 1 }
+    maxSessionsPerUser: { type: 'integer', minimum: 1 },
+    describe: { typeof: 'function', description: 'a function (request) => ({ userAgent?, address? })' }
   }
 } as const
 
@@ -145,8 +165,15 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
   if (c.domain !== undefined) cookieBase.domain = c.domain
   if (c.partitioned) cookieBase.partitioned = true
 
+  const describe = options.describe
+  const newState = describe === undefined
+    ? (request: FastifyRequest) => new SessionState(rt, request.log)
+    : (request: FastifyRequest) => new SessionState(rt, request.log, () => describe(request))
+
   fastify.decorate('handoffSessions', {
     destroyAllFor: async (userId: string, o?: DestroyAllOptions) => await rt.index.destroyAllFor(userId, o),
+    list: async (userId: string, o?: ListSessionsOptions) => await rt.list(userId, o),
+    destroy: async (userId: string, handle: string) => await rt.destroy(userId, handle),
     keepOnRegenerate: (...fields: FieldKey[]) => {
       for (const f of fields as unknown[]) {
         if (typeof f !== 'string' || f === '') throw new InvalidOptionError('keepOnRegenerate', 'field names must be non-empty strings')
@@ -166,7 +193,7 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
         // No cookie (the onRequest hook stopped before looking at the route): opted out here too.
         if (optedOut(this)) throw new SessionDisabledError()
         // A fresh anonymous session, made only when a handler looks at it.
-        const fresh = new SessionState(rt, this.log)
+        const fresh = newState(this)
         setSlot(this, fresh)
         return fresh
       }
@@ -183,7 +210,7 @@ const plugin: FastifyPluginCallback<AuthSessionOptions> = (fastify, options, don
     // Routes that never touch the session pay nothing when there is no cookie: no store read, no object.
     if (raw === undefined || raw === '') { next(); return }
     if (optedOut(request)) { setSlot(request, OPTED_OUT); next(); return }
-    const state = new SessionState(rt, request.log)
+    const state = newState(request)
     setSlot(request, state)
     const cookie = rt.cookie.decode(raw)
     if (cookie === undefined) {

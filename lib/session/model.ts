@@ -15,6 +15,14 @@ export interface StoredSession {
   readonly u?: SessionUser
   /** Id of the ring key the user index entry was made with (re-registered after a rotation). */
   readonly x?: string
+  /** The device, as the `describe` option recorded it when the session was created or signed in. */
+  readonly m?: StoredDevice
+}
+
+/** What `describe` recorded: user agent and client address, each as the application gave it (bounded). */
+export interface StoredDevice {
+  readonly a?: string
+  readonly i?: string
 }
 
 /** The per-user index: session id -> its absolute deadline (ms). */
@@ -53,6 +61,7 @@ export function isObject (v: unknown): v is Record<string, unknown> {
 export function parseStoredSession (v: unknown): StoredSession {
   if (!isObject(v) || !isObject(v.d) || typeof v.c !== 'number') throw new TypeError('not a stored session')
   if (v.u !== undefined && !(isObject(v.u) && typeof v.u.id === 'string')) throw new TypeError('not a stored session user')
+  if (v.m !== undefined && !isObject(v.m)) throw new TypeError('not a stored session device')
   return v as unknown as StoredSession
 }
 
@@ -62,7 +71,8 @@ export function parseStoredIndex (v: unknown): StoredIndex {
 }
 
 /** Apply a request's deltas to `cur`, the newest stored value: pure, re-run after every lost compare-and-set. */
-export function applyOps (cur: StoredSession, ops: readonly Op[], userChange: SessionUser | null | undefined, indexedWith?: string): StoredSession {
+export function applyOps (cur: StoredSession, ops: readonly Op[], userChange: SessionUser | null | undefined, indexedWith?: string,
+  device?: StoredDevice): StoredSession {
   const d: Record<string, StoreValue> = { ...cur.d }
   for (const op of ops) {
     if (op.t === 'set') d[op.k] = op.v
@@ -72,7 +82,7 @@ export function applyOps (cur: StoredSession, ops: readonly Op[], userChange: Se
       d[op.k] = (typeof v === 'number' ? v : 0) + op.by
     }
   }
-  const next: { d: Record<string, StoreValue>, c: number, u?: SessionUser, x?: string } = { d, c: cur.c }
+  const next: { d: Record<string, StoreValue>, c: number, u?: SessionUser, x?: string, m?: StoredDevice } = { d, c: cur.c }
   const u = userChange === undefined ? cur.u : userChange ?? undefined
   if (u !== undefined) {
     next.u = u
@@ -80,5 +90,7 @@ export function applyOps (cur: StoredSession, ops: readonly Op[], userChange: Se
     const x = indexedWith ?? cur.x
     if (x !== undefined) next.x = x
   }
+  const m = device ?? cur.m
+  if (m !== undefined) next.m = m
   return next
 }

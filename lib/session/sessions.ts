@@ -1,9 +1,11 @@
+import { createHash } from 'node:crypto'
 import type { Collection } from '../collection.js'
+import { InvalidOptionError } from '../errors.js'
 import type { KeyRing } from '../seal.js'
 import type { TieredStore } from '../tiered-store.js'
 import { SessionCookieCodec } from './cookie.js'
 import { parseStoredSession, SESSION_KIND, type StoredSession } from './model.js'
-import type { DebugLogger, SessionMetrics, SessionPolicy } from './types.js'
+import type { DebugLogger, ListSessionsOptions, SessionInfo, SessionMetrics, SessionPolicy } from './types.js'
 import { UserIndex } from './user-index.js'
 
 /** Everything the sessions of one registration share between requests: the stored shapes, the cookie, the counters. */
@@ -53,4 +55,56 @@ export class Sessions {
       }
     )
   }
+
+  /**
+   * The user's live sessions ("your devices"), newest use first, on whichever instance asks: the user's index names
+   * them (no scan), each is read through the store, and only sessions still stored, still this user's and within
+   * their absolute timeout are listed.
+   */
+  async list (userId: string, opts: ListSessionsOptions = {}): Promise<SessionInfo[]> {
+    const ids = await this.index.ids(userId)
+    const entries = await Promise.all(ids.map(async id => [id, await this.stored.get(id)] as const))
+    const now = Date.now()
+    const out: SessionInfo[] = []
+    for (const [id, e] of entries) {
+      if (e === undefined || e.value.u?.id !== userId || e.value.c + this.policy.absoluteTimeoutMs <= now) continue
+      const s = e.value
+      const info: SessionInfo = {
+        handle: sessionHandle(id),
+        createdAt: s.c,
+        // Each write or refresh sets the expiry to one idle timeout ahead (unless capped by the absolute one).
+        lastSeenAt: Math.min(now, Math.max(s.c, e.expiresAt - this.policy.idleTimeoutMs)),
+        expiresAt: e.expiresAt,
+        current: id === opts.current
+      }
+      if (typeof s.m?.a === 'string') info.userAgent = s.m.a
+      if (typeof s.m?.i === 'string') info.address = s.m.i
+      out.push(info)
+    }
+    return out.sort((a, b) => b.lastSeenAt - a.lastSeenAt || b.createdAt - a.createdAt)
+  }
+
+  /**
+   * End the user's session named by `handle` (from list): a tombstone, so every instance stops honouring it, as
+   * for a logout. False when the user has no such live session.
+   */
+  async destroy (userId: string, handle: string): Promise<boolean> {
+    if (typeof handle !== 'string' || handle === '') throw new InvalidOptionError('handle', 'must be a handle from handoffSessions.list()')
+    const id = (await this.index.ids(userId)).find(sid => sessionHandle(sid) === handle)
+    if (id === undefined) return false
+    const e = await this.stored.get(id)
+    // An id can stay in an index after its session changed hands (a user set without regenerate): not this user's.
+    if (e !== undefined && e.value.u?.id !== userId) return false
+    if (e !== undefined) {
+      await this.stored.delete(id)
+      this.metrics.destroyed++
+    }
+    await this.index.remove(userId, id)
+    return e !== undefined
+  }
+}
+
+/** The public handle of a session id: SHA-256 of it (one-way: a handle never gives the id), 24 characters. */
+export function sessionHandle (id: string): string {
+  return createHash('sha256').update('fastify-handoff session handle v1\n').update(id).digest().subarray(0, 18).toString('base64url')
 }

@@ -1,9 +1,9 @@
 import { isHandoffError, SessionEndedError } from '../errors.js'
 import type { StoreEntry, StoreValue, UpdateInfo } from '../tiered-store.js'
 import { newSessionId, type SessionCookie } from './cookie.js'
-import { applyOps, assertFieldName, isObject, type Op, type StoredSession } from './model.js'
+import { applyOps, assertFieldName, isObject, type Op, type StoredDevice, type StoredSession } from './model.js'
 import type { Sessions } from './sessions.js'
-import type { DebugLogger, FieldKey, HandoffSession, NumericField, SessionData, SessionPolicy, SessionUser } from './types.js'
+import type { DebugLogger, FieldKey, HandoffSession, NumericField, SessionData, SessionDescription, SessionPolicy, SessionUser } from './types.js'
 
 /** What the request's cookie named when the request started. */
 export type CookieAtStart =
@@ -91,7 +91,9 @@ export class SessionState implements HandoffSession {
   /** A save failed: onSend runs again for the error response, and then only the cookie is decided. */
   private failed = false
 
-  constructor (private readonly rt: Sessions, private readonly log: DebugLogger) {}
+  /** `describe`: what to record about the device when this request creates or signs in a session (none: nothing). */
+  constructor (private readonly rt: Sessions, private readonly log: DebugLogger,
+    private readonly describe?: () => SessionDescription | undefined) {}
 
   /** The request's cookie is not one of ours: a fresh anonymous session, never a 500. */
   rejected (): void {
@@ -285,8 +287,11 @@ export class SessionState implements HandoffSession {
     const ttlMs = Math.min(policy.idleTimeoutMs, deadline - now)
     if (ttlMs <= 0) throw this.ended()
     const user = userChange === undefined ? base?.u : userChange ?? undefined
+    const signsIn = userChange != null && userChange.id !== base?.u?.id
+    // Recorded for signed-in sessions only (the ones `list` shows), when they are created or signed in.
+    const device = user !== undefined && (isNew || signsIn) ? deviceOf(this.describe?.()) : undefined
     let indexedWith: string | undefined
-    if (user !== undefined && (isNew || (userChange != null && userChange.id !== base?.u?.id) || base?.x !== rt.index.keyId)) {
+    if (user !== undefined && (isNew || signsIn || base?.x !== rt.index.keyId)) {
       await rt.index.register(user.id, id, deadline)
       indexedWith = rt.index.keyId
     }
@@ -296,10 +301,10 @@ export class SessionState implements HandoffSession {
       if (info.deleted) return undefined
       if (stored === undefined) {
         // Absent: create it if it is ours to create; a stored session that vanished (expiry, lost by Redis) stays gone.
-        return isNew ? applyOps({ d: {}, c: created }, ops, userChange, indexedWith) : undefined
+        return isNew ? applyOps({ d: {}, c: created }, ops, userChange, indexedWith, device) : undefined
       }
       if (stored.c + policy.absoluteTimeoutMs <= Date.now()) return undefined
-      return applyOps(stored, ops, userChange, indexedWith)
+      return applyOps(stored, ops, userChange, indexedWith, device)
     }, { ttlMs, minVersion: cur?.version ?? 0, maxBytes: policy.maxBytes, label: 'Session' })
     rt.metrics.conflicts += res.conflicts
     if (!res.written || res.value === undefined) {
@@ -318,4 +323,13 @@ export class SessionState implements HandoffSession {
     this.reset()
     return new SessionEndedError()
   }
+}
+
+/** What `describe` gave, as stored: strings only, bounded; undefined when it gave nothing usable. */
+function deviceOf (d: SessionDescription | undefined): StoredDevice | undefined {
+  if (!isObject(d)) return undefined
+  const m: { a?: string, i?: string } = {}
+  if (typeof d.userAgent === 'string' && d.userAgent !== '') m.a = d.userAgent.slice(0, 256)
+  if (typeof d.address === 'string' && d.address !== '') m.i = d.address.slice(0, 64)
+  return m.a === undefined && m.i === undefined ? undefined : m
 }

@@ -108,3 +108,40 @@ export interface SessionPolicy {
 export interface DebugLogger {
   debug: (obj: object, msg?: string) => void
 }
+
+/**
+ * What the `describe` option records about the device a session is used from, when the session is created or
+ * signed in. Strings only; user agents are cut at 256 characters, addresses at 64.
+ */
+export interface SessionDescription {
+  userAgent?: string
+  address?: string
+}
+
+/** One of a user's live sessions ("your devices"). */
+export interface SessionInfo {
+  /**
+   * A handle naming this session for `destroy(userId, handle)`: a one-way hash of the session id, never the id
+   * itself (the id is the bearer secret the HttpOnly cookie protects; a handle can be shown in a page).
+   */
+  handle: string
+  /** When the session was created (the login), ms since the epoch. */
+  createdAt: number
+  /**
+   * When the session was last used, ms since the epoch: known to within the lazy refresh (refreshAfter x
+   * idleTimeoutMs); in the last idleTimeoutMs before the absolute timeout, its last write.
+   */
+  lastSeenAt: number
+  /** When it ends unless used again (idle timeout, capped by the absolute one), ms since the epoch. */
+  expiresAt: number
+  /** As `describe` recorded it; absent when it recorded none. */
+  userAgent?: string
+  address?: string
+  /** True for the session named by `list`'s `current` option (the request's own: request.session.id). */
+  current: boolean
+}
+
+export interface ListSessionsOptions {
+  /** The session id to mark `current: true` (pass request.session.id). */
+  current?: string
+}

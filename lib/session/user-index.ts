@@ -69,7 +69,7 @@ export class UserIndex {
   }
 
   async destroyAllFor (userId: string, opts: DestroyAllOptions = {}): Promise<number> {
-    if (typeof userId !== 'string' || userId === '') throw new InvalidOptionError('userId', 'must be a non-empty string')
+    assertUserId(userId)
     const victims = new Set<string>()
     // Every key of the ring: entries made before a rotation are still in the older index.
     for (const { entries } of this.byKey) {
@@ -90,4 +90,25 @@ export class UserIndex {
     this.metrics.destroyed += victims.size
     return victims.size
   }
+
+  /** The user's session ids, from every ring key's index, whose absolute deadline has not passed: no scan. */
+  async ids (userId: string): Promise<string[]> {
+    assertUserId(userId)
+    const now = Date.now()
+    const found = new Set<string>()
+    const indexes = await Promise.all(this.byKey.map(async ({ entries }) => await entries.get(userId)))
+    for (const idx of indexes) {
+      for (const [id, deadline] of Object.entries(idx?.value.s ?? {})) if (deadline > now) found.add(id)
+    }
+    return [...found]
+  }
+
+  /** Take `sid` out of the user's index under every ring key (it may be in an older one). */
+  async remove (userId: string, sid: string): Promise<void> {
+    await Promise.all(this.byKey.map(async ({ id }) => { await this.unregister(userId, sid, id) }))
+  }
+}
+
+export function assertUserId (userId: unknown): asserts userId is string {
+  if (typeof userId !== 'string' || userId === '') throw new InvalidOptionError('userId', 'must be a non-empty string')
 }

@@ -449,6 +449,75 @@ t.test('logout everywhere: every session of the user, on every instance, and nob
   t.match(keys, /user-sessions/)
 })
 
+interface Device { handle: string, createdAt: number, lastSeenAt: number, expiresAt: number, userAgent?: string, address?: string, current: boolean }
+
+async function devices (app: App, cookie: string): Promise<Device[]> {
+  return (await call(app, 'GET', '/devices', cookie)).json<{ sessions: Device[] }>().sessions
+}
+
+t.test('your devices: list and end one of a user\'s sessions from any instance, through the per-user index (no SCAN)', async t => {
+  const prefix = freshPrefix()
+  const session: AuthSessionOptions = { describe: (request) => ({ userAgent: request.headers['user-agent'], address: request.ip }) }
+  const a = await instance(t, { prefix, name: 'A', session })
+  const b = await instance(t, { prefix, name: 'B', session })
+  const loginFrom = async (app: App, user: string, userAgent: string): Promise<string> => {
+    const res = await app.inject({ method: 'POST', url: '/login', headers: { 'user-agent': userAgent }, payload: { user } })
+    return setCookieOf(res) as string
+  }
+  const started = Date.now()
+  const firefox = await loginFrom(a, 'alice@example.com', 'Firefox/140')
+  const chrome = await loginFrom(b, 'alice@example.com', 'Chrome/139')
+  const bob = await loginFrom(a, 'bob', 'Safari/18')
+  const ids = await Promise.all([me(a, firefox), me(a, chrome)]).then(ms => ms.map(m => m.id as string))
+
+  const before = commandStats()
+  const onA = await devices(a, firefox)
+  t.same(onA.map(d => d.userAgent).sort(), ['Chrome/139', 'Firefox/140'], 'both of alice\'s sessions, bob\'s not')
+  t.same(onA.map(d => d.address), ['127.0.0.1', '127.0.0.1'], 'with the address describe() recorded')
+  t.same(onA.filter(d => d.current).map(d => d.userAgent), ['Firefox/140'], 'the asking session is marked current')
+  for (const d of onA) {
+    t.ok(d.createdAt >= started && d.createdAt <= d.lastSeenAt && d.lastSeenAt <= Date.now(), 'created <= last seen <= now')
+    t.ok(d.expiresAt > Date.now(), 'expires in the future')
+    t.match(d.handle, /^[A-Za-z0-9_-]{24}$/)
+    for (const id of ids) t.notOk(d.handle.includes(id) || id.includes(d.handle), 'a handle is not the session id')
+  }
+  const onB = await devices(b, chrome)
+  t.same(onB.map(d => d.handle).sort(), onA.map(d => d.handle).sort(), 'the other instance lists the same sessions')
+  t.same(onB.filter(d => d.current).map(d => d.userAgent), ['Chrome/139'])
+  t.equal(commandsSince(before).scan, undefined, 'no SCAN: the per-user index names the sessions')
+
+  // "Sign out that device": Chrome, on B, ended from Firefox, on A.
+  const chromeHandle = (onA.find(d => d.userAgent === 'Chrome/139') as Device).handle
+  t.same((await call(a, 'POST', '/devices/end', firefox, { handle: chromeHandle })).json(), { ended: true })
+  await eventually(t, 'the ended session is signed out on the instance that holds it', async () => (await me(b, chrome)).user === null)
+  t.equal((await me(a, chrome)).user, null, 'and on this one')
+  t.same((await devices(b, firefox)).map(d => d.userAgent), ['Firefox/140'], 'no longer listed, on either instance')
+  t.same((await call(a, 'POST', '/devices/end', firefox, { handle: chromeHandle })).json(), { ended: false }, 'ending it again: nothing to end')
+  const bobHandle = (await devices(a, bob))[0]?.handle as string
+  t.same((await call(a, 'POST', '/devices/end', firefox, { handle: bobHandle })).json(), { ended: false }, 'another user\'s handle ends nothing')
+  t.equal((await me(b, bob)).user?.id, 'bob')
+  t.equal((await me(b, firefox)).user?.id, 'alice@example.com', 'the asking session is untouched')
+  t.equal(redis.cli('HEXISTS', a.handoff.store.key(ids[1] as string, 'session'), 'd'), '0', 'the ended session is a tombstone in Redis')
+})
+
+t.test('your devices: an expired session is not listed; by default nothing about the device is recorded', async t => {
+  const prefix = freshPrefix()
+  const session: AuthSessionOptions = { idleTimeoutMs: 1000, absoluteTimeoutMs: 60_000 }
+  const a = await instance(t, { prefix, name: 'A', session })
+  const b = await instance(t, { prefix, name: 'B', session })
+  const short = await login(a, 'carol')
+  const listed = await b.handoffSessions.list('carol')
+  t.equal(listed.length, 1, 'listed on the other instance')
+  t.same(Object.keys(listed[0] as object).sort(), ['createdAt', 'current', 'expiresAt', 'handle', 'lastSeenAt'],
+    'no describe option: no user agent, no address')
+  t.equal(listed[0]?.current, false)
+  const gone = await waitFor(async () => (await b.handoffSessions.list('carol')).length === 0, { timeoutMs: 10_000, intervalMs: 100 })
+  t.ok(gone, 'once idle past its timeout, it is not listed')
+  t.equal((await me(a, short)).user, null, 'and it is over')
+  await t.rejects(b.handoffSessions.list(''), { code: 'FST_HANDOFF_INVALID_OPTION' })
+  await t.rejects(b.handoffSessions.destroy('carol', ''), { code: 'FST_HANDOFF_INVALID_OPTION' })
+})
+
 t.test('maxSessionsPerUser: a login beyond the cap ends the oldest session of that user', async t => {
   const app = await instance(t, { prefix: freshPrefix(), session: { maxSessionsPerUser: 2 } })
   // Distinct creation times, so that "oldest" is well defined: each login waits for the clock to move on.
