@@ -62,6 +62,26 @@ export async function typeTests (): Promise<void> {
   // @ts-expect-error the mutate must return a Counter
   await store.update(store.key('id', 'counter'), () => ({ m: 1 }))
   use(value, e)
+
+  // Typed collections: ids in, parsed values out.
+  const counters = store.collection<Counter>('counter', { parse: (v) => ({ n: (v as Counter).n }) })
+  const c: Counter | undefined = (await counters.get('id'))?.value
+  await counters.update('id', cur => ({ n: (cur?.n ?? 0) + 1 }))
+  // @ts-expect-error the mutate must return a Counter
+  await counters.update('id', () => ({ m: 1 }))
+  use(c)
+}
+
+// "Your devices": list and end a user's sessions; describe records what the application chooses.
+export async function devicesTypeTests (): Promise<void> {
+  const app = Fastify()
+  await app.register(authSession, { describe: (request) => ({ userAgent: request.headers['user-agent'], address: request.ip }) })
+  // @ts-expect-error describe returns strings
+  await app.register(authSession, { describe: () => ({ userAgent: 1 }) })
+  const listed = await app.handoffSessions.list('user-1', { current: 'sid' })
+  const lastSeen: number = listed[0]?.lastSeenAt ?? 0
+  const ended: boolean = await app.handoffSessions.destroy('user-1', listed[0]?.handle ?? '')
+  use(lastSeen, ended)
 }
 
 // The TLS building blocks docs/tls-sessions.md lists as exported are reachable from the package's entries.
