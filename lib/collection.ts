@@ -93,7 +93,9 @@ export class Collection<T> {
   private entry (key: string, e: StoreEntry<unknown> | undefined): StoreEntry<T> | undefined {
     if (e === undefined) return undefined
     const value = this.parsed(key, e.value)
-    return value === undefined ? undefined : { ...e, value }
+    if (value === undefined) return undefined
+    // A parse that checks and returns the stored value itself (the usual case) costs no copy of the entry.
+    return value === e.value ? e as StoreEntry<T> : { ...e, value }
   }
 
   private parsed (key: string, value: unknown): T | undefined {
