@@ -1,3 +1,4 @@
+import { Collection, type CollectionOptions } from './collection.js'
 import { LocalTier, type LocalTierCounters } from './local-tier.js'
 import { ConflictError, DurabilityError, InvalidOptionError, intOption, TooLargeError, isHandoffError } from './errors.js'
 import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfKey } from './partitions.js'
@@ -323,6 +324,14 @@ export class TieredStore<T = unknown> {
   /** The full key of `id` (server-generated, random) for `kind`; all kinds of one id share a partition. */
   key (id: string, kind: string): string {
     return entryKey(this.prefix, partitionOf(id, this.partitions), id, kind)
+  }
+
+  /**
+   * One kind of value, typed: `get`/`update`/`delete`/`take`/`touch` by id, values checked by `parse` (a value that
+   * does not parse is handled as a corrupt entry: absent, counted, logged). See lib/collection.ts.
+   */
+  collection<V> (kind: string, opts: CollectionOptions<V>): Collection<V> {
+    return new Collection<V>(this as TieredStore<unknown>, kind, opts, (key, err) => { this.corrupt(key, err) })
   }
 
   /**
