@@ -358,6 +358,8 @@ export class Carts<R> {
     this.checkouts = store.collection('checkout', { parse: parseCheckoutEntry })
     this.lost = store.collection('checkoutlost', { parse: parseLostMark })
     this.legacy = new LegacyNames(cfg.ring)
+    // Long-lived: what is read while a rotation overlaps must still open after the old key is dropped.
+    store.resealOnRead('cart', 'order', 'checkout', 'checkoutlost')
     this.durable = cfg.orderDurability === undefined ? {} : { durability: cfg.orderDurability }
   }
 

@@ -220,6 +220,7 @@ export class TieredStore<T = unknown> {
   private corruptLoggedAt = Number.NEGATIVE_INFINITY
   private corruptSuppressed = 0
   private observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined
+  private readonly resealKinds = new Set<string>()
 
   constructor (opts: TieredStoreOptions) {
     if (opts === null || typeof opts !== 'object' || opts.repository === undefined) {
@@ -296,6 +297,15 @@ export class TieredStore<T = unknown> {
       throw new InvalidOptionError(name, `the ${this.repository.kind} repository has no replicas to wait for`)
     }
     return checked
+  }
+
+  /**
+   * Entries of these kinds are re-sealed under the newest key of the ring when a read finds them sealed with an older
+   * one (one compare-and-set write, only while the ring holds more than one key; counted in `resealed`). For
+   * long-lived kinds (carts, orders) that cannot simply wait out their TTL before the old key is dropped.
+   */
+  resealOnRead (...kinds: string[]): void {
+    for (const k of kinds) this.resealKinds.add(k)
   }
 
   /** The local tier's invalidation listener, when coherence is on (benchmarks hook into it). */
@@ -613,12 +623,13 @@ export class TieredStore<T = unknown> {
   }
 
   /**
-   * An entry sealed with an older key of the ring is written back, unchanged, under the newest (compare-and-set on
-   * its version), so that what is read while a rotation overlaps ([k2, k1]) still opens once the old key is dropped.
-   * Best effort: a lost race or a failed write leaves the entry as it was (the next read tries again).
+   * An entry of a kind registered with resealOnRead, sealed with an older key of the ring, is written back unchanged
+   * under the newest (compare-and-set on its version), so that what is read while a rotation overlaps ([k2, k1])
+   * still opens once the old key is dropped. Best effort: a lost race or a failed write leaves the entry as it was.
    */
   private async resealIfOld (key: string, stored: StoredEntry, value: T): Promise<StoredEntry> {
-    if (stored.value === null || this.keyRing.ids.length < 2 || this.sealer.openedWith(stored.value) === this.keyRing.ids[0]) return stored
+    if (stored.value === null || this.keyRing.ids.length < 2 || !this.resealKinds.has(key.slice(key.lastIndexOf(':') + 1))) return stored
+    if (this.sealer.openedWith(stored.value) === this.keyRing.ids[0]) return stored
     const ttlMs = Math.floor(stored.expiresAt - this.now())
     if (ttlMs < 1) return stored
     const sealed = sealEntry(this.sealer, key, stored.version + 1, Buffer.from(JSON.stringify(value)))

@@ -180,14 +180,14 @@ class RequestCart implements HandoffCart {
 
   constructor (private readonly carts: Carts<FastifyRequest>, private readonly validate: Validators, request: FastifyRequest, reply: FastifyReply,
     cookie: ResolvedCookie, signer: Signer, cartTtlMs: number) {
-    const session = request.session
+    // request.session is read when used, never here: routes without a session (config.handoffSession: false) pass here too.
     const { name, domain, partitioned, ...attributes } = cookie
     this.rq = {
       request,
-      userId: () => session.user?.id,
-      guestId: () => { const v = session.get(CART_FIELD); return typeof v === 'string' ? v : undefined },
-      setGuestId: id => { session.set(CART_FIELD, id) },
-      forgetGuestId: () => { session.delete(CART_FIELD) },
+      userId: () => request.session.user?.id,
+      guestId: () => { const v = request.session.get(CART_FIELD); return typeof v === 'string' ? v : undefined },
+      setGuestId: id => { request.session.set(CART_FIELD, id) },
+      forgetGuestId: () => { request.session.delete(CART_FIELD) },
       anchor: () => {
         const raw = request.cookies?.[name]
         if (raw === undefined) return undefined
