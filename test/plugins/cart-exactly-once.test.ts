@@ -3,12 +3,14 @@
  * public API with real redis-servers: the key ring rotated as the README says ([k1] -> [k2, k1] -> [k2]), Redis
  * killed right after the provider charged and restarted empty, and a guest "add" in flight while the user signs in.
  */
+import { createHmac } from 'node:crypto'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 import { waitFor } from '../helpers/wait-for.js'
 import { Browser, RecordingProvider, startShop, type InjectResult } from '../helpers/cart-shop.js'
 import type { LostCheckout } from '../../plugins/cart.js'
+import { DEFAULT_CART_LIMITS, applyChange, emptyCart } from '../../lib/cart.js'
 
 const K1 = { id: 'k1', secret: 'the-first-secret-of-this-cluster-32-bytes-or-more' }
 const K2 = { id: 'k2', secret: 'the-second-secret-of-this-cluster-32-bytes-or-more' }
@@ -165,4 +167,53 @@ t.test('a guest "add" held in flight while the guest signs in is merged into the
   else t.match(res.json(), { statusCode: 409, code: 'FST_HANDOFF_CART_MOVED' }, 'refused with a clear error')
   t.equal(res.statusCode, 200, 'this plugin forwards it rather than refusing')
   t.equal(app.handoffCart.metrics.changesForwarded, 1)
+})
+
+t.test('migration: a cart and an order stored under names derived from the oldest secret (before stable names) stay reachable', async t => {
+  const app = await startShop({ redisUrl: redis.url, secret: [K2, K1], provider: new RecordingProvider() })
+  t.teardown(async () => await app.close())
+  const store = app.handoff.store
+  // What the previous version wrote: names from HMAC(deriveOldest('cart-owner' | 'order-id'), ...), here k1's.
+  const hmac = (key: Buffer, ...parts: string[]): string => {
+    const h = createHmac('sha256', key)
+    for (const p of parts) h.update(p).update('\n')
+    return h.digest('hex')
+  }
+  const ownerKey = app.handoff.keyRing.deriveOldest('cart-owner')
+  const oldOwner = `u${hmac(ownerKey, 'user', 'olga').slice(0, 40)}`
+  const oldOrderId = `ord_${hmac(app.handoff.keyRing.deriveOldest('order-id'), oldOwner, 'old-key-0001').slice(0, 24)}`
+  const now = Date.now()
+  const cartValue = applyChange(emptyCart(now), { op: 'add', item: { sku: 'KEPT', quantity: 2, unitPrice: 500, currency: 'EUR' } }, ownerKey, DEFAULT_CART_LIMITS, now)
+  await store.update(store.key(oldOwner, 'cart'), () => cartValue)
+  await store.update(store.key(oldOrderId, 'order'), () => ({
+    orderId: oldOrderId,
+    idempotencyKey: 'old-key-0001',
+    status: 'placed',
+    items: [],
+    details: {},
+    payment: { brand: 'visa', last4: '4242' },
+    amount: 700,
+    currency: 'EUR',
+    chargeId: 'ch_old',
+    digest: 'd',
+    placedAt: now,
+    ownerTag: hmac(ownerKey, 'order-owner', oldOwner).slice(0, 24),
+    delivered: true
+  }))
+  const b = new Browser(app)
+  await b.call('POST', '/login', { user: 'olga' })
+  t.same((await b.call('GET', '/cart')).json().items.map((i: { sku: string, quantity: number }) => [i.sku, i.quantity]), [['KEPT', 2]], 'the cart moved')
+  t.equal(await store.get(store.key(oldOwner, 'cart')), undefined, 'and is gone from the old name')
+  t.equal((await b.call('GET', `/orders/${oldOrderId}`)).statusCode, 200, 'the old order is its owner\'s')
+  const retry = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'old-key-0001' })
+  t.match(retry.json(), { status: 'placed', orderId: oldOrderId }, 'a retry of the old checkout finds the old order')
+  t.equal(app.handoffCart.metrics.legacyMoved, 2, 'one cart moved, one order re-tagged')
+  // The order was re-tagged and re-sealed while both keys were in the ring: still the user's at [k2].
+  await app.close()
+  const after = await startShop({ redisUrl: redis.url, secret: [K2], provider: new RecordingProvider() })
+  t.teardown(async () => await after.close())
+  const c = new Browser(after)
+  await c.call('POST', '/login', { user: 'olga' })
+  t.equal((await c.call('GET', `/orders/${oldOrderId}`)).statusCode, 200, 'at [k2] too')
+  t.same((await c.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['KEPT'])
 })
