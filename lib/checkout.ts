@@ -624,7 +624,8 @@ export class Carts<R> {
       digest: record.digest,
       startedAt: record.startedAt
     }
-    const kept = await this.checkouts.update(entry.orderId, cur => cur === undefined ? entry : undefined, { ttlMs: this.cfg.orderTtlMs, ...this.durable })
+    // Found (a retry): with orderDurability it is written again, so that the replicas confirm it before money moves.
+    const kept = await this.checkouts.update(entry.orderId, cur => cur === undefined ? entry : this.rewrite(cur), { ttlMs: this.cfg.orderTtlMs, ...this.durable })
     return await this.charge(rq, owner, kept.value ?? entry, true)
   }
 
@@ -736,9 +737,16 @@ export class Carts<R> {
       ownerTag: ownerTagFor(this.owner(rq, false)?.name ?? owner.name),
       delivered: this.cfg.onOrderPlaced === undefined
     }
-    const created = await this.orders.update(orderId, cur => cur === undefined ? order : undefined, { ttlMs: this.cfg.orderTtlMs, ...this.durable })
-    if (created.written) this.metrics.ordersPlaced++
+    let fresh = false
+    const created = await this.orders.update(orderId, cur => { fresh = cur === undefined; return cur === undefined ? order : this.rewrite(cur) },
+      { ttlMs: this.cfg.orderTtlMs, ...this.durable })
+    if (fresh && created.written) this.metrics.ordersPlaced++
     return await this.finish(rq, owner, created.value ?? order)
+  }
+
+  /** An entry found already is written again only to have the replicas confirm it (orderDurability). */
+  private rewrite<T> (cur: T): T | undefined {
+    return this.durable.durability === undefined ? undefined : cur
   }
 
   /** Delivers the order (until that succeeded once), empties the cart it came from, and answers. */
