@@ -217,3 +217,18 @@ t.test('migration: a cart and an order stored under names derived from the oldes
   t.equal((await c.call('GET', `/orders/${oldOrderId}`)).statusCode, 200, 'at [k2] too')
   t.same((await c.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['KEPT'])
 })
+
+t.test('a guest add that finds its cart deleted (tombstone: merged by a version without forwarding marks) is refused, not recreated', async t => {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider: new RecordingProvider() })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  t.equal((await b.call('POST', '/items', { sku: 'GUEST' })).statusCode, 200)
+  const [cartKey] = own.cli('KEYS', '*:cart').trim().split('\n')
+  await app.handoff.store.delete(cartKey as string)
+  const res = await b.call('POST', '/items', { sku: 'AFTER' })
+  t.equal(res.statusCode, 409)
+  t.equal(res.json().code, 'FST_HANDOFF_CART_MOVED')
+  t.equal(await app.handoff.store.get(cartKey as string), undefined, 'the deleted cart was not brought back')
+})
