@@ -560,6 +560,13 @@ export class Carts<R> {
     const found = await this.load(owner)
     const cart = found?.value
     const anchor = this.readAnchor(rq, owner)
+    if (fromAnchor) {
+      // Not signed in (any more): the anchor only lets a retry finish or recover what this key started, never start a
+      // checkout of a cart this request does not own now (a shared computer after sign-out).
+      const recovered = await this.recover(rq, owner, idempotencyKey, orderId, cart === undefined && (anchor?.seq ?? 0) > 0)
+      if (recovered !== undefined) return recovered
+      throw new BadInputError('this session has no cart to check out (sign in again)')
+    }
     if (cart?.checkout?.idempotencyKey !== idempotencyKey) {
       // No trace of this key in the cart. If the cart is gone or is not what this client last saw, the store may have
       // lost this checkout after the provider charged: recover it before anything else.

@@ -232,3 +232,18 @@ t.test('a guest add that finds its cart deleted (tombstone: merged by a version 
   t.equal(res.json().code, 'FST_HANDOFF_CART_MOVED')
   t.equal(await app.handoff.store.get(cartKey as string), undefined, 'the deleted cart was not brought back')
 })
+
+t.test('after sign-out, the cart cookie left in the browser cannot start a checkout of the user\'s cart', async t => {
+  const provider = new RecordingProvider()
+  const app = await startShop({ redisUrl: redis.url, secret: [K1], provider })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await b.call('POST', '/login', { user: 'sam' })
+  await readyToPay(b, 'SHARED-PC')
+  // The session ends (signed out elsewhere, expired); the anchor cookie stays in this browser.
+  b.jar.delete('handoff.sid')
+  const res = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'shared-pc-key' })
+  t.equal(res.statusCode, 400)
+  t.match(res.json().message, /sign in again/)
+  t.equal(provider.calls, 0, 'nothing charged')
+})
