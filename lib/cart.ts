@@ -76,6 +76,11 @@ export interface StoredCart {
   checkout?: CheckoutRecord
   /** Anonymous carts merged into this one: id -> seq merged, so a merge retried after a crash counts once. */
   merged?: Record<string, number>
+  /**
+   * Set on a guest cart merged at sign-in: the user's cart name. A guest change still in flight then goes to the
+   * user's cart instead of a cart nobody reads any more.
+   */
+  movedTo?: string
   createdAt: number
   updatedAt: number
 }
@@ -97,6 +102,11 @@ export interface Order {
   ownerTag: string
   /** True once `onOrderPlaced` returned without error: until then every retry of the checkout calls it again. */
   delivered: boolean
+  /**
+   * True for an order rebuilt from the provider's charge (`provider.lookup`) after the store lost the checkout: its
+   * items, details and payment display fields are unknown (empty), amount, currency and chargeId are the charge's.
+   */
+  recovered?: boolean
 }
 
 export interface CartLimits {

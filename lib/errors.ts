@@ -75,6 +75,29 @@ export const SessionDisabledError = createError<'FST_HANDOFF_SESSION_DISABLED', 
   500
 )
 
+/** The payment provider declined (exported for applications that answer a decline as an error; checkout() reports it as status 'failed'). */
+export const PaymentDeclinedError = createError<'FST_HANDOFF_PAYMENT_DECLINED', 402, [string]>(
+  'FST_HANDOFF_PAYMENT_DECLINED', 'Payment declined: %s', 402)
+
+/** The provider did not answer the charge (or its lookup): retry with the same Idempotency-Key. */
+export const PaymentPendingError = createError<'FST_HANDOFF_PAYMENT_PENDING', 503, [string]>(
+  'FST_HANDOFF_PAYMENT_PENDING', 'The payment did not complete (%s): retry with the same Idempotency-Key; you will be charged at most once', 503)
+
+/** checkout() without a payment provider. */
+export const NoProviderError = createError<'FST_HANDOFF_NO_PROVIDER', 500, []>(
+  'FST_HANDOFF_NO_PROVIDER', 'No payment provider configured (option "provider")', 500)
+
+/**
+ * The store lost the records of this checkout (e.g. Redis restarted empty after the provider charged) and the order
+ * could not be recovered from the provider: the application was told (`onCheckoutLost`). Never "the cart is empty".
+ */
+export const CheckoutLostError = createError<'FST_HANDOFF_CHECKOUT_LOST', 409, [string]>(
+  'FST_HANDOFF_CHECKOUT_LOST', 'The store lost this checkout: %s', 409)
+
+/** A guest cart change arrived after the cart was merged into the user's at sign-in and removed: nothing was changed. */
+export const CartMovedError = createError<'FST_HANDOFF_CART_MOVED', 409, []>(
+  'FST_HANDOFF_CART_MOVED', 'The cart was merged into your account at sign-in while this request ran; nothing was changed: retry', 409)
+
 export function isHandoffError (err: unknown, code?: string): err is Error & { code: string, statusCode?: number } {
   if (err === null || typeof err !== 'object') return false
   const c = (err as { code?: unknown }).code

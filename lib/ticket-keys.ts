@@ -479,7 +479,8 @@ export interface TieredTicketKeyStoreOptions {
   /**
    * Part of every key's id, separating clusters that share one Redis and prefix but not their secret: without it,
    * whichever cluster created an epoch's key first would leave the other unable to use it. Not secret. Default: the
-   * id of the oldest secret of the store's key ring (stable while a newer secret is put in front).
+   * id of the oldest secret of the store's key ring (stable while a newer secret is put in front, not when the oldest
+   * is dropped: the tls-sessions plugin passes the namespace the cluster stored when it first started instead).
    */
   namespace?: string
   /** Clock for `createdAt` (kept with the key for operators: when and by whose clock it was made). Default: Date.now. */
@@ -511,6 +512,10 @@ export class TieredTicketKeyStore implements TicketKeyStore {
   }
 
   async obtain (epoch: number, ttlMs: number): Promise<Buffer | undefined> {
+    // Read first, from the repository (a local copy may outlive a retirement): a read re-seals a key sealed with an
+    // older secret of the ring (the tls-sessions plugin registers the kind), so it still opens once that is dropped.
+    const seen = asStoredKey((await this.store.get(this.keyOf(epoch), { minVersion: Number.MAX_SAFE_INTEGER }))?.value, epoch)
+    if (seen !== undefined) return decodeKey(seen, false)?.key
     let fresh: Buffer | undefined
     const res = await this.store.update(this.keyOf(epoch), (current, info) => {
       // Present: use it, write nothing (returning it would rewrite it, bumping its version and TTL).

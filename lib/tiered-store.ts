@@ -53,6 +53,11 @@ export interface UpdateOptions {
   maxBytes?: number
   /** What the value is, for the FST_HANDOFF_TOO_LARGE message ("Session", "Cart"). Default: 'Stored value'. */
   label?: string
+  /**
+   * Replicas to wait for before this write counts as done, instead of the store's `durability` (e.g. orders waited
+   * for even when sessions are not). `false`: do not wait. Default: the store's.
+   */
+  durability?: Durability | false
 }
 
 export interface UpdateResult<T> {
@@ -158,6 +163,8 @@ export interface StoreCounters extends LocalTierCounters {
   deletes: number
   touches: number
   durabilityFailures: number
+  /** Entries read while sealed with an older key of the ring, rewritten under the newest (see get). */
+  resealed: number
 }
 
 function deepFreeze<T> (v: T): T {
@@ -213,6 +220,7 @@ export class TieredStore<T = unknown> {
   private corruptLoggedAt = Number.NEGATIVE_INFINITY
   private corruptSuppressed = 0
   private observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined
+  private readonly resealKinds = new Set<string>()
 
   constructor (opts: TieredStoreOptions) {
     if (opts === null || typeof opts !== 'object' || opts.repository === undefined) {
@@ -235,13 +243,7 @@ export class TieredStore<T = unknown> {
     this.maxAttempts = intOption('maxAttempts', opts.maxAttempts, 64, 1)
     this.maxValueBytes = intOption('maxValueBytes', opts.maxValueBytes, 1024 * 1024, 1)
     this.maxDegradedMs = intOption('maxDegradedMs', opts.maxDegradedMs, 30_000, 0)
-    if (opts.durability !== undefined) {
-      const replicas = intOption('durability.replicas', opts.durability.replicas, 1, 1)
-      this.durability = { replicas, timeoutMs: intOption('durability.timeoutMs', opts.durability.timeoutMs, 100, 1) }
-      if (this.repository.waitForReplicas === undefined) {
-        throw new InvalidOptionError('durability', `the ${this.repository.kind} repository has no replicas to wait for`)
-      }
-    }
+    if (opts.durability !== undefined) this.durability = this.checkDurability(opts.durability)
     const leaseMs = coherenceOn
       ? intOption('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250, 1)
       : undefined
@@ -278,8 +280,32 @@ export class TieredStore<T = unknown> {
       takes: 0,
       deletes: 0,
       touches: 0,
-      durabilityFailures: 0
+      durabilityFailures: 0,
+      resealed: 0
     })
+  }
+
+  /**
+   * `durability` with its defaults applied; refused (FST_HANDOFF_INVALID_OPTION naming `name`) when malformed or when
+   * this store's repository has no replicas to wait for. For callers that pass `durability` to update.
+   */
+  checkDurability (durability: Durability, name = 'durability'): Required<Durability> {
+    if (durability === null || typeof durability !== 'object') throw new InvalidOptionError(name, 'must be an object { replicas, timeoutMs? }')
+    const replicas = intOption(`${name}.replicas`, durability.replicas, 1, 1)
+    const checked = { replicas, timeoutMs: intOption(`${name}.timeoutMs`, durability.timeoutMs, 100, 1) }
+    if (this.repository.waitForReplicas === undefined) {
+      throw new InvalidOptionError(name, `the ${this.repository.kind} repository has no replicas to wait for`)
+    }
+    return checked
+  }
+
+  /**
+   * Entries of these kinds are re-sealed under the newest key of the ring when a read finds them sealed with an older
+   * one (one compare-and-set write, only while the ring holds more than one key; counted in `resealed`). For
+   * long-lived kinds (carts, orders) that cannot simply wait out their TTL before the old key is dropped.
+   */
+  resealOnRead (...kinds: string[]): void {
+    for (const k of kinds) this.resealKinds.add(k)
   }
 
   /** The local tier's invalidation listener, when coherence is on (benchmarks hook into it). */
@@ -373,6 +399,7 @@ export class TieredStore<T = unknown> {
       throw err
     }
     const decoded = stored === null ? undefined : this.decode(key, stored)
+    if (stored !== null && decoded !== undefined) stored = await this.resealIfOld(key, stored, decoded)
     this.local.fill(ticket, {
       value: decoded,
       version: stored?.version ?? 0,
@@ -397,6 +424,7 @@ export class TieredStore<T = unknown> {
    */
   async update (key: string, mutate: Mutator<T>, opts?: UpdateOptions): Promise<UpdateResult<T>> {
     const ttlMs = intOption('ttlMs', opts?.ttlMs, this.defaultTtlMs, 1)
+    const durability = opts?.durability === undefined ? this.durability : opts.durability === false ? undefined : this.checkDurability(opts.durability)
     const maxBytes = opts?.maxBytes === undefined ? undefined : intOption('maxBytes', opts.maxBytes, 0, 1)
     const partition = this.partitionOf(key)
     const copy = this.local.get(key, partition, opts?.minVersion ?? 0)
@@ -451,7 +479,7 @@ export class TieredStore<T = unknown> {
         // What every other instance will read: the JSON round trip, frozen (never the caller's own object).
         const frozen = deepFreeze(JSON.parse(json) as T)
         this.local.fill(ticket, { value: frozen, version: res.version, epoch: res.epoch, expiresAt: res.expiresAt, bytes: sealed.length })
-        await this.awaitReplicas(key)
+        await this.awaitReplicas(key, durability)
         return { value: frozen, version: res.version, epoch: res.epoch, written: true, conflicts }
       }
       this.local.release(ticket)
@@ -594,6 +622,27 @@ export class TieredStore<T = unknown> {
     return result
   }
 
+  /**
+   * An entry of a kind registered with resealOnRead, sealed with an older key of the ring, is written back unchanged
+   * under the newest (compare-and-set on its version), so that what is read while a rotation overlaps ([k2, k1])
+   * still opens once the old key is dropped. Best effort: a lost race or a failed write leaves the entry as it was.
+   */
+  private async resealIfOld (key: string, stored: StoredEntry, value: T): Promise<StoredEntry> {
+    if (stored.value === null || this.keyRing.ids.length < 2 || !this.resealKinds.has(key.slice(key.lastIndexOf(':') + 1))) return stored
+    if (this.sealer.openedWith(stored.value) === this.keyRing.ids[0]) return stored
+    const ttlMs = Math.floor(stored.expiresAt - this.now())
+    if (ttlMs < 1) return stored
+    const sealed = sealEntry(this.sealer, key, stored.version + 1, Buffer.from(JSON.stringify(value)))
+    try {
+      const res = await this.call('compareAndSet', async () => await this.repository.compareAndSet(key, stored.version, sealed, ttlMs, stored.epoch))
+      if (!res.ok) return stored
+      this.counters.resealed++
+      return { value: sealed, version: res.version, expiresAt: res.expiresAt, epoch: res.epoch }
+    } catch {
+      return stored
+    }
+  }
+
   private async readBase (key: string): Promise<Base<T>> {
     this.counters.repositoryReads++ // update's reads count as get's do
     return this.stored(key, await this.call('get', async () => await this.repository.get(key)))
@@ -645,8 +694,7 @@ export class TieredStore<T = unknown> {
     }
   }
 
-  private async awaitReplicas (key: string): Promise<void> {
-    const d = this.durability
+  private async awaitReplicas (key: string, d = this.durability): Promise<void> {
     const wait = this.repository.waitForReplicas?.bind(this.repository)
     if (d === undefined || wait === undefined) return
     // Through call(), as every repository call: its latency is observed, and a failure opens the outage state.

@@ -1,7 +1,8 @@
-import { createHash, createHmac, randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import tls, { type TLSSocket } from 'node:tls'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import { clusterTlsNames } from '../lib/cluster-names.js'
 import { InvalidOptionError, intOption } from '../lib/errors.js'
 import { compileOptions, optionPath, type OptionsCheck } from '../lib/options.js'
 import { KeyRing, type SecretInput } from '../lib/seal.js'
@@ -37,8 +38,9 @@ export interface TlsSessionsOptions {
    */
   ticketKeyCheckMs?: number
   /**
-   * The session id context every instance must share, 1 to 32 characters. Default: derived from the cluster secret
-   * (`sessionIdContextFor(secret)`), what `handoffHttpsOptions` puts in the `https` options.
+   * The session id context every instance must share, 1 to 32 characters. Default: the cluster's, stored when it
+   * first started (then `sessionIdContextFor(secret)`, what `handoffHttpsOptions` puts in the `https` options; after a
+   * key rotation the plugin replaces that with the stored one, so a rotation never changes the context).
    */
   sessionIdContext?: string
   /**
@@ -157,11 +159,12 @@ const DEFAULT_SESSION_TIMEOUT_S = 300
 const TLS1_3_VERSION = 0x0304
 
 const SESSION_ID_CONTEXT_PURPOSE = 'tls-session-id-context'
-const SESSION_CACHE_ID_PURPOSE = 'tls-session-cache-id'
+const SESSION_CACHE_ID_NAMESPACE = 'fastify-handoff/v1\ntls-session-cache-id\n'
 
 /**
- * The session id context of a cluster: 32 hex characters derived from its secret (HKDF, own purpose), the same on
- * every instance and different for every cluster. Not secret, but reveals nothing about the secret.
+ * The session id context derived from a key ring: 32 hex characters from its oldest secret (HKDF, own purpose),
+ * different for every cluster. Not secret, but reveals nothing about the secret. The plugin stores the one derived
+ * when the cluster first starts and keeps using it across key rotations (lib/cluster-names.ts).
  */
 export function sessionIdContextFor (secret: SecretInput | KeyRing): string {
   const ring = secret instanceof KeyRing ? secret : new KeyRing(secret)
@@ -302,7 +305,7 @@ interface ServerInternals { sessionIdContext?: unknown, sessionTimeout?: unknown
  * Makes the server's session id context the cluster's: checks it, sets it when the server still has Node's
  * per-process default (and that is allowed), and refuses to go on otherwise.
  */
-function establishSessionIdContext (server: tls.Server, setSecureContext: SetSecureContext, o: Required<TlsSessionsOptions>): 'already-set' | 'applied' {
+function establishSessionIdContext (server: tls.Server, setSecureContext: SetSecureContext, o: Required<TlsSessionsOptions>, derived: string): 'already-set' | 'applied' {
   const internals = server as tls.Server & ServerInternals
   const current = internals.sessionIdContext
   if (current === o.sessionIdContext) return 'already-set'
@@ -311,7 +314,9 @@ function establishSessionIdContext (server: tls.Server, setSecureContext: SetSec
   if (typeof current !== 'string') {
     throw new InvalidOptionError('sessionIdContext', `cannot read the server's TLS session id context, so resumption across instances cannot be verified; ${fix}`)
   }
-  if (current !== nodeDefaultSessionIdContext()) {
+  // handoffHttpsOptions puts the context derived from the ring's oldest secret; after a rotation the cluster's stored
+  // one differs, and replaces it like Node's default.
+  if (current !== nodeDefaultSessionIdContext() && current !== derived) {
     throw new InvalidOptionError('sessionIdContext', 'the server\'s https.sessionIdContext differs from the one this plugin expects ' +
       `(its \`sessionIdContext\` option, by default derived from the cluster secret), so other instances could not resume its sessions; ${fix}`)
   }
@@ -393,8 +398,16 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
   }
   const handoff = fastify.handoff
   const store: TieredStore = handoff.store
-  const o = resolveTlsSessionsOptions(rawOpts ?? {}, handoff.keyRing)
+  const resolved = resolveTlsSessionsOptions(rawOpts ?? {}, handoff.keyRing)
   const log = fastify.log
+  // The context and ticket-key namespace the cluster stored when it first started: a key rotation changes neither.
+  const derivedContext = sessionIdContextFor(handoff.keyRing)
+  const cluster = await clusterTlsNames(store, { sessionIdContext: derivedContext, ticketNamespace: handoff.keyRing.oldestId })
+  if (cluster.source === 'derived') {
+    log.warn('fastify-handoff: the cluster\'s stored TLS names could not be read; using those derived from the oldest secret ' +
+      '(instances started after a key rotation may not resume each other\'s sessions)')
+  }
+  const o: Required<TlsSessionsOptions> = rawOpts?.sessionIdContext === undefined ? { ...resolved, sessionIdContext: cluster.names.sessionIdContext } : resolved
 
   const metrics: TlsSessionMetrics = {
     handshakes: 0,
@@ -423,12 +436,12 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
   // Whatever setSecureContext is in place now (Node's, or someone's wrapper) is what we build on; put back on close.
   const previousDescriptor = Object.getOwnPropertyDescriptor(server, 'setSecureContext')
   const originalSetSecureContext = server.setSecureContext as SetSecureContext
-  const how = establishSessionIdContext(server, originalSetSecureContext, o)
+  const how = establishSessionIdContext(server, originalSetSecureContext, o, derivedContext)
   if (how === 'applied') log.info('fastify-handoff: gave the TLS server the cluster session id context (it had Node\'s per-process default)')
 
   // Ticket keys. Never logged: events carry epochs and reasons only.
   const schedule = new TicketKeySchedule({
-    store: new TieredTicketKeyStore(store),
+    store: new TieredTicketKeyStore(store, { namespace: cluster.names.ticketNamespace }),
     periodMs: o.ticketKeyPeriodMs,
     maxClockSkewMs: o.maxClockSkewMs,
     checkMs: o.ticketKeyCheckMs,
@@ -502,14 +515,14 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
 
   // The TLS 1.2 session cache.
   const pending = new Set<Promise<void>>()
-  let idKey: Buffer | undefined
   let onNewSession: ((id: Buffer, data: Buffer, cb: () => void) => void) | undefined
   let onResumeSession: ((id: Buffer, cb: (err: Error | null, data: Buffer | null) => void) => void) | undefined
   if (o.sessionCache) {
-    // Keyed hash of the id: ids come from clients (resumeSession) and travel in clear under TLS 1.2; neither should
-    // choose or reveal a store key.
-    const hashKey = idKey = handoff.keyRing.deriveOldest(SESSION_CACHE_ID_PURPOSE)
-    const keyOf = (id: Buffer): string => store.key(createHmac('sha256', hashKey).update(id).digest('hex').slice(0, 32), 'tlssession')
+    // Hashed id: ids come from clients (resumeSession) and travel in clear under TLS 1.2; the store key is a digest of
+    // one, under a fixed namespace and no secret, so that a key rotation does not rename the cache.
+    const keyOf = (id: Buffer): string => store.key(createHash('sha256').update(SESSION_CACHE_ID_NAMESPACE).update(id).digest('hex').slice(0, 32), 'tlssession')
+    // Sessions stored before a rotation are re-sealed when resumed during its overlap.
+    store.resealOnRead('tlssession')
     const internals = server as tls.Server & ServerInternals
     const ttlMs = (): number => {
       const s = typeof internals.sessionTimeout === 'number' && internals.sessionTimeout > 0 ? internals.sessionTimeout : DEFAULT_SESSION_TIMEOUT_S
@@ -615,7 +628,6 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     }
     // Write-behinds still in flight: each is bounded by the store's command timeout.
     await Promise.allSettled([...pending])
-    idKey?.fill(0)
   })
 }
 

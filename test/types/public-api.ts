@@ -3,7 +3,7 @@
  * and every other line must compile. Never executed.
  */
 import Fastify from 'fastify'
-import handoff, { handoffStore, authSession, cart, tlsSessions, handoffHttpsOptions, handoffDrain, type HandoffOptions, type HandoffDrainOptions, type CartView, type Order } from '../../plugins/index.js'
+import handoff, { handoffStore, authSession, cart, tlsSessions, handoffHttpsOptions, handoffDrain, type HandoffOptions, type HandoffDrainOptions, type CartView, type Order, type CartOptions, type LostCheckout, CheckoutLostError, CartMovedError } from '../../plugins/index.js'
 import { TieredStore, MemoryRepository, TicketKeySchedule, TieredTicketKeyStore, type StoreEntry } from '../../lib/index.js'
 import { resolveTlsSessionsOptions, TLS_SESSIONS_DEFAULTS } from '../../plugins/index.js'
 import { proxyProtocol, encodeProxyHeaderV2, PROXY_PROTOCOL_DEFAULTS, type ProxyProtocolOptions } from '../../plugins/index.js'
@@ -40,6 +40,19 @@ export async function typeTests (): Promise<void> {
   })
   const order: Order | undefined = await app.handoffCart.getOrder('ord_x')
   use(order)
+  const lost: LostCheckout[] = []
+  const cartOptions: CartOptions = {
+    provider: {
+      charge: async () => ({ status: 'succeeded', chargeId: 'ch_1' }),
+      lookup: async (key: string) => key === '' ? undefined : { chargeId: 'ch_1', amount: 100, currency: 'EUR' }
+    },
+    onCheckoutLost: (l) => { lost.push(l) },
+    orderDurability: { replicas: 1, timeoutMs: 50 }
+  }
+  // @ts-expect-error lookup answers a charge or undefined
+  const badLookup: CartOptions = { provider: { charge: async () => ({ status: 'succeeded', chargeId: 'c' }), lookup: async () => 'ch_1' } }
+  const recovered: boolean | undefined = order?.recovered
+  use(cartOptions, badLookup, recovered, CheckoutLostError, CartMovedError)
 
   const drain: HandoffDrainOptions = { drainMs: 2000, signals: ['SIGTERM'], readinessEndpoint: '/ready', closeTimeoutMs: 5000 }
   await app.register(handoffDrain, drain)

@@ -1,0 +1,249 @@
+/**
+ * Checkout stays exactly-once through what operators do and what Redis does to them (issue 14), driven through the
+ * public API with real redis-servers: the key ring rotated as the README says ([k1] -> [k2, k1] -> [k2]), Redis
+ * killed right after the provider charged and restarted empty, and a guest "add" in flight while the user signs in.
+ */
+import { createHmac } from 'node:crypto'
+import t, { type Test } from 'tap'
+import type { FastifyInstance } from 'fastify'
+import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
+import { waitFor } from '../helpers/wait-for.js'
+import { Browser, RecordingProvider, startShop, type InjectResult } from '../helpers/cart-shop.js'
+import type { LostCheckout } from '../../plugins/cart.js'
+import { DEFAULT_CART_LIMITS, applyChange, emptyCart } from '../../lib/cart.js'
+
+const K1 = { id: 'k1', secret: 'the-first-secret-of-this-cluster-32-bytes-or-more' }
+const K2 = { id: 'k2', secret: 'the-second-secret-of-this-cluster-32-bytes-or-more' }
+
+let redis: RedisHandle
+t.before(async () => { redis = await startRedis({ private: true }) })
+t.teardown(async () => await redis.stop())
+
+async function readyToPay (b: Browser, sku: string): Promise<void> {
+  t.equal((await b.call('POST', '/items', { sku, qty: 2 })).statusCode, 200)
+  t.equal((await b.call('PUT', '/details')).statusCode, 200)
+  t.equal((await b.call('PUT', '/payment')).statusCode, 200)
+}
+
+t.test('key rotation [k1] -> [k2, k1] -> [k2]: the cart and the order stay their owner\'s, a retried checkout charges once', async t => {
+  const provider = new RecordingProvider()
+  const instance = async (secret: Array<typeof K1>): Promise<FastifyInstance> => {
+    const app = await startShop({ redisUrl: redis.url, secret, provider })
+    t.teardown(async () => await app.close())
+    return app
+  }
+  // [k1]: sign in, fill the cart, check out, and start the next cart.
+  let app = await instance([K1])
+  const b = new Browser(app)
+  await b.call('POST', '/login', { user: 'rosa' })
+  await readyToPay(b, 'FIRST')
+  const placed = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'rotation-key-1' })
+  t.match(placed.json(), { status: 'placed', total: 2000 })
+  const orderId = placed.json().orderId as string
+  t.equal((await b.call('POST', '/items', { sku: 'NEXT' })).statusCode, 200)
+  t.equal(provider.charges.size, 1)
+
+  for (const ring of [[K2, K1], [K2]]) {
+    const label = `[${ring.map(k => k.id).join(', ')}]`
+    await app.close()
+    app = await instance(ring)
+    b.app = app
+    // At [k2] the user signs in again on a new device: the cart and order belong to the user, not to a secret.
+    const who = ring.length === 1 ? new Browser(app) : b
+    if (ring.length === 1) await who.call('POST', '/login', { user: 'rosa' })
+    t.equal((await who.call('GET', '/whoami')).json().user, 'rosa', `${label}: signed in`)
+    const items = (await who.call('GET', '/cart')).json().items as Array<{ sku: string }>
+    t.same(items.map(i => i.sku), ['NEXT'], `${label}: the user's cart is intact`)
+    const order = await who.call('GET', `/orders/${orderId}`)
+    t.equal(order.statusCode, 200, `${label}: the user reads the order`)
+    t.match(order.json(), { orderId, amount: 2000, items: [{ sku: 'FIRST', quantity: 2 }] })
+    const retry = await who.call('POST', '/checkout', undefined, { 'idempotency-key': 'rotation-key-1' })
+    t.match(retry.json(), { status: 'placed', orderId }, `${label}: the same Idempotency-Key gives the same order`)
+    t.equal(provider.charges.size, 1, `${label}: still one charge`)
+    t.equal(app.handoffCart.metrics.ordersPlaced, 0, `${label}: no second order placed`)
+  }
+})
+
+/** Checks out with the provider killing Redis right after the money moved; Redis comes back empty. */
+async function chargeThenWipe (t: Test, own: RedisHandle, app: FastifyInstance, b: Browser, provider: RecordingProvider, key: string): Promise<void> {
+  provider.afterCharge = async () => { await own.kill() }
+  const first = await b.call('POST', '/checkout', undefined, { 'idempotency-key': key })
+  t.equal(provider.charges.size, 1, 'the provider charged')
+  t.equal(first.statusCode, 503, 'the order could not be stored')
+  await own.restart()
+  t.equal(own.cli('KEYS', '*').split('\n').filter(k => /:(cart|order|checkout|session)$/.test(k)).length, 0, 'Redis came back empty')
+  await waitFor(async () => (await app.inject({ method: 'GET', url: '/whoami' })).statusCode === 200, { timeoutMs: 10_000, intervalMs: 50 })
+}
+
+/** Retries until an answer other than "store unavailable" (the reconnect); every answer is kept. */
+async function retryCheckout (b: Browser, key: string, answers: InjectResult[]): Promise<InjectResult> {
+  let last: InjectResult | undefined
+  await waitFor(async () => {
+    last = await b.call('POST', '/checkout', undefined, { 'idempotency-key': key })
+    answers.push(last)
+    return last.json().code !== 'FST_HANDOFF_UNAVAILABLE'
+  }, { timeoutMs: 10_000, intervalMs: 50 })
+  return last as InjectResult
+}
+
+function neverEmpty (t: Test, answers: InjectResult[]): void {
+  t.same(answers.filter(a => /empty/.test(a.body) || a.json().code === 'FST_HANDOFF_BAD_INPUT').map(a => a.body), [], 'no retry answered "the cart is empty"')
+}
+
+t.test('Redis restarted empty right after the charge: with provider.lookup the charge is recovered as the order', async t => {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const provider = new RecordingProvider(true)
+  const delivered: Array<{ orderId: string, amount: number, recovered?: boolean }> = []
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, cart: { onOrderPlaced: order => { delivered.push(order) } } })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await b.call('POST', '/login', { user: 'wanda' })
+  await readyToPay(b, 'WIPED')
+  await chargeThenWipe(t, own, app, b, provider, 'wipe-key-lookup')
+  const answers: InjectResult[] = []
+  const recovered = await retryCheckout(b, 'wipe-key-lookup', answers)
+  t.match(recovered.json(), { status: 'placed', total: 2000, currency: 'EUR' }, 'the charge became the order')
+  const again = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'wipe-key-lookup' })
+  t.equal(again.json().orderId, recovered.json().orderId, 'the same order on the next retry')
+  neverEmpty(t, [...answers, again])
+  t.equal(provider.charges.size, 1, 'exactly one charge')
+  t.match(delivered, [{ orderId: recovered.json().orderId, amount: 2000, recovered: true }], 'the application got the order, once')
+  t.equal(delivered.length, 1)
+  t.equal(app.handoffCart.metrics.ordersRecovered, 1)
+  // Signed in again (the session was lost too), the user reads the recovered order.
+  await b.call('POST', '/login', { user: 'wanda' })
+  t.equal((await b.call('GET', `/orders/${recovered.json().orderId as string}`)).statusCode, 200)
+})
+
+t.test('Redis restarted empty right after the charge: without lookup the loss is reported once through onCheckoutLost', async t => {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const provider = new RecordingProvider(false)
+  const lost: LostCheckout[] = []
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await b.call('POST', '/login', { user: 'xena' })
+  await readyToPay(b, 'WIPED')
+  await chargeThenWipe(t, own, app, b, provider, 'wipe-key-hook')
+  const answers: InjectResult[] = []
+  const answer = await retryCheckout(b, 'wipe-key-hook', answers)
+  t.equal(answer.statusCode, 409)
+  t.match(answer.json(), { code: 'FST_HANDOFF_CHECKOUT_LOST', message: /payment may have been taken/ })
+  const [chargeKey] = [...provider.charges.keys()]
+  t.match(lost, [{ idempotencyKey: 'wipe-key-hook', providerKey: chargeKey, owner: { kind: 'user' } }], 'the application was told which charge to reconcile')
+  for (let i = 0; i < 2; i++) answers.push(await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'wipe-key-hook' }))
+  t.same(answers.slice(-2).map(a => a.json().code), ['FST_HANDOFF_CHECKOUT_LOST', 'FST_HANDOFF_CHECKOUT_LOST'], 'later retries say the same')
+  t.equal(lost.length, 1, 'reported once')
+  neverEmpty(t, answers)
+  t.equal(provider.charges.size, 1, 'exactly one charge: no retry charged again')
+  t.equal(provider.calls, 1)
+})
+
+t.test('a guest "add" held in flight while the guest signs in is merged into the user\'s cart, not acknowledged and lost', async t => {
+  let release = (): void => {}
+  let held = false
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const app = await startShop({
+    redisUrl: redis.url,
+    secret: [K1],
+    provider: new RecordingProvider(),
+    hold: async () => { held = true; await gate }
+  })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await b.call('POST', '/items', { sku: 'BEFORE' })
+  // The add starts as the guest (its session read), then waits; its own response's cookies are not kept.
+  const late = app.inject({ method: 'POST', url: '/items-held', payload: { sku: 'LATE' }, headers: { cookie: b.cookieHeader() } })
+  t.ok(await waitFor(() => held), 'the guest add is in flight')
+  await b.call('POST', '/login', { user: 'gina' })
+  t.same((await b.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['BEFORE'], 'signed in: the guest cart merged')
+  release()
+  const res = await late
+  const cart = (await b.call('GET', '/cart')).json()
+  const skus = cart.items.map((i: { sku: string }) => i.sku)
+  if (res.statusCode === 200) t.same(skus.sort(), ['BEFORE', 'LATE'], 'acknowledged: the add is in the user\'s cart')
+  else t.match(res.json(), { statusCode: 409, code: 'FST_HANDOFF_CART_MOVED' }, 'refused with a clear error')
+  t.equal(res.statusCode, 200, 'this plugin forwards it rather than refusing')
+  t.equal(app.handoffCart.metrics.changesForwarded, 1)
+})
+
+t.test('migration: a cart and an order stored under names derived from the oldest secret (before stable names) stay reachable', async t => {
+  const app = await startShop({ redisUrl: redis.url, secret: [K2, K1], provider: new RecordingProvider() })
+  t.teardown(async () => await app.close())
+  const store = app.handoff.store
+  // What the previous version wrote: names from HMAC(deriveOldest('cart-owner' | 'order-id'), ...), here k1's.
+  const hmac = (key: Buffer, ...parts: string[]): string => {
+    const h = createHmac('sha256', key)
+    for (const p of parts) h.update(p).update('\n')
+    return h.digest('hex')
+  }
+  const ownerKey = app.handoff.keyRing.deriveOldest('cart-owner')
+  const oldOwner = `u${hmac(ownerKey, 'user', 'olga').slice(0, 40)}`
+  const oldOrderId = `ord_${hmac(app.handoff.keyRing.deriveOldest('order-id'), oldOwner, 'old-key-0001').slice(0, 24)}`
+  const now = Date.now()
+  const cartValue = applyChange(emptyCart(now), { op: 'add', item: { sku: 'KEPT', quantity: 2, unitPrice: 500, currency: 'EUR' } }, ownerKey, DEFAULT_CART_LIMITS, now)
+  await store.update(store.key(oldOwner, 'cart'), () => cartValue)
+  await store.update(store.key(oldOrderId, 'order'), () => ({
+    orderId: oldOrderId,
+    idempotencyKey: 'old-key-0001',
+    status: 'placed',
+    items: [],
+    details: {},
+    payment: { brand: 'visa', last4: '4242' },
+    amount: 700,
+    currency: 'EUR',
+    chargeId: 'ch_old',
+    digest: 'd',
+    placedAt: now,
+    ownerTag: hmac(ownerKey, 'order-owner', oldOwner).slice(0, 24),
+    delivered: true
+  }))
+  const b = new Browser(app)
+  await b.call('POST', '/login', { user: 'olga' })
+  t.same((await b.call('GET', '/cart')).json().items.map((i: { sku: string, quantity: number }) => [i.sku, i.quantity]), [['KEPT', 2]], 'the cart moved')
+  t.equal(await store.get(store.key(oldOwner, 'cart')), undefined, 'and is gone from the old name')
+  t.equal((await b.call('GET', `/orders/${oldOrderId}`)).statusCode, 200, 'the old order is its owner\'s')
+  const retry = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'old-key-0001' })
+  t.match(retry.json(), { status: 'placed', orderId: oldOrderId }, 'a retry of the old checkout finds the old order')
+  t.equal(app.handoffCart.metrics.legacyMoved, 2, 'one cart moved, one order re-tagged')
+  // The order was re-tagged and re-sealed while both keys were in the ring: still the user's at [k2].
+  await app.close()
+  const after = await startShop({ redisUrl: redis.url, secret: [K2], provider: new RecordingProvider() })
+  t.teardown(async () => await after.close())
+  const c = new Browser(after)
+  await c.call('POST', '/login', { user: 'olga' })
+  t.equal((await c.call('GET', `/orders/${oldOrderId}`)).statusCode, 200, 'at [k2] too')
+  t.same((await c.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['KEPT'])
+})
+
+t.test('a guest add that finds its cart deleted (tombstone: merged by a version without forwarding marks) is refused, not recreated', async t => {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider: new RecordingProvider() })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  t.equal((await b.call('POST', '/items', { sku: 'GUEST' })).statusCode, 200)
+  const [cartKey] = own.cli('KEYS', '*:cart').trim().split('\n')
+  await app.handoff.store.delete(cartKey as string)
+  const res = await b.call('POST', '/items', { sku: 'AFTER' })
+  t.equal(res.statusCode, 409)
+  t.equal(res.json().code, 'FST_HANDOFF_CART_MOVED')
+  t.equal(await app.handoff.store.get(cartKey as string), undefined, 'the deleted cart was not brought back')
+})
+
+t.test('after sign-out, the cart cookie left in the browser cannot start a checkout of the user\'s cart', async t => {
+  const provider = new RecordingProvider()
+  const app = await startShop({ redisUrl: redis.url, secret: [K1], provider })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await b.call('POST', '/login', { user: 'sam' })
+  await readyToPay(b, 'SHARED-PC')
+  // The session ends (signed out elsewhere, expired); the anchor cookie stays in this browser.
+  b.jar.delete('handoff.sid')
+  const res = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'shared-pc-key' })
+  t.equal(res.statusCode, 400)
+  t.match(res.json().message, /sign in again/)
+  t.equal(provider.calls, 0, 'nothing charged')
+})
