@@ -43,6 +43,10 @@ export class RedisSubscriber {
   private pingSentAt = 0
   private witnessInFlight = false
   private witnessCheckedAt = Number.NEGATIVE_INFINITY
+  /** When the newest witness read that was answered was sent: heartbeats prove nothing once it is a lease old. */
+  private witnessConfirmedFrom = Number.NEGATIVE_INFINITY
+  /** A witness read unanswered this long counted as failed already (one count per read). */
+  private witnessLateCounted = false
   private readonly witnessName: string
   private started = false
   private closed = false
@@ -56,6 +60,8 @@ export class RedisSubscriber {
   private subscribeRetries = 0
   private subscribeFailing = false
   private readonly node: string
+  /** The witness value last read; a change means the node lost its data. */
+  private witness: string | undefined
 
   constructor (
     /** A standalone (or Sentinel) connection; the subscriber opens a duplicate of it. */
@@ -187,9 +193,20 @@ export class RedisSubscriber {
     this.checkWitness()
   }
 
-  /** Whether a PING sent at `sentAt` and answered proves that nothing published before it was missed. */
+  /**
+   * Whether a PING sent at `sentAt` and answered proves that nothing published before it was missed and that the
+   * node still holds what it held: sent on a live subscription, and the node's witness read within a lease interval
+   * before it (a witness that cannot be read is a node that cannot say it did not lose its data).
+   */
   private proves (sentAt: number): boolean {
-    return sentAt >= this.subscribedFrom
+    if (sentAt < this.subscribedFrom) return false
+    if (this.listener.onWitness === undefined) return true
+    return sentAt - this.witnessConfirmedFrom <= this.leaseIntervalMs
+  }
+
+  /** The reader's lease, as the scope implies it: witnesses are read twice per lease. */
+  private get leaseIntervalMs (): number {
+    return 2 * (this.scope.witnessIntervalMs ?? this.heartbeatIntervalMs)
   }
 
   /**
@@ -200,19 +217,58 @@ export class RedisSubscriber {
    * any write. It runs on the command connection (a subscribed connection takes no GET); one check at a time.
    */
   private checkWitness (): void {
-    if (this.witnessInFlight || this.listener.onWitness === undefined || this.client.status !== 'ready') return
+    if (this.listener.onWitness === undefined) return
     const now = performance.now()
+    if (this.witnessInFlight) {
+      // Unanswered for a lease: a failure (the lease stops being renewed by itself, see proves()). Given up after
+      // deadAfterMs, so that one lost read cannot stop every later check.
+      const age = now - this.witnessCheckedAt
+      if (age > this.leaseIntervalMs && !this.witnessLateCounted) {
+        this.witnessLateCounted = true
+        this.witnessFailed(`witness read unanswered for ${Math.round(age)} ms`)
+      }
+      if (age > (this.opts.deadAfterMs ?? 3000)) this.witnessInFlight = false
+      return
+    }
+    if (this.client.status !== 'ready') {
+      if (now - this.witnessConfirmedFrom > this.leaseIntervalMs && now - this.witnessCheckedAt >= this.leaseIntervalMs) {
+        this.witnessCheckedAt = now
+        this.witnessFailed(`command connection ${this.client.status}`)
+      }
+      return
+    }
     if (now - this.witnessCheckedAt < (this.scope.witnessIntervalMs ?? 0)) return
     this.witnessCheckedAt = now
     this.witnessInFlight = true
+    this.witnessLateCounted = false
+    const sentAt = now
     const name = this.witnessName
     const report = (value: string): void => {
-      if (!this.closed) this.listener.onWitness?.(name, value, this.opts.partitions)
+      if (this.closed) return
+      const before = this.witness
+      this.witness = value
+      this.listener.onWitness?.(name, value, this.opts.partitions)
+      // The node lost its data, maybe without this connection noticing (restarted behind a proxy that kept it open,
+      // an empty failover the connection survived): it may not be subscribed on the server that answers now. Drop
+      // it; its 'close' resyncs and the reconnect subscribes again.
+      if (before !== undefined && before !== value) this.conn?.disconnect(true)
     }
     this.readWitness(name).then(
-      value => { this.witnessInFlight = false; report(value) },
-      () => { this.witnessInFlight = false }
+      value => {
+        if (this.witnessCheckedAt === sentAt) this.witnessInFlight = false
+        this.witnessConfirmedFrom = Math.max(this.witnessConfirmedFrom, sentAt)
+        report(value)
+      },
+      (err: unknown) => {
+        if (this.witnessCheckedAt !== sentAt) return // given up on already
+        this.witnessInFlight = false
+        if (!this.witnessLateCounted) this.witnessFailed(err instanceof Error ? err.message : String(err))
+      }
     )
+  }
+
+  private witnessFailed (reason: string): void {
+    if (!this.closed) this.listener.onWitnessError?.(this.witnessName, reason, this.opts.partitions)
   }
 
   private async readWitness (name: string): Promise<string> {

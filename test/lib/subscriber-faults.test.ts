@@ -7,6 +7,7 @@ import t, { type Test } from 'tap'
 import { RedisRepository, type RedisRepositoryOptions, type RepositoryEvent } from '../../lib/repository/redis.js'
 import { TieredStore } from '../../lib/tiered-store.js'
 import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
+import { startProxy } from '../helpers/proxy.js'
 import { inc } from '../helpers/staleness.js'
 import { elapse, waitFor } from '../helpers/wait-for.js'
 
@@ -70,4 +71,66 @@ t.test('a re-subscription refused after a reconnect keeps the lease void while P
   t.match(await a.store.get(k), { version: 2, source: 'local' })
   await b.store.update(k, inc)
   t.ok(await waitFor(async () => (await a.store.get(k))?.version === 3, { timeoutMs: 5000 }), 'invalidations arrive again')
+})
+
+t.test('Redis restarted empty behind a proxy that keeps connections open: the witness change re-subscribes', async t => {
+  // Its own server: this test kills and restarts it.
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const proxy = await startProxy(own.port, own.host, { keepClients: true })
+  t.teardown(async () => await proxy.close())
+  // a reaches Redis only through the proxy; b directly (its connections see the restart and reconnect).
+  // Dead-connection detection (an unanswered PING) off: what must re-subscribe here is the witness change.
+  const a = await instance(t, `redis://${own.host}:${proxy.port}`, { subscriberDeadAfterMs: 60_000 })
+  const b = await instance(t, own.url)
+  const k = a.store.key('restarted', 'session')
+  await b.store.update(k, inc)
+  await a.store.get(k)
+  t.match(await a.store.get(k), { version: 1, source: 'local' })
+
+  // Held, not lost: nothing a sends or Redis answers while the server is replaced may vanish in the proxy (a real
+  // proxy that keeps client connections open would not drop bytes silently either; ioredis would then pair replies
+  // with the wrong commands). What a's connections then send reaches the new server.
+  proxy.blackhole()
+  await elapse(100)
+  await own.restart()
+  proxy.restore()
+  t.ok(await waitFor(() => a.store.counters.resets >= 1, { timeoutMs: 10_000 }), 'a saw the witness change: a reset')
+  t.equal(a.store.getLocal(k), undefined, 'its copies of the node were dropped')
+  // Whatever a's subscriber connection was doing, b's writes on the new server must reach it from now on.
+  await b.store.update(k, inc)
+  t.ok(await waitFor(async () => (await a.store.get(k))?.version === 1, { timeoutMs: 5000 }), 'a reads what the new server holds')
+  t.ok(await waitFor(() => a.store.health().localReads, { timeoutMs: 10_000 }), 'the lease is held again')
+  await a.store.get(k)
+  t.match(await a.store.get(k), { version: 1, source: 'local' }, 'a holds a copy of the new value')
+  await b.store.update(k, inc)
+  t.ok(await waitFor(async () => (await a.store.get(k))?.version === 2, { timeoutMs: 5000 }),
+    'the next write\'s invalidation reaches a: its subscriber is subscribed on the restarted server')
+  t.equal(a.store.getLocal(k)?.version ?? 2, 2, 'and no stale copy answers')
+})
+
+t.test('a witness that cannot be read is counted and suspends the lease of that node\'s copies, while PINGs answer', async t => {
+  // Its own ACL user for the command connection (the witness read runs there), so GETEX alone can be refused.
+  redis.cli('ACL', 'SETUSER', 'cmd', 'on', '>cmd-password', '~*', '&*', '+@all')
+  t.teardown(() => { redis.cli('ACL', 'DELUSER', 'cmd') })
+  const a = await instance(t, `redis://cmd:cmd-password@${redis.host}:${redis.port}`)
+  const k = a.store.key('witness-refused', 'session')
+  await a.store.update(k, inc)
+  t.match(await a.store.get(k), { version: 1, source: 'local' })
+  t.equal(a.store.counters.witnessErrors, 0)
+
+  redis.cli('ACL', 'SETUSER', 'cmd', '-getex')
+  t.ok(await waitFor(() => a.store.counters.witnessErrors > 0, { timeoutMs: 5000 }), 'the failed witness read is counted')
+  t.ok(await waitFor(() => !a.store.health().localReads, { timeoutMs: 5000 }), 'the lease lapses although PINGs are answered')
+  await elapse(LEASE * 2)
+  t.equal(a.store.health().localReads, false, 'and stays lapsed while the witness cannot be read')
+  t.equal(a.store.getLocal(k), undefined, 'no copy answers as fresh')
+  t.match(await a.store.get(k), { version: 1, source: 'repository', degraded: false }, 'reads go to Redis, which answers them')
+  const errors = a.store.counters.witnessErrors
+  t.ok(await waitFor(() => a.store.counters.witnessErrors > errors, { timeoutMs: 5000 }), 'every failed read counts')
+
+  redis.cli('ACL', 'SETUSER', 'cmd', '+getex')
+  t.ok(await waitFor(() => a.store.health().localReads, { timeoutMs: 5000 }), 'the lease is held again once the witness reads')
+  await a.store.get(k)
+  t.match(await a.store.get(k), { version: 1, source: 'local' })
 })
