@@ -64,6 +64,13 @@ export class ShardedRepository implements Repository {
     return all.flat()
   }
 
+  /** The id of the node that owns `key`'s partition. */
+  nodeOf (key: string): string {
+    const p = partitionOfKey(key)
+    if (p < 0) throw new InvalidOptionError('key', 'an entry key must contain a {p<n>} partition hash tag')
+    return this.rendezvous.nodeFor(p)
+  }
+
   /** The ids of the nodes whose repository has a breaker open now: only their partitions fail. */
   unavailableNodes (): string[] {
     return this.nodes.filter(n => (n.repository.unavailableNodes?.().length ?? 0) > 0).map(n => n.id)

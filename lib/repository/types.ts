@@ -120,6 +120,11 @@ export interface Repository {
    * commands for the partitions they serve fail at once with FST_HANDOFF_UNAVAILABLE, while the other nodes serve.
    */
   unavailableNodes?: () => string[]
+  /**
+   * Optional: the name of the node a command on `key` goes to now (as `unavailableNodes` names it), so that the store
+   * keeps its outage state per node. Without it, the repository is one node.
+   */
+  nodeOf?: (key: string) => string
   /** Follow the invalidations of every partition of `scope` (the channels named by partitions.ts). */
   subscribe: (scope: SubscriptionScope, listener: InvalidationListener) => Promise<Subscription>
   close: () => Promise<void>
