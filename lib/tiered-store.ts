@@ -343,7 +343,7 @@ export class TieredStore<T = unknown> {
       // lease generation, for as long as the repository was heard from recently enough (maxDegradedMs); past that, an
       // unconfirmed copy is no answer. Looked up now, not before the call: an invalidation may have come meanwhile.
       const known = this.local.peekCurrent(key, partition)
-      if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMs <= this.maxDegradedMs) {
+      if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMsOf(partition) <= this.maxDegradedMs) {
         this.counters.degradedReads++
         return { value: known.value as T, version: known.version, expiresAt: known.expiresAt, source: 'local', degraded: true, epoch: known.epoch }
       }
@@ -520,9 +520,15 @@ export class TieredStore<T = unknown> {
    * coherence: since the newest answered repository call. 0 with the in-process repository.
    */
   get unconfirmedMs (): number {
+    return this.unconfirmedMsOf(undefined)
+  }
+
+  /** unconfirmedMs of the copies of one partition: its node's heartbeats date them, not the other nodes'. */
+  private unconfirmedMsOf (partition: number | undefined): number {
     const now = performance.now()
-    if (this.local.coherent) return Math.max(0, now - this.local.heardAt)
-    return Math.max(0, Math.min(now - this.calls.answeredAt, now - this.local.heardAt))
+    const heardAt = this.local.heardAt(partition)
+    if (this.local.coherent) return Math.max(0, now - heardAt)
+    return Math.max(0, Math.min(now - this.calls.answeredAt, now - heardAt))
   }
 
   /** For health endpoints. (Metrics read the getters each gauge needs.) */

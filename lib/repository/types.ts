@@ -49,9 +49,9 @@ export interface InvalidationListener {
   onResync: (partitions?: readonly number[]) => void
   /**
    * Proof of life: every invalidation published before the heartbeat sent at `sentAt` (performance.now() of this
-   * process) has been delivered.
+   * process) has been delivered, for the listed partitions (the node's that sent it; all when undefined).
    */
-  onHeartbeat?: (sentAt: number) => void
+  onHeartbeat?: (sentAt: number, partitions?: readonly number[]) => void
   /**
    * A node's witness (a marker key minted once with SET NX, checked with every heartbeat) holds `value`. A value
    * other than the last one seen under `name` means that node lost its data: every partition it serves (`partitions`,
