@@ -1,9 +1,14 @@
 import { Collection, type CollectionOptions } from './collection.js'
 import { LocalTier, type LocalTierCounters } from './local-tier.js'
-import { ConflictError, DurabilityError, InvalidOptionError, intOption, TooLargeError, isHandoffError } from './errors.js'
+import { ReplicaWait, type Durability } from './durability.js'
+import { EntryCodec } from './entry-codec.js'
+import { RepositoryCalls, type RepositoryOp } from './repository-calls.js'
+import { ConflictError, InvalidOptionError, intOption, TooLargeError, isHandoffError } from './errors.js'
 import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfKey } from './partitions.js'
 import type { CasResult, Repository, StoredEntry, Subscription } from './repository/types.js'
-import { KeyRing, Sealer, entryLabel, openEntry, sealEntry, type SecretInput } from './seal.js'
+import { KeyRing, entryLabel, type SecretInput } from './seal.js'
+
+export type { Durability } from './durability.js'
 
 /**
  * A JSON value as the store keeps it (the store's type parameter may be any JSON-serializable type). Values handed
@@ -77,13 +82,6 @@ export interface Logger {
   error?: (obj: object, msg?: string) => void
 }
 
-export interface Durability {
-  /** Replicas that must acknowledge a write before update/delete resolve. */
-  replicas: number
-  /** How long to wait for them, ms. Default: 100. */
-  timeoutMs?: number
-}
-
 export interface TieredStoreOptions {
   /** Where entries live: a RedisRepository or the embedded MemoryRepository. */
   repository: Repository
@@ -134,12 +132,17 @@ export interface TieredStoreOptions {
   observe?: (op: RepositoryOp, ms: number, ok: boolean) => void
 }
 
-export type RepositoryOp = 'get' | 'compareAndSet' | 'take' | 'delete' | 'touch' | 'waitForReplicas'
+export type { RepositoryOp } from './repository-calls.js'
 
 export interface StoreHealth {
-  /** 'degraded': the repository failed its last call; writes fail with 503 and known local copies answer. */
+  /** 'degraded': some node of the repository failed its last call; its writes fail with 503 and known local copies answer. */
   status: 'ok' | 'degraded'
   repository: string
+  /**
+   * The nodes ("host:port", a shard's id; the repository kind for a single node) whose last call failed, or whose
+   * breaker is open: only the partitions they serve are unavailable. Empty while every node answers.
+   */
+  unavailableNodes: string[]
   /** Local reads allowed now (the invalidation lease is held, or coherence is off). */
   localReads: boolean
   /** Milliseconds since the newest answered heartbeat was sent (0 without coherence or in-process). */
@@ -165,14 +168,6 @@ export interface StoreCounters extends LocalTierCounters {
   durabilityFailures: number
   /** Entries read while sealed with an older key of the ring, rewritten under the newest (see get). */
   resealed: number
-}
-
-function deepFreeze<T> (v: T): T {
-  if (v !== null && typeof v === 'object' && !Object.isFrozen(v)) {
-    Object.freeze(v)
-    for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k])
-  }
-  return v
 }
 
 /** What an update decides on: the value it gives mutate, and where it came from. */
@@ -203,23 +198,19 @@ export class TieredStore<T = unknown> {
   readonly counters: StoreCounters
   readonly keyRing: KeyRing
   private readonly local: LocalTier
-  private readonly sealer: Sealer
+  private readonly codec: EntryCodec<T>
   private readonly defaultTtlMs: number
   private readonly tombstoneTtlMs: number
   private readonly maxAttempts: number
   private readonly maxValueBytes: number
   private readonly maxDegradedMs: number
-  /** performance.now() of the newest answered repository call. */
-  private answeredAt = Number.NEGATIVE_INFINITY
-  private readonly durability: Required<Durability> | undefined
+  private readonly durability: ReplicaWait | undefined
   private readonly logger: Logger | undefined
   private readonly now: () => number
   private subscription: Subscription | undefined
   private started: Promise<void> | undefined
-  private failing = false
-  private corruptLoggedAt = Number.NEGATIVE_INFINITY
-  private corruptSuppressed = 0
-  private observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined
+  /** The one wrapper of every repository call: timing, error accounting, outage state per node. */
+  private readonly calls: RepositoryCalls
   private readonly resealKinds = new Set<string>()
 
   constructor (opts: TieredStoreOptions) {
@@ -243,14 +234,11 @@ export class TieredStore<T = unknown> {
     this.maxAttempts = intOption('maxAttempts', opts.maxAttempts, 64, 1)
     this.maxValueBytes = intOption('maxValueBytes', opts.maxValueBytes, 1024 * 1024, 1)
     this.maxDegradedMs = intOption('maxDegradedMs', opts.maxDegradedMs, 30_000, 0)
-    if (opts.durability !== undefined) this.durability = this.checkDurability(opts.durability)
     const leaseMs = coherenceOn
       ? intOption('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250, 1)
       : undefined
     this.keyRing = opts.secret instanceof KeyRing ? opts.secret : new KeyRing(opts.secret)
-    this.sealer = new Sealer(this.keyRing, 'entry')
     this.logger = opts.logger
-    this.observe = opts.observe
     this.now = opts.now ?? Date.now
     this.local = new LocalTier({
       partitions: this.partitions,
@@ -283,6 +271,9 @@ export class TieredStore<T = unknown> {
       durabilityFailures: 0,
       resealed: 0
     })
+    this.calls = new RepositoryCalls(this.repository, this.counters, this.logger, opts.observe)
+    this.codec = new EntryCodec<T>(this.keyRing, this.counters, this.logger, this.now)
+    this.durability = this.replicaWait(opts.durability, 'durability')
   }
 
   /**
@@ -290,13 +281,9 @@ export class TieredStore<T = unknown> {
    * this store's repository has no replicas to wait for. For callers that pass `durability` to update.
    */
   checkDurability (durability: Durability, name = 'durability'): Required<Durability> {
-    if (durability === null || typeof durability !== 'object') throw new InvalidOptionError(name, 'must be an object { replicas, timeoutMs? }')
-    const replicas = intOption(`${name}.replicas`, durability.replicas, 1, 1)
-    const checked = { replicas, timeoutMs: intOption(`${name}.timeoutMs`, durability.timeoutMs, 100, 1) }
-    if (this.repository.waitForReplicas === undefined) {
-      throw new InvalidOptionError(name, `the ${this.repository.kind} repository has no replicas to wait for`)
-    }
-    return checked
+    const wait = this.replicaWait(durability, name)
+    if (wait === undefined) throw new InvalidOptionError(name, 'must be an object { replicas, timeoutMs? }')
+    return wait.settings
   }
 
   /**
@@ -306,6 +293,11 @@ export class TieredStore<T = unknown> {
    */
   resealOnRead (...kinds: string[]): void {
     for (const k of kinds) this.resealKinds.add(k)
+  }
+
+  private replicaWait (durability: Durability | undefined, name: string): ReplicaWait | undefined {
+    return ReplicaWait.from(durability, this.repository, this.counters,
+      async (op, key, work) => await this.calls.run(op, key, work), name)
   }
 
   /** The local tier's invalidation listener, when coherence is on (benchmarks hook into it). */
@@ -357,7 +349,7 @@ export class TieredStore<T = unknown> {
    * does not parse is handled as a corrupt entry: absent, counted, logged). See lib/collection.ts.
    */
   collection<V> (kind: string, opts: CollectionOptions<V>): Collection<V> {
-    return new Collection<V>(this as TieredStore<unknown>, kind, opts, (key, err) => { this.corrupt(key, err) })
+    return new Collection<V>(this as TieredStore<unknown>, kind, opts, (key, err) => { this.codec.corrupt(key, err) })
   }
 
   /**
@@ -381,24 +373,24 @@ export class TieredStore<T = unknown> {
     let stored: StoredEntry | null
     try {
       this.counters.repositoryReads++
-      stored = await this.call('get', async () => await this.repository.get(key))
+      stored = await this.calls.run('get', key, async () => await this.repository.get(key))
     } catch (err) {
       this.local.release(ticket)
       if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) {
-        this.corrupt(key, err)
+        this.codec.corrupt(key, err)
         return undefined
       }
       // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor, of the current
       // lease generation, for as long as the repository was heard from recently enough (maxDegradedMs); past that, an
       // unconfirmed copy is no answer. Looked up now, not before the call: an invalidation may have come meanwhile.
       const known = this.local.peekCurrent(key, partition)
-      if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMs <= this.maxDegradedMs) {
+      if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMsOf(partition) <= this.maxDegradedMs) {
         this.counters.degradedReads++
         return { value: known.value as T, version: known.version, expiresAt: known.expiresAt, source: 'local', degraded: true, epoch: known.epoch }
       }
       throw err
     }
-    const decoded = stored === null ? undefined : this.decode(key, stored)
+    const decoded = stored === null ? undefined : this.codec.decode(key, stored)
     if (stored !== null && decoded !== undefined) stored = await this.resealIfOld(key, stored, decoded)
     this.local.fill(ticket, {
       value: decoded,
@@ -417,14 +409,14 @@ export class TieredStore<T = unknown> {
    * between (compare-and-set on the version and its epoch); otherwise `mutate` runs again on the newer value, with
    * jittered backoff, up to maxAttempts. Starting from a local copy, an uncontended update is one round trip.
    *
-   * One rule for bases that are not what is stored (a local copy, or "absent" assumed to create in one round trip):
-   * a decision that refuses (mutate throws, the value is too large) or that needs what is there (declining to create)
-   * is re-made on the stored value before it counts. A write on such a base is safe as is: the compare-and-set
-   * refuses it when the base is stale, from another epoch included, and returns the stored value to re-decide on.
+   * Bases that are not what is stored (a local copy, or "absent" assumed to create in one round trip) follow one
+   * rule, `decisionStands`: a refusal or a decline counts only when it stands on its base; otherwise it is re-made on
+   * the stored value. A write on such a base is safe as is: the compare-and-set refuses it when the base is stale,
+   * from another epoch included, and returns the stored value to re-decide on.
    */
   async update (key: string, mutate: Mutator<T>, opts?: UpdateOptions): Promise<UpdateResult<T>> {
     const ttlMs = intOption('ttlMs', opts?.ttlMs, this.defaultTtlMs, 1)
-    const durability = opts?.durability === undefined ? this.durability : opts.durability === false ? undefined : this.checkDurability(opts.durability)
+    const durability = opts?.durability === undefined ? this.durability : opts.durability === false ? undefined : this.replicaWait(opts.durability, 'durability')
     const maxBytes = opts?.maxBytes === undefined ? undefined : intOption('maxBytes', opts.maxBytes, 0, 1)
     const partition = this.partitionOf(key)
     const copy = this.local.get(key, partition, opts?.minVersion ?? 0)
@@ -440,32 +432,36 @@ export class TieredStore<T = unknown> {
       try {
         next = mutate(base.value, { version: base.version, deleted: base.deleted, attempt })
       } catch (err) {
-        if (base.from === 'stored') throw err
+        if (decisionStands(base, 'refuses')) throw err
         base = await this.readBase(key)
         continue
       }
       if (next === undefined) {
-        // Declining on a local copy writes nothing either way; declining to create must see what is there.
-        if (base.from !== 'assumed') return { value: base.value, version: base.version, epoch: base.epoch, written: false, conflicts }
+        if (decisionStands(base, 'declines')) return { value: base.value, version: base.version, epoch: base.epoch, written: false, conflicts }
         base = await this.readBase(key)
         continue
       }
-      const json = JSON.stringify(next)
-      const plain = Buffer.from(json)
-      if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value', `${plain.length} bytes`, `${this.maxValueBytes} bytes`)
-      if (maxBytes !== undefined && plain.length > maxBytes) {
-        // The caller's limit is about the value it makes from what is stored: a local copy may trail a write that
-        // made the value smaller, and "absent" may not be what is stored.
-        if (base.from !== 'stored') { base = await this.readBase(key); continue }
-        throw new TooLargeError(opts?.label ?? 'Stored value', `${plain.length} bytes`, `${maxBytes} bytes`)
+      const encoded = this.codec.encode(next)
+      const plain = encoded.plain
+      // Both limits are about the value made from what is stored: a local copy may trail a write that made the value
+      // smaller, and "absent" may not be what is stored.
+      const tooLarge = plain.length > this.maxValueBytes
+        ? new TooLargeError('Stored value', `${plain.length} bytes`, `${this.maxValueBytes} bytes`)
+        : maxBytes !== undefined && plain.length > maxBytes
+          ? new TooLargeError(opts?.label ?? 'Stored value', `${plain.length} bytes`, `${maxBytes} bytes`)
+          : undefined
+      if (tooLarge !== undefined) {
+        if (decisionStands(base, 'refuses')) throw tooLarge
+        base = await this.readBase(key)
+        continue
       }
       const expected = base.from === 'assumed' ? null : base.version
       const version = base.version + 1
-      const sealed = sealEntry(this.sealer, key, version, plain)
+      const sealed = this.codec.seal(key, version, plain)
       const ticket = this.local.open(key, partition)
       let res: CasResult
       try {
-        res = await this.call('compareAndSet', async () => await this.repository.compareAndSet(key, expected, sealed, ttlMs, base.epoch))
+        res = await this.calls.run('compareAndSet', key, async () => await this.repository.compareAndSet(key, expected, sealed, ttlMs, base.epoch))
       } catch (err) {
         this.local.release(ticket)
         // The write may or may not have been applied. With coherence, a stored write's invalidation drops the local
@@ -477,9 +473,9 @@ export class TieredStore<T = unknown> {
       if (res.ok) {
         this.counters.writes++
         // What every other instance will read: the JSON round trip, frozen (never the caller's own object).
-        const frozen = deepFreeze(JSON.parse(json) as T)
+        const frozen = this.codec.frozen(encoded)
         this.local.fill(ticket, { value: frozen, version: res.version, epoch: res.epoch, expiresAt: res.expiresAt, bytes: sealed.length })
-        await this.awaitReplicas(key, durability)
+        await durability?.await(key)
         return { value: frozen, version: res.version, epoch: res.epoch, written: true, conflicts }
       }
       this.local.release(ticket)
@@ -503,14 +499,14 @@ export class TieredStore<T = unknown> {
     this.local.drop(key, this.partitionOf(key))
     let stored: StoredEntry | null
     try {
-      stored = await this.call('take', async () => await this.repository.take(key, this.tombstoneTtlMs))
+      stored = await this.calls.run('take', key, async () => await this.repository.take(key, this.tombstoneTtlMs))
     } catch (err) {
-      if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) { this.corrupt(key, err); return undefined }
+      if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) { this.codec.corrupt(key, err); return undefined }
       throw err
     }
     this.counters.takes++
     if (stored === null) return undefined
-    const value = this.decode(key, stored)
+    const value = this.codec.decode(key, stored)
     if (value === undefined) return undefined
     return { value, version: stored.version, expiresAt: stored.expiresAt, source: 'repository', degraded: false, epoch: stored.epoch }
   }
@@ -519,10 +515,10 @@ export class TieredStore<T = unknown> {
   async delete (key: string): Promise<number> {
     const partition = this.partitionOf(key)
     this.local.drop(key, partition)
-    const version = await this.call('delete', async () => await this.repository.delete(key, this.tombstoneTtlMs))
+    const version = await this.calls.run('delete', key, async () => await this.repository.delete(key, this.tombstoneTtlMs))
     this.counters.deletes++
     this.local.drop(key, partition)
-    await this.awaitReplicas(key)
+    await this.durability?.await(key)
     return version
   }
 
@@ -532,7 +528,7 @@ export class TieredStore<T = unknown> {
     const partition = this.partitionOf(key)
     // The copy this instance holds names the entry it means: one from another epoch is not extended.
     const epoch = this.local.peek(key, partition)?.epoch
-    const ok = await this.call('touch', async () => await this.repository.touch(key, ttlMs, epoch))
+    const ok = await this.calls.run('touch', key, async () => await this.repository.touch(key, ttlMs, epoch))
     this.counters.touches++
     if (ok) this.local.extend(key, partition, this.now() + ttlMs)
     else this.local.drop(key, partition)
@@ -541,11 +537,18 @@ export class TieredStore<T = unknown> {
 
   /** Replace the latency observer (the metrics plugin sets one). */
   setObserver (observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined): void {
-    this.observe = observe
+    this.calls.observe = observe
   }
 
-  /** True while the repository is failing: writes answer 503, known local copies are served flagged degraded. */
-  get degraded (): boolean { return this.failing }
+  /** True while some node of the repository is failing: its writes answer 503, known local copies are served flagged degraded. */
+  get degraded (): boolean { return this.calls.failing }
+
+  /** The nodes whose last call failed or whose breaker is open (see StoreHealth.unavailableNodes). */
+  unavailableNodes (): string[] {
+    const nodes = new Set(this.calls.failingNodes())
+    for (const n of this.repository.unavailableNodes?.() ?? []) nodes.add(n)
+    return [...nodes]
+  }
 
   /** Ms since the newest answered invalidation heartbeat was sent; 0 without coherence or with reliable delivery, -1 before the first. */
   get leaseAgeMs (): number {
@@ -560,16 +563,23 @@ export class TieredStore<T = unknown> {
    * coherence: since the newest answered repository call. 0 with the in-process repository.
    */
   get unconfirmedMs (): number {
+    return this.unconfirmedMsOf(undefined)
+  }
+
+  /** unconfirmedMs of the copies of one partition: its node's heartbeats date them, not the other nodes'. */
+  private unconfirmedMsOf (partition: number | undefined): number {
     const now = performance.now()
-    if (this.local.coherent) return Math.max(0, now - this.local.heardAt)
-    return Math.max(0, Math.min(now - this.answeredAt, now - this.local.heardAt))
+    const heardAt = this.local.heardAt(partition)
+    if (this.local.coherent) return Math.max(0, now - heardAt)
+    return Math.max(0, Math.min(now - this.calls.answeredAt, now - heardAt))
   }
 
   /** For health endpoints. (Metrics read the getters each gauge needs.) */
   health (): StoreHealth {
     return {
-      status: this.failing ? 'degraded' : 'ok',
+      status: this.calls.failing ? 'degraded' : 'ok',
       repository: this.repository.kind,
+      unavailableNodes: this.unavailableNodes(),
       localReads: this.local.readable(),
       leaseAgeMs: this.leaseAgeMs,
       localEntries: this.localEntries,
@@ -602,39 +612,18 @@ export class TieredStore<T = unknown> {
   }
 
   /**
-   * Every repository call goes through here: latency for the observer, and the outage state (a failure other than a
-   * corrupt entry opens it and logs once; an answer closes it).
-   */
-  private async call<R> (op: RepositoryOp, work: () => Promise<R>): Promise<R> {
-    const observe = this.observe
-    const started = observe === undefined ? 0 : performance.now()
-    let result: R
-    try {
-      result = await work()
-    } catch (err) {
-      observe?.(op, performance.now() - started, false)
-      if (!isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.repositoryError(err)
-      throw err
-    }
-    observe?.(op, performance.now() - started, true)
-    this.answeredAt = performance.now()
-    this.repositoryOk()
-    return result
-  }
-
-  /**
    * An entry of a kind registered with resealOnRead, sealed with an older key of the ring, is written back unchanged
    * under the newest (compare-and-set on its version), so that what is read while a rotation overlaps ([k2, k1])
    * still opens once the old key is dropped. Best effort: a lost race or a failed write leaves the entry as it was.
    */
   private async resealIfOld (key: string, stored: StoredEntry, value: T): Promise<StoredEntry> {
     if (stored.value === null || this.keyRing.ids.length < 2 || !this.resealKinds.has(key.slice(key.lastIndexOf(':') + 1))) return stored
-    if (this.sealer.openedWith(stored.value) === this.keyRing.ids[0]) return stored
+    if (this.codec.sealedWith(stored.value) === this.keyRing.ids[0]) return stored
     const ttlMs = Math.floor(stored.expiresAt - this.now())
     if (ttlMs < 1) return stored
-    const sealed = sealEntry(this.sealer, key, stored.version + 1, Buffer.from(JSON.stringify(value)))
+    const sealed = this.codec.seal(key, stored.version + 1, this.codec.encode(value).plain)
     try {
-      const res = await this.call('compareAndSet', async () => await this.repository.compareAndSet(key, stored.version, sealed, ttlMs, stored.epoch))
+      const res = await this.calls.run('compareAndSet', key, async () => await this.repository.compareAndSet(key, stored.version, sealed, ttlMs, stored.epoch))
       if (!res.ok) return stored
       this.counters.resealed++
       return { value: sealed, version: res.version, expiresAt: res.expiresAt, epoch: res.epoch }
@@ -645,64 +634,12 @@ export class TieredStore<T = unknown> {
 
   private async readBase (key: string): Promise<Base<T>> {
     this.counters.repositoryReads++ // update's reads count as get's do
-    return this.stored(key, await this.call('get', async () => await this.repository.get(key)))
+    return this.stored(key, await this.calls.run('get', key, async () => await this.repository.get(key)))
   }
 
   private stored (key: string, entry: StoredEntry | null): Base<T> {
     if (entry === null) return { value: undefined, version: 0, epoch: '', deleted: false, from: 'stored' }
-    return { value: this.decode(key, entry), version: entry.version, epoch: entry.epoch, deleted: entry.value === null, from: 'stored' }
-  }
-
-  private decode (key: string, stored: StoredEntry): T | undefined {
-    if (stored.value === null) return undefined
-    try {
-      const plain = openEntry(this.sealer, key, stored.version, stored.value)
-      return deepFreeze(JSON.parse(plain.toString('utf8')) as T)
-    } catch (err) {
-      this.corrupt(key, err)
-      return undefined
-    }
-  }
-
-  private corrupt (key: string, err: unknown): void {
-    this.counters.corrupt++
-    // At most one line a minute: another cluster writing under our prefix must not flood the logs.
-    const now = this.now()
-    if (now - this.corruptLoggedAt < 60_000) { this.corruptSuppressed++; return }
-    this.logger?.warn({
-      entry: entryLabel(key),
-      reason: err instanceof Error ? err.message : String(err),
-      suppressedSinceLast: this.corruptSuppressed
-    }, 'fastify-handoff: an entry could not be opened and is treated as absent')
-    this.corruptLoggedAt = now
-    this.corruptSuppressed = 0
-  }
-
-  private repositoryError (err: unknown): void {
-    this.counters.repositoryErrors++
-    if (!this.failing) {
-      this.failing = true
-      this.logger?.warn({ repository: this.repository.kind, err: err instanceof Error ? err.message : String(err) },
-        'fastify-handoff: repository unavailable; writes fail with 503 until it answers again, known local copies are still served')
-    }
-  }
-
-  private repositoryOk (): void {
-    if (this.failing) {
-      this.failing = false
-      this.logger?.info?.({ repository: this.repository.kind }, 'fastify-handoff: repository answers again')
-    }
-  }
-
-  private async awaitReplicas (key: string, d = this.durability): Promise<void> {
-    const wait = this.repository.waitForReplicas?.bind(this.repository)
-    if (d === undefined || wait === undefined) return
-    // Through call(), as every repository call: its latency is observed, and a failure opens the outage state.
-    const acked = await this.call('waitForReplicas', async () => await wait(key, d.replicas, d.timeoutMs))
-    if (acked < d.replicas) {
-      this.counters.durabilityFailures++
-      throw new DurabilityError(acked, d.replicas)
-    }
+    return { value: this.codec.decode(key, entry), version: entry.version, epoch: entry.epoch, deleted: entry.value === null, from: 'stored' }
   }
 
   private partitionOf (key: string): number {
@@ -712,6 +649,17 @@ export class TieredStore<T = unknown> {
     }
     return p
   }
+}
+
+/**
+ * The one rule for a decision made on a base that may not be what is stored (a local copy that may trail an
+ * invalidation in flight, or "absent" assumed to create in one round trip): does it count as made, or must it be
+ * re-made on the stored value? A refusal (mutate throws, a value too large) counts only on the stored value. A
+ * decline (mutate returns undefined) writes nothing, which is as right on a local copy as on the stored value; but
+ * declining to create must see what is there. Writes need no rule: the compare-and-set checks their base.
+ */
+function decisionStands (base: Base<unknown>, decision: 'refuses' | 'declines'): boolean {
+  return decision === 'refuses' ? base.from === 'stored' : base.from !== 'assumed'
 }
 
 async function backoff (attempt: number): Promise<void> {

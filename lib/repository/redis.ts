@@ -69,6 +69,10 @@ export type RepositoryEvent =
   | { type: 'unavailable', reason: string, node: string }
   | { type: 'recovered', node: string }
   | { type: 'error', error: Error }
+  /** The invalidation subscriber of `node` could not subscribe again after a reconnect: local copies of its partitions are not trusted until it does (retried with backoff). */
+  | { type: 'subscribe-failed', node: string, reason: string }
+  /** The subscriber of `node` subscribed again after a 'subscribe-failed'. */
+  | { type: 'subscribed', node: string }
 
 function isReplyError (err: unknown): err is Error {
   return err instanceof Error && err.name === 'ReplyError'
@@ -293,7 +297,7 @@ export class RedisRepository implements Repository {
   }
 
   /** The node a command on `key` goes to, as ioredis routes it: the primary of the key's slot in its slot map. */
-  private nodeOf (key: string): string {
+  nodeOf (key: string): string {
     if (!(this.client instanceof Cluster)) return this.singleNode
     return this.client.slots[this.slotOf(key)]?.[0] ?? ANY_NODE
   }

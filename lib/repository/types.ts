@@ -49,15 +49,21 @@ export interface InvalidationListener {
   onResync: (partitions?: readonly number[]) => void
   /**
    * Proof of life: every invalidation published before the heartbeat sent at `sentAt` (performance.now() of this
-   * process) has been delivered.
+   * process) has been delivered, for the listed partitions (the node's that sent it; all when undefined).
    */
-  onHeartbeat?: (sentAt: number) => void
+  onHeartbeat?: (sentAt: number, partitions?: readonly number[]) => void
   /**
    * A node's witness (a marker key minted once with SET NX, checked with every heartbeat) holds `value`. A value
    * other than the last one seen under `name` means that node lost its data: every partition it serves (`partitions`,
    * all when undefined) was reset, even if nobody writes to it.
    */
   onWitness?: (name: string, value: string, partitions?: readonly number[]) => void
+  /**
+   * A witness read failed or went unanswered (the node's `partitions`, all when undefined). Heartbeats of that node
+   * stop renewing the lease once its witness has not been read for a lease interval: a node that cannot confirm it
+   * kept its data does not confirm local copies either.
+   */
+  onWitnessError?: (name: string, reason: string, partitions?: readonly number[]) => void
 }
 
 export interface SubscriptionScope {
@@ -114,6 +120,11 @@ export interface Repository {
    * commands for the partitions they serve fail at once with FST_HANDOFF_UNAVAILABLE, while the other nodes serve.
    */
   unavailableNodes?: () => string[]
+  /**
+   * Optional: the name of the node a command on `key` goes to now (as `unavailableNodes` names it), so that the store
+   * keeps its outage state per node. Without it, the repository is one node.
+   */
+  nodeOf?: (key: string) => string
   /** Follow the invalidations of every partition of `scope` (the channels named by partitions.ts). */
   subscribe: (scope: SubscriptionScope, listener: InvalidationListener) => Promise<Subscription>
   close: () => Promise<void>
