@@ -676,11 +676,13 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
         seen: (socket, sessionId, offersTls13) => {
           if (!offersTls13) return false
           if (sessionId.length > 0) metrics.cacheLookupsSkipped++
-          if (onlyOurs()) return true
+          if (onlyOurs()) return true // handed over synchronously (this stage runs last), so Node asks no listener
           if (sessionId.length === 0) return false
+          // Fallback, when another listener needs the callbacks. Ids are the client's (a TLS 1.2 id travels in
+          // clear), so a connection could name another client's id: that one then does a full handshake while the
+          // first is open, nothing worse. Bounded by the open connections: each takes its entry with it.
           const key = sessionId.toString('latin1')
           cannotHit.add(key)
-          // Bounded by the open connections: a connection whose handshake never asks takes its entry with it.
           socket.once('close', () => { cannotHit.delete(key) })
           return false
         },
