@@ -155,8 +155,6 @@ function parseBody (m: Uint8Array): ClientHelloScan {
       }
       i += length
     }
-  } else if (i !== m.length) {
-    return bad('trailing bytes')
   }
   return {
     kind: 'hello',
