@@ -9,7 +9,8 @@
  *     subtracted) for full handshakes and for resumed ones, and their ratio.
  * Then, RSA only: TLS 1.2 with tickets, TLS 1.2 from the session cache, and a real https.Agent through a round-robin
  * TCP balancer with and without single-use sessions (the measured cost of `singleUse`).
- * Then `sessionCache` on vs off for TLS 1.3 (alternating rounds), and real clients (curl, Chromium, openssl s_client,
+ * Then `sessionCache` on vs off for TLS 1.3 (rounds in rotating order, with a second cache-off cluster as the A/A
+ * control that shows what "within noise" is in this run), and real clients (curl, Chromium, openssl s_client,
  * TLS 1.2 session-id clients) through HAProxy in TCP round-robin, with and without ticket renewal, one row per client.
  * BENCH_TLS_ONLY=certs,tls12,clients picks parts. Loopback only; every process is stopped at the end. Writes
  * bench/results/tls.json and bench/results/tls.md.
@@ -248,7 +249,8 @@ const started = performance.now()
 const loadAtStart = os.loadavg()[0] ?? 0
 /** TLS 1.3 handshake CPU with sessionCache on and off, alternating rounds in the same run (issue 16). */
 interface CacheCost {
-  rounds: Array<{ fullOff: Run, fullOn: Run, resumedOff: Run, resumedOn: Run }>
+  /** `off2`: a second cache-off cluster, the A/A control: how far two identical configurations differ here. */
+  rounds: Array<{ fullOff: Run, fullOn: Run, fullOff2: Run, resumedOff: Run, resumedOn: Run, resumedOff2: Run }>
   fullOffUs: number
   fullOnUs: number
   resumedOffUs: number
@@ -256,6 +258,9 @@ interface CacheCost {
   /** Medians of the per-round ratios on / off. */
   fullRatio: number
   resumedRatio: number
+  /** Medians of the per-round ratios off2 / off (the noise yardstick). */
+  fullControlRatio: number
+  resumedControlRatio: number
 }
 const CLIENT_RECONNECTS = Number(process.env.BENCH_TLS_CLIENT_RECONNECTS ?? 100)
 /** Real clients through HAProxy (TCP round-robin) over 3 instances; per client, with and without ticket renewal. */
@@ -290,21 +295,29 @@ try {
     const cache: TlsSessionsOptions = { sessionCache: true }
     const c12 = await cluster('tls12', 'rsa', { tlsSessions: cache })
     const off = await cluster('nocache', 'rsa', { tlsSessions: { sessionCache: false } })
+    const off2 = await cluster('nocache2', 'rsa', { tlsSessions: { sessionCache: false } })
     await warm(c12, 'tls13')
     await warm(off, 'tls13')
+    await warm(off2, 'tls13')
     const idle12 = await idleRate(c12)
     const idleOff = await idleRate(off)
-    // The price of sessionCache for TLS 1.3 clients, on and off alternating so that drift hits both alike.
+    const idleOff2 = await idleRate(off2)
+    // The price of sessionCache for TLS 1.3 clients, on and off alternating so that drift hits both alike; the order
+    // within a round rotates, and a second cache-off cluster measures what "within noise" means in this run.
     const costRounds: CacheCost['rounds'] = []
     for (let r = 0; r < CPU_ROUNDS; r++) {
-      costRounds.push({
-        fullOff: await roundRobin(off, FULL, 'tls13', false, idleOff),
-        fullOn: await roundRobin(c12, FULL, 'tls13', false, idle12),
-        resumedOff: await roundRobin(off, FULL, 'tls13', true, idleOff),
-        resumedOn: await roundRobin(c12, FULL, 'tls13', true, idle12)
-      })
+      const row: Partial<CacheCost['rounds'][number]> = {}
+      const order = [['Off', off, idleOff], ['On', c12, idle12], ['Off2', off2, idleOff2]] as const
+      for (const resumedRun of [false, true]) {
+        for (let k = 0; k < order.length; k++) {
+          const [name, c, idle] = order[(k + r) % order.length] as (typeof order)[number]
+          row[`${resumedRun ? 'resumed' : 'full'}${name}`] = await roundRobin(c, FULL, 'tls13', resumedRun, idle)
+        }
+      }
+      costRounds.push(row as CacheCost['rounds'][number])
     }
     await stopAll(off)
+    await stopAll(off2)
     const medOf = (f: (x: CacheCost['rounds'][number]) => number): number => median(costRounds.map(f))
     results.cacheCost = {
       rounds: costRounds,
@@ -313,9 +326,12 @@ try {
       resumedOffUs: medOf(x => x.resumedOff.cpuUsPerHandshake),
       resumedOnUs: medOf(x => x.resumedOn.cpuUsPerHandshake),
       fullRatio: medOf(x => x.fullOn.cpuUsPerHandshake / x.fullOff.cpuUsPerHandshake),
-      resumedRatio: medOf(x => x.resumedOn.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake)
+      resumedRatio: medOf(x => x.resumedOn.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake),
+      fullControlRatio: medOf(x => x.fullOff2.cpuUsPerHandshake / x.fullOff.cpuUsPerHandshake),
+      resumedControlRatio: medOf(x => x.resumedOff2.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake)
     }
-    console.error(`sessionCache on/off, TLS 1.3: full ${results.cacheCost.fullRatio.toFixed(2)}x, resumed ${results.cacheCost.resumedRatio.toFixed(2)}x`)
+    console.error(`sessionCache on/off, TLS 1.3: full ${results.cacheCost.fullRatio.toFixed(2)}x, resumed ${results.cacheCost.resumedRatio.toFixed(2)}x; ` +
+      `control off2/off: full ${results.cacheCost.fullControlRatio.toFixed(2)}x, resumed ${results.cacheCost.resumedControlRatio.toFixed(2)}x`)
     results.tls12 = {
       tickets: await roundRobin(c12, RECONNECTS, 'tls12', true, idle12),
       sessionCache: await roundRobin(c12, RECONNECTS, 'tls12-no-ticket', true, idle12),
@@ -420,12 +436,15 @@ if (results.cacheCost !== undefined) {
   const c = results.cacheCost
   const ratios = (f: (x: CacheCost['rounds'][number]) => number): string => c.rounds.map(f).map(x => x.toFixed(2)).join(', ')
   lines.push(
-    `TLS 1.3 handshakes, RSA-2048, \`sessionCache\` on vs off (${CPU_ROUNDS} alternating rounds of ${FULL} each, same run; server CPU per handshake):`,
+    `TLS 1.3 handshakes, RSA-2048, \`sessionCache\` on vs off (${CPU_ROUNDS} rounds of ${FULL} each, same run, order rotating per round; server CPU per`,
+    'handshake). Control: a second, identical cache-off cluster against the first, the spread two equal configurations show here:',
     '',
-    '| TLS 1.3 handshake | cache off | cache on | on / off (rounds) |',
-    '|---|---|---|---|',
-    `| full | ${us(c.fullOffUs)} | ${us(c.fullOnUs)} | ${c.fullRatio.toFixed(2)} (${ratios(x => x.fullOn.cpuUsPerHandshake / x.fullOff.cpuUsPerHandshake)}) |`,
-    `| resumed | ${us(c.resumedOffUs)} | ${us(c.resumedOnUs)} | ${c.resumedRatio.toFixed(2)} (${ratios(x => x.resumedOn.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake)}) |`,
+    '| TLS 1.3 handshake | cache off | cache on | on / off (rounds) | control: off / off (rounds) |',
+    '|---|---|---|---|---|',
+    `| full | ${us(c.fullOffUs)} | ${us(c.fullOnUs)} | ${c.fullRatio.toFixed(2)} (${ratios(x => x.fullOn.cpuUsPerHandshake / x.fullOff.cpuUsPerHandshake)}) | ` +
+    `${c.fullControlRatio.toFixed(2)} (${ratios(x => x.fullOff2.cpuUsPerHandshake / x.fullOff.cpuUsPerHandshake)}) |`,
+    `| resumed | ${us(c.resumedOffUs)} | ${us(c.resumedOnUs)} | ${c.resumedRatio.toFixed(2)} (${ratios(x => x.resumedOn.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake)}) | ` +
+    `${c.resumedControlRatio.toFixed(2)} (${ratios(x => x.resumedOff2.cpuUsPerHandshake / x.resumedOff.cpuUsPerHandshake)}) |`,
     ''
   )
 }

@@ -2,6 +2,7 @@ import { Socket, type Server } from 'node:net'
 import tls from 'node:tls'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
+import { addConnectionStage, readFirstBytes } from '../lib/connection-stages.js'
 import { compileOptions, optionPath, type OptionsCheck } from '../lib/options.js'
 import { scanProxyHeader, trustedAddresses, type ProxiedClient } from '../lib/proxy-protocol.js'
 
@@ -115,7 +116,8 @@ function announce (socket: Socket, client: ProxiedClient): void {
   })
 }
 
-type Emit = (event: string | symbol, ...args: unknown[]) => boolean
+/** Runs before any other connection stage (the header is the first thing on the wire). */
+export const PROXY_HEADER_STAGE_RANK = 0
 
 const proxyProtocolPlugin: FastifyPluginAsync<ProxyProtocolOptions> = async (fastify: FastifyInstance, rawOpts) => {
   const o = resolveProxyProtocolOptions(rawOpts)
@@ -134,10 +136,7 @@ const proxyProtocolPlugin: FastifyPluginAsync<ProxyProtocolOptions> = async (fas
   const tlsClients = new Map<string, ProxiedClient>()
   let closing = false
 
-  const previousEmit = Object.getOwnPropertyDescriptor(server, 'emit')
-  const emit = server.emit as Emit
-
-  const handOver = (socket: Socket, peerKey: string, rest: Buffer, client: ProxiedClient | undefined): void => {
+  const handOver = (socket: Socket, peerKey: string, rest: Buffer, client: ProxiedClient | undefined, next: () => void): void => {
     if (closing) { socket.destroy(); return }
     if (rest.length > 0) socket.unshift(rest)
     if (client !== undefined) {
@@ -147,10 +146,10 @@ const proxyProtocolPlugin: FastifyPluginAsync<ProxyProtocolOptions> = async (fas
         socket.once('close', () => tlsClients.delete(peerKey))
       }
     }
-    emit.call(server, 'connection', socket)
+    next()
   }
 
-  const accept = (socket: Socket): void => {
+  const accept = (socket: Socket, next: () => void): void => {
     const peer = socket.remoteAddress
     if (closing || peer === undefined) { socket.destroy(); return }
     const peerKey = `${peer}|${String(socket.remotePort)}`
@@ -161,54 +160,42 @@ const proxyProtocolPlugin: FastifyPluginAsync<ProxyProtocolOptions> = async (fas
       return
     }
     pending.add(socket)
-    let seen: Buffer = Buffer.alloc(0)
-    const finish = (): void => {
-      clearTimeout(timer)
-      socket.removeListener('readable', onReadable)
-      socket.removeListener('error', onGone)
-      socket.removeListener('end', onGone)
-      socket.removeListener('close', onGone)
+    const refuse = (counter: 'refusedUntrusted' | 'refusedInvalid' | 'timeouts', why: string): true => {
       pending.delete(socket)
-    }
-    const refuse = (counter: 'refusedUntrusted' | 'refusedInvalid' | 'timeouts', why: string): void => {
-      finish()
       metrics[counter]++
       log.info({ peer, reason: why }, 'fastify-handoff: PROXY protocol: connection refused')
       socket.destroy()
+      return true
     }
-    const onGone = (): void => { finish(); socket.destroy() }
-    const onReadable = (): void => {
-      for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
-        seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk])
+    readFirstBytes(socket, {
+      timeoutMs: o.headerTimeoutMs,
+      onTimeout: () => { refuse('timeouts', `no complete PROXY header within ${o.headerTimeoutMs} ms`) },
+      onGone: () => { pending.delete(socket); socket.destroy() },
+      onBytes: seen => {
+        const scan = scanProxyHeader(seen)
+        switch (scan.kind) {
+          case 'incomplete':
+            // Six bytes that agree with a signature ("PROXY ", or v2's "\r\n\r\n\0\r") start no TLS record and no HTTP
+            // request: from outside `trusted` that is a header already, refused without waiting for the rest.
+            if (!fromBalancer && seen.length >= 6) return refuse('refusedUntrusted', 'PROXY header from an address not in trusted')
+            return false
+          case 'none':
+            if (fromBalancer) return refuse('refusedInvalid', 'no PROXY header from a trusted balancer address')
+            pending.delete(socket)
+            metrics.direct++
+            handOver(socket, peerKey, seen, undefined, next)
+            return true
+          case 'invalid':
+            return refuse(fromBalancer ? 'refusedInvalid' : 'refusedUntrusted', scan.reason)
+          case 'header':
+            if (!fromBalancer) return refuse('refusedUntrusted', 'PROXY header from an address not in trusted')
+            pending.delete(socket)
+            metrics[scan.client === undefined ? 'local' : 'proxied']++
+            handOver(socket, peerKey, seen.subarray(scan.length), scan.client, next)
+            return true
+        }
       }
-      const scan = scanProxyHeader(seen)
-      switch (scan.kind) {
-        case 'incomplete':
-          // Six bytes that agree with a signature ("PROXY ", or v2's "\r\n\r\n\0\r") start no TLS record and no HTTP
-          // request: from outside `trusted` that is a header already, refused without waiting for the rest.
-          if (!fromBalancer && seen.length >= 6) refuse('refusedUntrusted', 'PROXY header from an address not in trusted')
-          return
-        case 'none':
-          if (fromBalancer) { refuse('refusedInvalid', 'no PROXY header from a trusted balancer address'); return }
-          finish()
-          metrics.direct++
-          handOver(socket, peerKey, seen, undefined)
-          return
-        case 'invalid':
-          refuse(fromBalancer ? 'refusedInvalid' : 'refusedUntrusted', scan.reason)
-          return
-        case 'header':
-          if (!fromBalancer) { refuse('refusedUntrusted', 'PROXY header from an address not in trusted'); return }
-          finish()
-          metrics[scan.client === undefined ? 'local' : 'proxied']++
-          handOver(socket, peerKey, seen.subarray(scan.length), scan.client)
-      }
-    }
-    const timer = setTimeout(() => refuse('timeouts', `no complete PROXY header within ${o.headerTimeoutMs} ms`), o.headerTimeoutMs)
-    socket.on('readable', onReadable)
-    socket.on('error', onGone)
-    socket.on('end', onGone)
-    socket.on('close', onGone)
+    })
   }
 
   const applyToTlsSocket = (socket: unknown): void => {
@@ -221,14 +208,16 @@ const proxyProtocolPlugin: FastifyPluginAsync<ProxyProtocolOptions> = async (fas
   }
 
   // Every accepted connection passes through here first, whoever listens for 'connection' (Node's TLS and HTTP
-  // servers, and any listener added later); they get it once its header is consumed.
-  const intercept: Emit = function (this: Server, event, ...args) {
-    if (event === 'connection' && args[0] instanceof Socket) { accept(args[0]); return true }
-    if (isTls && event === 'secureConnection') applyToTlsSocket(args[0])
-    else if (isTls && event === 'tlsClientError') applyToTlsSocket(args[1])
-    return emit.call(this, event, ...args)
+  // servers, and any listener added later); they get it once its header is consumed. Other stages (the ClientHello
+  // peek of fastify-handoff/tls-sessions) run after this one, whatever the registration order.
+  const removeStage = addConnectionStage(server, { rank: PROXY_HEADER_STAGE_RANK, accept })
+  // Before Node's HTTP server sees the TLS socket: it reads the peer from the kernel again.
+  const onSecureConnection = (socket: unknown): void => { applyToTlsSocket(socket) }
+  const onTlsClientError = (_err: unknown, socket: unknown): void => { applyToTlsSocket(socket) }
+  if (isTls) {
+    server.prependListener('secureConnection', onSecureConnection)
+    server.prependListener('tlsClientError', onTlsClientError)
   }
-  Object.defineProperty(server, 'emit', { value: intercept, configurable: true, writable: true, enumerable: false })
 
   fastify.decorate('handoffProxyProtocol', { metrics, options: Object.freeze(options) })
 
@@ -239,8 +228,9 @@ const proxyProtocolPlugin: FastifyPluginAsync<ProxyProtocolOptions> = async (fas
     done()
   })
   fastify.addHook('onClose', (_instance, done) => {
-    if (previousEmit === undefined) Reflect.deleteProperty(server, 'emit')
-    else Object.defineProperty(server, 'emit', previousEmit)
+    removeStage()
+    server.off('secureConnection', onSecureConnection)
+    server.off('tlsClientError', onTlsClientError)
     tlsClients.clear()
     done()
   })

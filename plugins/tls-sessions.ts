@@ -1,8 +1,11 @@
-import { createHash, randomBytes } from 'node:crypto'
+import { constants, createHash, randomBytes } from 'node:crypto'
+import type { Socket } from 'node:net'
 import tls, { type TLSSocket } from 'node:tls'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { clusterTlsNames } from '../lib/cluster-names.js'
+import { scanClientHello, MAX_CLIENT_HELLO, TLS1_3 } from '../lib/client-hello.js'
+import { addConnectionStage, readFirstBytes } from '../lib/connection-stages.js'
 import { InvalidOptionError, intOption } from '../lib/errors.js'
 import { compileOptions, optionPath, type OptionsCheck } from '../lib/options.js'
 import { KeyRing, type SecretInput } from '../lib/seal.js'
@@ -105,8 +108,14 @@ export interface TlsSessionMetrics {
   ticketKeyErrors: number
   /** Session cache: lookups that found a session. */
   cacheHits: number
-  /** Session cache: lookups that found nothing (most are TLS 1.3 clients' random ids). */
+  /** Session cache: lookups that found nothing (TLS 1.2 ids not stored, or expired; TLS 1.3 ids are skipped, below). */
   cacheMisses: number
+  /**
+   * Session cache: lookups not made because the connection's ClientHello offered TLS 1.3 to a server that allows it:
+   * its legacy session id is random, and a session id never resumes TLS 1.3 in Node (read before TLS starts; no
+   * store access, and normally no session callbacks at all for that connection).
+   */
+  cacheLookupsSkipped: number
   /** Session cache: lookups cut short by sessionLookupTimeoutMs (a full handshake followed). */
   cacheTimeouts: number
   /** Session cache: lookups that failed (repository unreachable). */
@@ -115,7 +124,10 @@ export interface TlsSessionMetrics {
   cacheWrites: number
   /** Session cache: sessions that could not be stored. */
   cacheWriteErrors: number
-  /** Session cache: TLS 1.3 sessions not stored, since Node never resumes TLS 1.3 from a session id. */
+  /**
+   * Session cache: TLS 1.3 sessions handed to 'newSession' and not stored, since Node never resumes TLS 1.3 from a
+   * session id. Stays 0 where the ClientHello peek turns session callbacks off for TLS 1.3 connections.
+   */
   cacheSkipped: number
   /** 1 when tickets are renewed after every resumption (the ticket-key callback is in place), else 0. */
   ticketRenewalActive: number
@@ -156,7 +168,14 @@ const DEFAULT_TICKET_KEY_CHECK_MS = 60_000
 const MAX_SESSION_ID_CONTEXT = 32
 /** OpenSSL's default session lifetime, which Node keeps when `sessionTimeout` is not given. */
 const DEFAULT_SESSION_TIMEOUT_S = 300
-const TLS1_3_VERSION = 0x0304
+/** Runs after the PROXY header stage (plugins/proxy-protocol.ts, rank 0): the ClientHello follows the header. */
+export const CLIENT_HELLO_STAGE_RANK = 10
+/**
+ * Longest the ClientHello peek waits for a complete ClientHello before handing the connection to TLS as it is (the
+ * lookup then happens as without the peek; Node's handshakeTimeout still applies). TLS cannot start without the
+ * whole ClientHello either, so waiting for it delays nothing.
+ */
+export const CLIENT_HELLO_WAIT_MS = 5000
 
 const SESSION_ID_CONTEXT_PURPOSE = 'tls-session-id-context'
 const SESSION_CACHE_ID_NAMESPACE = 'fastify-handoff/v1\ntls-session-cache-id\n'
@@ -390,6 +409,55 @@ function enableTicketRenewal (server: tls.Server, keys: TicketKeySource): boolea
   return true
 }
 
+/**
+ * True when the server's current context may negotiate TLS 1.3: its highest protocol (read from the native context,
+ * internal: feature-detected) is 1.3 and SSL_OP_NO_TLSv1_3 is not set. When unsure, false: every session id is then
+ * looked up, as before the ClientHello peek.
+ */
+export function serverAllowsTls13 (server: tls.Server): boolean {
+  const context = (server as unknown as { _sharedCreds?: { context?: { getMaxProto?: () => number } } })._sharedCreds?.context
+  if (typeof context?.getMaxProto !== 'function') return false
+  const secureOptions = (server as unknown as { secureOptions?: unknown }).secureOptions
+  if (typeof secureOptions === 'number' && (secureOptions & constants.SSL_OP_NO_TLSv1_3) !== 0) return false
+  try { return context.getMaxProto() >= TLS1_3 } catch { return false }
+}
+
+/**
+ * Reads a new connection's ClientHello on the raw socket (after any PROXY header, see lib/connection-stages.ts) and
+ * hands the socket on with every byte put back. `seen(hello)` is told what it offered; bytes that are no
+ * ClientHello, too long, or too slow go on to TLS unchanged, which answers them as it always does.
+ */
+function clientHelloStage (opts: {
+  active: () => boolean
+  /** Told what a ClientHello offered; true when its handshake needs no session callbacks (TLS 1.3). */
+  seen: (socket: Socket, sessionId: Buffer, offersTls13: boolean) => boolean
+  /** Runs the hand-over so that Node's TLS socket starts without session callbacks. */
+  withoutSessionCallbacks: (handOver: () => void) => void
+}): (socket: Socket, next: () => void) => void {
+  return (socket, next) => {
+    if (!opts.active()) { next(); return }
+    const handOn = (bytes: Buffer): void => {
+      if (bytes.length > 0) socket.unshift(bytes)
+      next()
+    }
+    readFirstBytes(socket, {
+      timeoutMs: CLIENT_HELLO_WAIT_MS,
+      onBytes: bytes => {
+        const scan = scanClientHello(bytes)
+        if (scan.kind === 'incomplete' && bytes.length <= MAX_CLIENT_HELLO_BYTES) return false
+        if (scan.kind === 'hello' && opts.seen(socket, scan.hello.sessionId, scan.hello.offersTls13)) opts.withoutSessionCallbacks(() => { handOn(bytes) })
+        else handOn(bytes)
+        return true
+      },
+      onTimeout: handOn,
+      // Gone before a ClientHello: no handshake can complete; nothing to hand on.
+      onGone: () => { socket.destroy() }
+    })
+  }
+}
+/** Bytes read at most while waiting for a ClientHello: the message plus generous record framing. */
+const MAX_CLIENT_HELLO_BYTES = MAX_CLIENT_HELLO + 1024
+
 const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify: FastifyInstance, rawOpts) => {
   const server = fastify.server as unknown
   if (!(server instanceof tls.Server)) {
@@ -423,6 +491,7 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     ticketKeyAppliedAt: null,
     cacheHits: 0,
     cacheMisses: 0,
+    cacheLookupsSkipped: 0,
     cacheTimeouts: 0,
     cacheErrors: 0,
     cacheWrites: 0,
@@ -501,6 +570,7 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     originalSetSecureContext.call(this, options === null || typeof options !== 'object' ? options : { ...options, sessionIdContext: o.sessionIdContext })
     // A new native context: Node's random key and its own ticket path again. Both are put back.
     if (renewal) metrics.ticketRenewalActive = enableTicketRenewal(server, ticketKeys) ? 1 : 0
+    reviewTls13()
     schedule.reapply()
   }
   Object.defineProperty(server, 'setSecureContext', { value: wrapped, configurable: true, writable: true, enumerable: false })
@@ -517,6 +587,11 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
   const pending = new Set<Promise<void>>()
   let onNewSession: ((id: Buffer, data: Buffer, cb: () => void) => void) | undefined
   let onResumeSession: ((id: Buffer, cb: (err: Error | null, data: Buffer | null) => void) => void) | undefined
+  /** Legacy session ids of open connections whose ClientHello offered TLS 1.3 to a server that allows it. */
+  const cannotHit = new Set<string>()
+  let removeClientHelloStage: (() => void) | undefined
+  /** Re-reads whether the server allows TLS 1.3 (after setSecureContext). */
+  let reviewTls13 = (): void => {}
   if (o.sessionCache) {
     // Hashed id: ids come from clients (resumeSession) and travel in clear under TLS 1.2; the store key is a digest of
     // one, under a fixed namespace and no secret, so that a key rotation does not rename the cache.
@@ -533,7 +608,7 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     onNewSession = (id, data, cb) => {
       // At once: the server holds all output to this client until the callback runs. The write goes on behind it.
       cb()
-      if (sessionProtocolVersion(data) === TLS1_3_VERSION) { metrics.cacheSkipped++; return }
+      if (sessionProtocolVersion(data) === TLS1_3) { metrics.cacheSkipped++; return }
       const value: CachedSession = { d: data.toString('base64') }
       const p = store.update(keyOf(id), () => value, { ttlMs: ttlMs() }).then(() => {
         metrics.cacheWrites++
@@ -550,6 +625,11 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     }
 
     onResumeSession = (id, cb) => {
+      // A TLS 1.3 ClientHello's legacy id (RFC 8446 D.4): no session id resumes TLS 1.3 here, so no store lookup.
+      if (cannotHit.size > 0 && cannotHit.delete(id.toString('latin1'))) {
+        cb(null, null)
+        return
+      }
       let done = false
       const finish = (data: Buffer | null): void => {
         if (done) return
@@ -580,6 +660,58 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     }
     server.on('newSession', onNewSession)
     server.on('resumeSession', onResumeSession)
+
+    // Which connections offer TLS 1.3, read from their ClientHello before TLS starts (Node's resumeSession does not
+    // say). Such a connection needs neither listener: a session id never resumes TLS 1.3 here, and TLS 1.3 sessions
+    // are not stored. Node turns session callbacks on for a new TLS socket when the server has a listener for either
+    // event (TLSSocket#_init asks server.listenerCount, synchronously, inside the 'connection' emit), so for the
+    // length of that emit the server reports none: no ClientHello pause, no lookup, no session serialised. Where
+    // that is not possible (someone else listens too), the id is remembered and answered at once without a lookup.
+    let tls13 = serverAllowsTls13(server)
+    reviewTls13 = () => { tls13 = serverAllowsTls13(server) }
+    const onlyOurs = (): boolean => {
+      const n = server.rawListeners('newSession')
+      const r = server.rawListeners('resumeSession')
+      return n.length === 1 && n[0] === onNewSession && r.length === 1 && r[0] === onResumeSession
+    }
+    const ownListenerCount = Object.getOwnPropertyDescriptor(server, 'listenerCount')
+    const listenerCount = server.listenerCount
+    let quiet = false
+    const quietListenerCount = function (this: tls.Server, event: string | symbol, ...rest: unknown[]): number {
+      if (quiet && (event === 'newSession' || event === 'resumeSession')) return 0
+      return (listenerCount as (e: string | symbol, ...r: unknown[]) => number).call(this, event, ...rest)
+    }
+    Object.defineProperty(server, 'listenerCount', { value: quietListenerCount, configurable: true, writable: true, enumerable: false })
+    const removeStage = addConnectionStage(server, {
+      rank: CLIENT_HELLO_STAGE_RANK,
+      accept: clientHelloStage({
+        active: () => tls13,
+        seen: (socket, sessionId, offersTls13) => {
+          if (!offersTls13) return false
+          if (sessionId.length > 0) metrics.cacheLookupsSkipped++
+          if (onlyOurs()) return true // handed over synchronously (this stage runs last), so Node asks no listener
+          if (sessionId.length === 0) return false
+          // Fallback, when another listener needs the callbacks. Ids are the client's (a TLS 1.2 id travels in
+          // clear), so a connection could name another client's id: that one then does a full handshake while the
+          // first is open, nothing worse. Bounded by the open connections: each takes its entry with it.
+          const key = sessionId.toString('latin1')
+          cannotHit.add(key)
+          socket.once('close', () => { cannotHit.delete(key) })
+          return false
+        },
+        withoutSessionCallbacks: handOver => {
+          quiet = true
+          try { handOver() } finally { quiet = false }
+        }
+      })
+    })
+    removeClientHelloStage = () => {
+      removeStage()
+      if (server.listenerCount === quietListenerCount) {
+        if (ownListenerCount !== undefined) Object.defineProperty(server, 'listenerCount', ownListenerCount)
+        else Reflect.deleteProperty(server, 'listenerCount')
+      }
+    }
   }
 
   // Ticket renewal. Until a shared key is read, tickets use the key Node gave this server (as without renewal).
@@ -622,6 +754,8 @@ const tlsSessionsPlugin: FastifyPluginAsync<TlsSessionsOptions> = async (fastify
     server.off('tlsClientError', onClientError)
     if (onNewSession !== undefined) server.off('newSession', onNewSession)
     if (onResumeSession !== undefined) server.off('resumeSession', onResumeSession)
+    removeClientHelloStage?.()
+    cannotHit.clear()
     if (server.setSecureContext === wrapped) {
       if (previousDescriptor !== undefined) Object.defineProperty(server, 'setSecureContext', previousDescriptor)
       else delete (server as { setSecureContext?: unknown }).setSecureContext
