@@ -8,7 +8,8 @@
  * The subscribing instances are lightweight stand-ins that speak the store's protocol, the same shape for every
  * design: a subscriber connection subscribed exactly as the store's subscriber is, and a command connection whose
  * reads fill a set of held keys; an invalidation of a held key drops it and reads it again (so the held share stays
- * what the cell says). No heartbeats: they cost the same per connection whatever the writes (see docs/scaling.md).
+ * what the cell says). The writer follows invalidations too (holding nothing), as a store instance does. No
+ * heartbeats: they cost the same per connection whatever the writes (see docs/scaling.md).
  */
 import { Redis } from 'ioredis'
 import { randomBytes } from 'node:crypto'
@@ -30,7 +31,8 @@ interface Design {
   name: string
   /** What the design's subscriber does, in a few words for the table. */
   describe: string
-  instance: (port: number, held: Set<string>) => Promise<StandIn>
+  /** `reader`: the command connection whose reads fill (the writer's own, for the writing instance). */
+  instance: (port: number, held: Set<string>, reader?: Redis) => Promise<StandIn>
 }
 
 interface StandIn {
@@ -53,36 +55,61 @@ function holder (reader: Redis, held: Set<string>): { refill: (key: string) => v
   }
 }
 
+/**
+ * One stand-in: a RESP2 subscriber connection and a command connection (`own`, or a new one) whose reads fill
+ * `held`. `follow` subscribes the way the design does and calls `heard(key)` for each invalidated key.
+ */
+async function standIn (port: number, held: Set<string>, own: Redis | undefined,
+  follow: (sub: Redis, reader: Redis, heard: (key: string) => void) => Promise<void>): Promise<StandIn> {
+  const sub = new Redis({ port, protocol: 2, autoResubscribe: false, lazyConnect: true })
+  const reader = own ?? new Redis({ port, enableAutoPipelining: false })
+  await sub.connect()
+  let received = 0
+  const h = holder(reader, held)
+  await follow(sub, reader, key => { received++; h.refill(key) })
+  await h.fill()
+  return {
+    received: () => received,
+    drain: async () => { await sub.ping(); await h.settled() },
+    close: () => { sub.disconnect(); if (own === undefined) reader.disconnect() }
+  }
+}
+
 /** Today's design: every instance SSUBSCRIBEs every partition's channel (lib/repository/redis-subscriber.ts). */
 const pubsub: Design = {
   name: 'pubsub',
   describe: 'SSUBSCRIBE to every partition channel',
-  instance: async (port, held) => {
-    const sub = new Redis({ port, protocol: 2, autoResubscribe: false, lazyConnect: true })
-    const reader = new Redis({ port, enableAutoPipelining: false })
-    await sub.connect()
-    let received = 0
-    const h = holder(reader, held)
+  instance: async (port, held, own) => await standIn(port, held, own, async (sub, _reader, heard) => {
     sub.on('smessageBuffer', (channel: Buffer, message: Buffer) => {
-      received++
-      const m = message.toString()
       if (partitionOfChannel(channel.toString()) < 0) return
       // "<version> <sequence> <epoch> <key>"
+      const m = message.toString()
       let at = -1
       for (let i = 0; i < 3; i++) at = m.indexOf(' ', at + 1)
-      h.refill(m.slice(at + 1))
+      heard(m.slice(at + 1))
     })
     await Promise.all(Array.from({ length: PARTITIONS }, async (_, p) => await sub.ssubscribe(channelName(PREFIX, p))))
-    await h.fill()
-    return {
-      received: () => received,
-      drain: async () => { await sub.ping(); await h.settled() },
-      close: () => { sub.disconnect(); reader.disconnect() }
-    }
-  }
+  })
 }
 
-const DESIGNS: Design[] = [pubsub]
+/**
+ * Client tracking (lib/repository/tracking-subscriber.ts): the command connection has CLIENT TRACKING ON in default
+ * mode with REDIRECT to a RESP2 connection subscribed to __redis__:invalidate; Redis tells only the readers of a key.
+ */
+const tracking: Design = {
+  name: 'tracking',
+  describe: 'CLIENT TRACKING ON REDIRECT to one subscribed connection',
+  instance: async (port, held, own) => await standIn(port, held, own, async (sub, reader, heard) => {
+    sub.on('messageBuffer', (_channel: Buffer, message: unknown) => {
+      if (Array.isArray(message)) for (const k of message as Buffer[]) heard(k.toString())
+    })
+    const id = String(await sub.client('ID'))
+    await sub.subscribe('__redis__:invalidate')
+    await reader.call('CLIENT', 'TRACKING', 'ON', 'REDIRECT', id)
+  })
+}
+
+const DESIGNS: Design[] = [pubsub, tracking]
 
 interface Cell {
   design: string
@@ -126,7 +153,8 @@ async function runCell (design: Design, n: number, share: number): Promise<Cell>
       const r = await writer.compareAndSet(k, null, VALUE, 3_600_000)
       if (r.ok) versions.set(k, r.version)
     }
-    const fleet: StandIn[] = []
+    // The writer is an instance too: it follows invalidations on its own command connection, holding nothing.
+    const fleet: StandIn[] = [await design.instance(server.port, new Set(), writer.client as Redis)]
     for (let i = 0; i < n; i++) fleet.push(await design.instance(server.port, pick(share)))
     await Promise.all(fleet.map(async s => await s.drain()))
     const receivedBefore = fleet.reduce((a, s) => a + s.received(), 0)
@@ -180,7 +208,7 @@ const growth = DESIGNS.map(d => HELD.map(s => {
 writeResult('fanout', { keys: KEYS, partitions: PARTITIONS, writes: WRITES, cells, growth }, `
 ### Fan-out: Redis CPU per write as the fleet grows (bench/fanout.ts)
 
-One writer, N subscribing instances, one private redis-server per cell, ${KEYS} keys over ${PARTITIONS} partitions,
+One writer (itself subscribed, as a store instance is), N other subscribing instances, one private redis-server per cell, ${KEYS} keys over ${PARTITIONS} partitions,
 ${WRITES} sequential writes of random keys through the real write script. Redis CPU per write: INFO CPU
 (used_cpu_sys + used_cpu_user) across the writes, until every instance has received them and re-read what they
 invalidated. Instances are stand-ins speaking the store's protocol (${DESIGNS.map(d => `${d.name}: ${d.describe}`).join('; ')}),
