@@ -120,6 +120,14 @@ interface Cell {
   messagesPerWrite: number
   p50Ms: number
   p99Ms: number
+  /** used_memory once the fleet is connected and holds its share, over before. */
+  fleetMemoryBytes: number
+  /** tracking_total_items then: (key, client) pairs in Redis's tracking table. */
+  trackingItems: number
+}
+
+function usedMemory (server: RedisHandle): number {
+  return Number(/used_memory:(\d+)/.exec(server.cli('INFO', 'memory'))?.[1] ?? NaN)
 }
 
 function cpuSeconds (server: RedisHandle): number {
@@ -153,10 +161,14 @@ async function runCell (design: Design, n: number, share: number): Promise<Cell>
       const r = await writer.compareAndSet(k, null, VALUE, 3_600_000)
       if (r.ok) versions.set(k, r.version)
     }
+    const mem0 = usedMemory(server)
     // The writer is an instance too: it follows invalidations on its own command connection, holding nothing.
     const fleet: StandIn[] = [await design.instance(server.port, new Set(), writer.client as Redis)]
     for (let i = 0; i < n; i++) fleet.push(await design.instance(server.port, pick(share)))
     await Promise.all(fleet.map(async s => await s.drain()))
+    // What the fleet costs Redis in memory once it holds its share: connections, subscriptions, the tracking table.
+    const fleetMemory = usedMemory(server) - mem0
+    const trackingItems = Number(/tracking_total_items:(\d+)/.exec(server.cli('INFO', 'stats'))?.[1] ?? 0)
     const receivedBefore = fleet.reduce((a, s) => a + s.received(), 0)
     const cpu0 = cpuSeconds(server)
     const lat: number[] = []
@@ -180,7 +192,9 @@ async function runCell (design: Design, n: number, share: number): Promise<Cell>
       redisCpuUsPerWrite: round((cpu1 - cpu0) * 1e6 / WRITES, 1),
       messagesPerWrite: round(received / WRITES, 3),
       p50Ms: round(percentile(lat, 0.5), 3),
-      p99Ms: round(percentile(lat, 0.99), 3)
+      p99Ms: round(percentile(lat, 0.99), 3),
+      fleetMemoryBytes: fleetMemory,
+      trackingItems
     }
   } finally {
     await writer.close()
@@ -214,9 +228,13 @@ ${WRITES} sequential writes of random keys through the real write script. Redis 
 invalidated. Instances are stand-ins speaking the store's protocol (${DESIGNS.map(d => `${d.name}: ${d.describe}`).join('; ')}),
 each holding a random share of the keys. Loopback, a shared 2-core machine: trust ratios within one run.
 
-| design | held per instance | N | Redis CPU per write | messages per write | write p50 | write p99 |
-|---|---|---|---|---|---|---|
-${cells.map(c => `| ${c.design} | ${c.heldShare * 100}% | ${c.instances} | ${fmt(c.redisCpuUsPerWrite, 1)} us | ${fmt(c.messagesPerWrite, 3)} | ${fmt(c.p50Ms, 3)} ms | ${fmt(c.p99Ms, 3)} ms |`).join('\n')}
+| held per instance | N | design | Redis CPU per write | messages per write | write p50 | write p99 | fleet's Redis memory | tracking items |
+|---|---|---|---|---|---|---|---|---|
+${cells.map(c => `| ${c.heldShare * 100}% | ${c.instances} | ${c.design} | ${fmt(c.redisCpuUsPerWrite, 1)} us | ${fmt(c.messagesPerWrite, 3)} | ${fmt(c.p50Ms, 3)} ms | ${fmt(c.p99Ms, 3)} ms | ${fmt(c.fleetMemoryBytes / 1024, 0)} KiB | ${c.trackingItems} |`).join('\n')}
+
+Messages per write count the writer's own (pub/sub: it is subscribed; tracking: its script read the key). Fleet's
+Redis memory: used_memory once every instance is connected and holds its share, minus before (connections, pub/sub
+subscriptions, the tracking table); tracking items: (key, client) pairs in the tracking table then.
 
 Redis CPU per write at N=${Math.max(...FLEET)} over N=1: ${growth.map(g => `${g.design} ${g.heldShare * 100}% held ${g.ratioTopToOne === undefined ? 'n/a' : `${fmt(g.ratioTopToOne)}x`}`).join(', ')}.
 `)

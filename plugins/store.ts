@@ -130,7 +130,7 @@ export const STORE_OPTIONS_SCHEMA = {
         additionalProperties: false,
         properties: { leaseMs: integerAtLeast(1), transport: { enum: ['pubsub', 'tracking'] } }
       }],
-      description: "false or { leaseMs, transport: 'pubsub' | 'tracking' }"
+      description: "false or { leaseMs } (optionally with transport: 'pubsub' | 'tracking')"
     },
     defaultTtlMs: integerAtLeast(1),
     tombstoneTtlMs: integerAtLeast(1),

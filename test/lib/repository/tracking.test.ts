@@ -8,6 +8,7 @@
 import t, { type Test } from 'tap'
 import { RedisRepository } from '../../../lib/repository/redis.js'
 import { TieredStore } from '../../../lib/tiered-store.js'
+import { checkStoreOptions } from '../../../plugins/store.js'
 import { startRedis, type RedisHandle } from '../../../scripts/redis-server.js'
 import { inc, poll, sleep, violations, writeAll } from '../../helpers/staleness.js'
 import { waitFor } from '../../helpers/wait-for.js'
@@ -179,6 +180,10 @@ t.test('the option and its environment default are checked', async t => {
   t.equal(new TieredStore({ repository, secret: SECRET }).coherenceTransport, 'tracking', 'the environment sets the default')
   t.equal(new TieredStore({ repository, secret: SECRET, coherence: { transport: 'pubsub' } }).coherenceTransport, 'pubsub', 'the option wins')
   t.equal(new TieredStore({ repository, secret: SECRET, coherence: false }).coherenceTransport, 'off')
+  // The plugins' option policy refuses it at registration too.
+  const secret = SECRET
+  t.doesNotThrow(() => checkStoreOptions({ secret, coherence: { leaseMs: 100, transport: 'tracking' } }))
+  t.throws(() => checkStoreOptions({ secret, coherence: { transport: 'push' } }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /coherence\.transport.*"pubsub", "tracking"/ })
   process.env.HANDOFF_COHERENCE_TRANSPORT = 'nope'
   t.throws(() => new TieredStore({ repository, secret: SECRET }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /HANDOFF_COHERENCE_TRANSPORT/ })
 })
