@@ -22,6 +22,8 @@ export interface LocalTierCounters {
   fillsSkipped: number
   /** Epoch changes seen: a partition or a node of the repository lost its data (FLUSHALL, empty restart, empty failover). */
   resets: number
+  /** Witness reads that failed or went unanswered: the node could not confirm it kept its data. */
+  witnessErrors: number
 }
 
 export interface LocalTierLogger {
@@ -87,7 +89,7 @@ const RESET_LOG_INTERVAL_MS = 60_000
  *   connection, already superseded, or that a flush made while it was in flight voided.
  */
 export class LocalTier implements InvalidationListener {
-  readonly counters: LocalTierCounters = { invalidations: 0, gapsRepaired: 0, resyncs: 0, leaseSuspensions: 0, fillsSkipped: 0, resets: 0 }
+  readonly counters: LocalTierCounters = { invalidations: 0, gapsRepaired: 0, resyncs: 0, leaseSuspensions: 0, fillsSkipped: 0, resets: 0, witnessErrors: 0 }
   private readonly stripes: Array<LRUCache<string, LocalCopy>>
   private readonly stripeMask: number
   private readonly ttlMs: number
@@ -342,6 +344,11 @@ export class LocalTier implements InvalidationListener {
     this.witnesses.set(name, value)
     if (before === undefined || before === value) return
     this.reset(partitions, 'witness')
+  }
+
+  onWitnessError (): void {
+    // Counted only: the subscriber withholds the node's heartbeats meanwhile, which is what suspends its copies.
+    this.counters.witnessErrors++
   }
 
   /** Drop every copy (tests, or an operator after restoring Redis from a backup). */

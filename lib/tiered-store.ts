@@ -1,8 +1,12 @@
 import { LocalTier, type LocalTierCounters } from './local-tier.js'
-import { ConflictError, DurabilityError, InvalidOptionError, intOption, TooLargeError, isHandoffError } from './errors.js'
+import { ReplicaWait, type Durability } from './durability.js'
+import { EntryCodec } from './entry-codec.js'
+import { ConflictError, InvalidOptionError, intOption, TooLargeError, isHandoffError } from './errors.js'
 import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfKey } from './partitions.js'
 import type { CasResult, CoherenceTransport, Repository, StoredEntry, Subscription } from './repository/types.js'
-import { KeyRing, Sealer, entryLabel, openEntry, sealEntry, type SecretInput } from './seal.js'
+import { KeyRing, entryLabel, type SecretInput } from './seal.js'
+
+export type { Durability } from './durability.js'
 
 /**
  * A JSON value as the store keeps it (the store's type parameter may be any JSON-serializable type). Values handed
@@ -69,13 +73,6 @@ export interface Logger {
   warn: (obj: object, msg?: string) => void
   info?: (obj: object, msg?: string) => void
   error?: (obj: object, msg?: string) => void
-}
-
-export interface Durability {
-  /** Replicas that must acknowledge a write before update/delete resolve. */
-  replicas: number
-  /** How long to wait for them, ms. Default: 100. */
-  timeoutMs?: number
 }
 
 export interface TieredStoreOptions {
@@ -163,14 +160,6 @@ export interface StoreCounters extends LocalTierCounters {
   durabilityFailures: number
 }
 
-function deepFreeze<T> (v: T): T {
-  if (v !== null && typeof v === 'object' && !Object.isFrozen(v)) {
-    Object.freeze(v)
-    for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k])
-  }
-  return v
-}
-
 /** What an update decides on: the value it gives mutate, and where it came from. */
 interface Base<T> {
   value: T | undefined
@@ -199,7 +188,7 @@ export class TieredStore<T = unknown> {
   readonly counters: StoreCounters
   readonly keyRing: KeyRing
   private readonly local: LocalTier
-  private readonly sealer: Sealer
+  private readonly codec: EntryCodec<T>
   private readonly defaultTtlMs: number
   private readonly tombstoneTtlMs: number
   private readonly maxAttempts: number
@@ -207,15 +196,13 @@ export class TieredStore<T = unknown> {
   private readonly maxDegradedMs: number
   /** performance.now() of the newest answered repository call. */
   private answeredAt = Number.NEGATIVE_INFINITY
-  private readonly durability: Required<Durability> | undefined
+  private readonly durability: ReplicaWait | undefined
   private readonly logger: Logger | undefined
   private readonly now: () => number
   private subscription: Subscription | undefined
   private readonly transport: CoherenceTransport
   private started: Promise<void> | undefined
   private failing = false
-  private corruptLoggedAt = Number.NEGATIVE_INFINITY
-  private corruptSuppressed = 0
   private observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined
 
   constructor (opts: TieredStoreOptions) {
@@ -239,19 +226,11 @@ export class TieredStore<T = unknown> {
     this.maxAttempts = intOption('maxAttempts', opts.maxAttempts, 64, 1)
     this.maxValueBytes = intOption('maxValueBytes', opts.maxValueBytes, 1024 * 1024, 1)
     this.maxDegradedMs = intOption('maxDegradedMs', opts.maxDegradedMs, 30_000, 0)
-    if (opts.durability !== undefined) {
-      const replicas = intOption('durability.replicas', opts.durability.replicas, 1, 1)
-      this.durability = { replicas, timeoutMs: intOption('durability.timeoutMs', opts.durability.timeoutMs, 100, 1) }
-      if (this.repository.waitForReplicas === undefined) {
-        throw new InvalidOptionError('durability', `the ${this.repository.kind} repository has no replicas to wait for`)
-      }
-    }
     const leaseMs = coherenceOn
       ? intOption('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250, 1)
       : undefined
     this.transport = coherenceTransport(opts.coherence === false ? undefined : opts.coherence?.transport)
     this.keyRing = opts.secret instanceof KeyRing ? opts.secret : new KeyRing(opts.secret)
-    this.sealer = new Sealer(this.keyRing, 'entry')
     this.logger = opts.logger
     this.observe = opts.observe
     this.now = opts.now ?? Date.now
@@ -285,6 +264,9 @@ export class TieredStore<T = unknown> {
       touches: 0,
       durabilityFailures: 0
     })
+    this.codec = new EntryCodec<T>(this.keyRing, this.counters, this.logger, this.now)
+    this.durability = ReplicaWait.from(opts.durability, this.repository, this.counters,
+      async (op, key, work) => await this.call(op, key, work))
   }
 
   /** The local tier's invalidation listener, when coherence is on (benchmarks hook into it). */
@@ -353,11 +335,11 @@ export class TieredStore<T = unknown> {
     let stored: StoredEntry | null
     try {
       this.counters.repositoryReads++
-      stored = await this.call('get', async () => await this.repository.get(key))
+      stored = await this.call('get', key, async () => await this.repository.get(key))
     } catch (err) {
       this.local.release(ticket)
       if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) {
-        this.corrupt(key, err)
+        this.codec.corrupt(key, err)
         return undefined
       }
       // Keep serving what is known: a copy within its local TTL and its expiry, at or above the floor, of the current
@@ -370,7 +352,7 @@ export class TieredStore<T = unknown> {
       }
       throw err
     }
-    const decoded = stored === null ? undefined : this.decode(key, stored)
+    const decoded = stored === null ? undefined : this.codec.decode(key, stored)
     this.local.fill(ticket, {
       value: decoded,
       version: stored?.version ?? 0,
@@ -388,10 +370,10 @@ export class TieredStore<T = unknown> {
    * between (compare-and-set on the version and its epoch); otherwise `mutate` runs again on the newer value, with
    * jittered backoff, up to maxAttempts. Starting from a local copy, an uncontended update is one round trip.
    *
-   * One rule for bases that are not what is stored (a local copy, or "absent" assumed to create in one round trip):
-   * a decision that refuses (mutate throws, the value is too large) or that needs what is there (declining to create)
-   * is re-made on the stored value before it counts. A write on such a base is safe as is: the compare-and-set
-   * refuses it when the base is stale, from another epoch included, and returns the stored value to re-decide on.
+   * Bases that are not what is stored (a local copy, or "absent" assumed to create in one round trip) follow one
+   * rule, `decisionStands`: a refusal or a decline counts only when it stands on its base; otherwise it is re-made on
+   * the stored value. A write on such a base is safe as is: the compare-and-set refuses it when the base is stale,
+   * from another epoch included, and returns the stored value to re-decide on.
    */
   async update (key: string, mutate: Mutator<T>, opts?: UpdateOptions): Promise<UpdateResult<T>> {
     const ttlMs = intOption('ttlMs', opts?.ttlMs, this.defaultTtlMs, 1)
@@ -410,32 +392,36 @@ export class TieredStore<T = unknown> {
       try {
         next = mutate(base.value, { version: base.version, deleted: base.deleted, attempt })
       } catch (err) {
-        if (base.from === 'stored') throw err
+        if (decisionStands(base, 'refuses')) throw err
         base = await this.readBase(key)
         continue
       }
       if (next === undefined) {
-        // Declining on a local copy writes nothing either way; declining to create must see what is there.
-        if (base.from !== 'assumed') return { value: base.value, version: base.version, epoch: base.epoch, written: false, conflicts }
+        if (decisionStands(base, 'declines')) return { value: base.value, version: base.version, epoch: base.epoch, written: false, conflicts }
         base = await this.readBase(key)
         continue
       }
-      const json = JSON.stringify(next)
-      const plain = Buffer.from(json)
-      if (plain.length > this.maxValueBytes) throw new TooLargeError('Stored value', `${plain.length} bytes`, `${this.maxValueBytes} bytes`)
-      if (maxBytes !== undefined && plain.length > maxBytes) {
-        // The caller's limit is about the value it makes from what is stored: a local copy may trail a write that
-        // made the value smaller, and "absent" may not be what is stored.
-        if (base.from !== 'stored') { base = await this.readBase(key); continue }
-        throw new TooLargeError(opts?.label ?? 'Stored value', `${plain.length} bytes`, `${maxBytes} bytes`)
+      const encoded = this.codec.encode(next)
+      const plain = encoded.plain
+      // Both limits are about the value made from what is stored: a local copy may trail a write that made the value
+      // smaller, and "absent" may not be what is stored.
+      const tooLarge = plain.length > this.maxValueBytes
+        ? new TooLargeError('Stored value', `${plain.length} bytes`, `${this.maxValueBytes} bytes`)
+        : maxBytes !== undefined && plain.length > maxBytes
+          ? new TooLargeError(opts?.label ?? 'Stored value', `${plain.length} bytes`, `${maxBytes} bytes`)
+          : undefined
+      if (tooLarge !== undefined) {
+        if (decisionStands(base, 'refuses')) throw tooLarge
+        base = await this.readBase(key)
+        continue
       }
       const expected = base.from === 'assumed' ? null : base.version
       const version = base.version + 1
-      const sealed = sealEntry(this.sealer, key, version, plain)
+      const sealed = this.codec.seal(key, version, plain)
       const ticket = this.local.open(key, partition)
       let res: CasResult
       try {
-        res = await this.call('compareAndSet', async () => await this.repository.compareAndSet(key, expected, sealed, ttlMs, base.epoch))
+        res = await this.call('compareAndSet', key, async () => await this.repository.compareAndSet(key, expected, sealed, ttlMs, base.epoch))
       } catch (err) {
         this.local.release(ticket)
         // The write may or may not have been applied. With coherence, a stored write's invalidation drops the local
@@ -447,9 +433,9 @@ export class TieredStore<T = unknown> {
       if (res.ok) {
         this.counters.writes++
         // What every other instance will read: the JSON round trip, frozen (never the caller's own object).
-        const frozen = deepFreeze(JSON.parse(json) as T)
+        const frozen = this.codec.frozen(encoded)
         this.local.fill(ticket, { value: frozen, version: res.version, epoch: res.epoch, expiresAt: res.expiresAt, bytes: sealed.length })
-        await this.awaitReplicas(key)
+        await this.durability?.await(key)
         return { value: frozen, version: res.version, epoch: res.epoch, written: true, conflicts }
       }
       this.local.release(ticket)
@@ -473,14 +459,14 @@ export class TieredStore<T = unknown> {
     this.local.drop(key, this.partitionOf(key))
     let stored: StoredEntry | null
     try {
-      stored = await this.call('take', async () => await this.repository.take(key, this.tombstoneTtlMs))
+      stored = await this.call('take', key, async () => await this.repository.take(key, this.tombstoneTtlMs))
     } catch (err) {
-      if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) { this.corrupt(key, err); return undefined }
+      if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) { this.codec.corrupt(key, err); return undefined }
       throw err
     }
     this.counters.takes++
     if (stored === null) return undefined
-    const value = this.decode(key, stored)
+    const value = this.codec.decode(key, stored)
     if (value === undefined) return undefined
     return { value, version: stored.version, expiresAt: stored.expiresAt, source: 'repository', degraded: false, epoch: stored.epoch }
   }
@@ -489,10 +475,10 @@ export class TieredStore<T = unknown> {
   async delete (key: string): Promise<number> {
     const partition = this.partitionOf(key)
     this.local.drop(key, partition)
-    const version = await this.call('delete', async () => await this.repository.delete(key, this.tombstoneTtlMs))
+    const version = await this.call('delete', key, async () => await this.repository.delete(key, this.tombstoneTtlMs))
     this.counters.deletes++
     this.local.drop(key, partition)
-    await this.awaitReplicas(key)
+    await this.durability?.await(key)
     return version
   }
 
@@ -502,7 +488,7 @@ export class TieredStore<T = unknown> {
     const partition = this.partitionOf(key)
     // The copy this instance holds names the entry it means: one from another epoch is not extended.
     const epoch = this.local.peek(key, partition)?.epoch
-    const ok = await this.call('touch', async () => await this.repository.touch(key, ttlMs, epoch))
+    const ok = await this.call('touch', key, async () => await this.repository.touch(key, ttlMs, epoch))
     this.counters.touches++
     if (ok) this.local.extend(key, partition, this.now() + ttlMs)
     else this.local.drop(key, partition)
@@ -585,7 +571,7 @@ export class TieredStore<T = unknown> {
    * Every repository call goes through here: latency for the observer, and the outage state (a failure other than a
    * corrupt entry opens it and logs once; an answer closes it).
    */
-  private async call<R> (op: RepositoryOp, work: () => Promise<R>): Promise<R> {
+  private async call<R> (op: RepositoryOp, key: string, work: () => Promise<R>): Promise<R> {
     const observe = this.observe
     const started = observe === undefined ? 0 : performance.now()
     let result: R
@@ -604,37 +590,12 @@ export class TieredStore<T = unknown> {
 
   private async readBase (key: string): Promise<Base<T>> {
     this.counters.repositoryReads++ // update's reads count as get's do
-    return this.stored(key, await this.call('get', async () => await this.repository.get(key)))
+    return this.stored(key, await this.call('get', key, async () => await this.repository.get(key)))
   }
 
   private stored (key: string, entry: StoredEntry | null): Base<T> {
     if (entry === null) return { value: undefined, version: 0, epoch: '', deleted: false, from: 'stored' }
-    return { value: this.decode(key, entry), version: entry.version, epoch: entry.epoch, deleted: entry.value === null, from: 'stored' }
-  }
-
-  private decode (key: string, stored: StoredEntry): T | undefined {
-    if (stored.value === null) return undefined
-    try {
-      const plain = openEntry(this.sealer, key, stored.version, stored.value)
-      return deepFreeze(JSON.parse(plain.toString('utf8')) as T)
-    } catch (err) {
-      this.corrupt(key, err)
-      return undefined
-    }
-  }
-
-  private corrupt (key: string, err: unknown): void {
-    this.counters.corrupt++
-    // At most one line a minute: another cluster writing under our prefix must not flood the logs.
-    const now = this.now()
-    if (now - this.corruptLoggedAt < 60_000) { this.corruptSuppressed++; return }
-    this.logger?.warn({
-      entry: entryLabel(key),
-      reason: err instanceof Error ? err.message : String(err),
-      suppressedSinceLast: this.corruptSuppressed
-    }, 'fastify-handoff: an entry could not be opened and is treated as absent')
-    this.corruptLoggedAt = now
-    this.corruptSuppressed = 0
+    return { value: this.codec.decode(key, entry), version: entry.version, epoch: entry.epoch, deleted: entry.value === null, from: 'stored' }
   }
 
   private repositoryError (err: unknown): void {
@@ -650,18 +611,6 @@ export class TieredStore<T = unknown> {
     if (this.failing) {
       this.failing = false
       this.logger?.info?.({ repository: this.repository.kind }, 'fastify-handoff: repository answers again')
-    }
-  }
-
-  private async awaitReplicas (key: string): Promise<void> {
-    const d = this.durability
-    const wait = this.repository.waitForReplicas?.bind(this.repository)
-    if (d === undefined || wait === undefined) return
-    // Through call(), as every repository call: its latency is observed, and a failure opens the outage state.
-    const acked = await this.call('waitForReplicas', async () => await wait(key, d.replicas, d.timeoutMs))
-    if (acked < d.replicas) {
-      this.counters.durabilityFailures++
-      throw new DurabilityError(acked, d.replicas)
     }
   }
 
@@ -684,6 +633,17 @@ function coherenceTransport (option: unknown): CoherenceTransport {
   if (value === undefined) return 'pubsub'
   if (value !== 'pubsub' && value !== 'tracking') throw new InvalidOptionError(name, `must be 'pubsub' or 'tracking', got ${JSON.stringify(value)}`)
   return value
+}
+
+/**
+ * The one rule for a decision made on a base that may not be what is stored (a local copy that may trail an
+ * invalidation in flight, or "absent" assumed to create in one round trip): does it count as made, or must it be
+ * re-made on the stored value? A refusal (mutate throws, a value too large) counts only on the stored value. A
+ * decline (mutate returns undefined) writes nothing, which is as right on a local copy as on the stored value; but
+ * declining to create must see what is there. Writes need no rule: the compare-and-set checks their base.
+ */
+function decisionStands (base: Base<unknown>, decision: 'refuses' | 'declines'): boolean {
+  return decision === 'refuses' ? base.from === 'stored' : base.from !== 'assumed'
 }
 
 async function backoff (attempt: number): Promise<void> {

@@ -75,6 +75,9 @@ export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'rep
     onEvent: (e: { type: string, reason?: string, node?: string, error?: Error }) => {
       if (e.type === 'unavailable') onEvent?.('fastify-handoff: Redis unavailable', { reason: e.reason, node: e.node })
       else if (e.type === 'recovered') onEvent?.('fastify-handoff: Redis available again', { node: e.node })
+      else if (e.type === 'subscribe-failed') {
+        onEvent?.('fastify-handoff: invalidation subscription refused; local copies of this node\'s partitions are not trusted, retrying', { reason: e.reason, node: e.node })
+      } else if (e.type === 'subscribed') onEvent?.('fastify-handoff: invalidation subscription restored', { node: e.node })
     }
   }
   if (r instanceof Redis || r instanceof Cluster) {

@@ -131,6 +131,9 @@ export class ClusterSubscription {
       onWitness: (name: string, value: string, partitions?: readonly number[]) => {
         this.listener.onWitness?.(name, value, partitions)
       },
+      onWitnessError: (name: string, reason: string, partitions?: readonly number[]) => {
+        this.listener.onWitnessError?.(name, reason, partitions)
+      },
       onHeartbeat: (sentAt: number) => {
         shard.lastBeat = sentAt
         const covered = this.plannedShards === this.shards.size

@@ -15,8 +15,19 @@ export interface RedisSubscriberOptions {
   redisOptions?: RedisOptions | undefined
   /** Subscribe to these partitions only (a Cluster shard's share). Default: every partition of the scope. */
   partitions?: readonly number[] | undefined
-  onEvent?: (e: { type: 'error', error: Error }) => void
+  onEvent?: (e: SubscriberEvent) => void
 }
+
+export type SubscriberEvent =
+  | { type: 'error', error: Error }
+  /** Re-subscribing after a reconnect was refused (ACL, OOM, ...): the lease stays void, retried with backoff. Once per streak. */
+  | { type: 'subscribe-failed', node: string, reason: string }
+  /** Subscribed again after 'subscribe-failed'. */
+  | { type: 'subscribed', node: string }
+
+/** Re-subscription retries back off from this, doubling up to SUBSCRIBE_RETRY_MAX_MS (jittered). */
+const SUBSCRIBE_RETRY_MS = 50
+const SUBSCRIBE_RETRY_MAX_MS = 2000
 
 /**
  * Follows the invalidation shard channels of every partition on a dedicated RESP2 connection (ioredis 6 speaks
@@ -32,10 +43,25 @@ export class RedisSubscriber {
   private pingSentAt = 0
   private witnessInFlight = false
   private witnessCheckedAt = Number.NEGATIVE_INFINITY
+  /** When the newest witness read that was answered was sent: heartbeats prove nothing once it is a lease old. */
+  private witnessConfirmedFrom = Number.NEGATIVE_INFINITY
+  /** A witness read unanswered this long counted as failed already (one count per read). */
+  private witnessLateCounted = false
   private readonly witnessName: string
   private started = false
   private closed = false
   private readonly heartbeatIntervalMs: number
+  /**
+   * performance.now() when the SSUBSCRIBEs of the live subscription were sent (+Infinity: not subscribed). Only a
+   * PING sent after them proves delivery: a PING answered on a connection whose subscription failed proves nothing.
+   */
+  private subscribedFrom = Number.POSITIVE_INFINITY
+  private retryTimer: NodeJS.Timeout | undefined
+  private subscribeRetries = 0
+  private subscribeFailing = false
+  private readonly node: string
+  /** The witness value last read; a change means the node lost its data. */
+  private witness: string | undefined
 
   constructor (
     /** A standalone (or Sentinel) connection; the subscriber opens a duplicate of it. */
@@ -46,6 +72,7 @@ export class RedisSubscriber {
   ) {
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 50
     this.witnessName = witnessKey(scope.prefix, opts.partitions?.[0] ?? 0)
+    this.node = `${client.options.host ?? ''}:${client.options.port ?? ''}`
   }
 
   async start (): Promise<void> {
@@ -58,16 +85,21 @@ export class RedisSubscriber {
       // A PING sent on the old connection must not renew the lease once replayed on the new one.
       this.pingInFlight = false
       this.pingSentAt = 0
+      this.subscribedFrom = Number.POSITIVE_INFINITY
+      if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
+      this.retryTimer = undefined
       if (this.started && !this.closed) this.listener.onResync()
     })
     conn.on('ready', () => {
       if (!this.started || this.closed) return
       // A reconnect: 'close' already resynced (what was published meanwhile is gone). Re-subscribe; a later PING,
       // answered after the SSUBSCRIBEs on this connection, proves it active again.
-      this.subscribeAll(conn).catch(() => {})
+      this.resubscribe(conn)
     })
     await conn.connect()
+    const sentAt = performance.now()
     await this.subscribeAll(conn)
+    this.subscribedFrom = sentAt
     this.started = true
     this.listener.onResync()
     this.beat()
@@ -83,10 +115,40 @@ export class RedisSubscriber {
     await Promise.all(channels.map(async c => await conn.ssubscribe(c)))
   }
 
+  /**
+   * Subscribes again after a reconnect. A refusal (an ACL without the channels, OOM, a proxy in the way) must not be
+   * swallowed while PINGs go on answering: the lease stays void (subscribedFrom) and the attempt is retried with
+   * jittered backoff on the same connection, reported once per streak.
+   */
+  private resubscribe (conn: Redis): void {
+    const sentAt = performance.now()
+    this.subscribeAll(conn).then(() => {
+      if (this.closed || conn !== this.conn || conn.status !== 'ready') return
+      this.subscribedFrom = sentAt
+      this.subscribeRetries = 0
+      if (this.subscribeFailing) {
+        this.subscribeFailing = false
+        this.opts.onEvent?.({ type: 'subscribed', node: this.node })
+      }
+    }, (err: unknown) => {
+      // A connection lost meanwhile re-subscribes on its next 'ready'.
+      if (this.closed || conn !== this.conn || conn.status !== 'ready') return
+      if (!this.subscribeFailing) {
+        this.subscribeFailing = true
+        this.opts.onEvent?.({ type: 'subscribe-failed', node: this.node, reason: err instanceof Error ? err.message : String(err) })
+      }
+      const cap = Math.min(SUBSCRIBE_RETRY_MAX_MS, SUBSCRIBE_RETRY_MS * 2 ** Math.min(this.subscribeRetries++, 10))
+      if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
+      this.retryTimer = setTimeout(() => { this.retryTimer = undefined; this.resubscribe(conn) }, cap / 2 + Math.random() * cap / 2)
+      this.retryTimer.unref()
+    })
+  }
+
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
     if (this.timer !== undefined) clearInterval(this.timer)
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
     // disconnect, not quit: a blackholed connection would never answer QUIT.
     this.conn?.disconnect()
   }
@@ -113,10 +175,26 @@ export class RedisSubscriber {
       return true
     }
     conn.ping().then(
-      () => { if (settle() && !this.closed) this.listener.onHeartbeat?.(sentAt) },
+      () => { if (settle() && !this.closed && this.proves(sentAt)) this.listener.onHeartbeat?.(sentAt) },
       () => { settle() }
     )
     this.checkWitness()
+  }
+
+  /**
+   * Whether a PING sent at `sentAt` and answered proves that nothing published before it was missed and that the
+   * node still holds what it held: sent on a live subscription, and the node's witness read within a lease interval
+   * before it (a witness that cannot be read is a node that cannot say it did not lose its data).
+   */
+  private proves (sentAt: number): boolean {
+    if (sentAt < this.subscribedFrom) return false
+    if (this.listener.onWitness === undefined) return true
+    return sentAt - this.witnessConfirmedFrom <= this.leaseIntervalMs
+  }
+
+  /** The reader's lease, as the scope implies it: witnesses are read twice per lease. */
+  private get leaseIntervalMs (): number {
+    return 2 * (this.scope.witnessIntervalMs ?? this.heartbeatIntervalMs)
   }
 
   /**
@@ -127,19 +205,58 @@ export class RedisSubscriber {
    * any write. It runs on the command connection (a subscribed connection takes no GET); one check at a time.
    */
   private checkWitness (): void {
-    if (this.witnessInFlight || this.listener.onWitness === undefined || this.client.status !== 'ready') return
+    if (this.listener.onWitness === undefined) return
     const now = performance.now()
+    if (this.witnessInFlight) {
+      // Unanswered for a lease: a failure (the lease stops being renewed by itself, see proves()). Given up after
+      // deadAfterMs, so that one lost read cannot stop every later check.
+      const age = now - this.witnessCheckedAt
+      if (age > this.leaseIntervalMs && !this.witnessLateCounted) {
+        this.witnessLateCounted = true
+        this.witnessFailed(`witness read unanswered for ${Math.round(age)} ms`)
+      }
+      if (age > (this.opts.deadAfterMs ?? 3000)) this.witnessInFlight = false
+      return
+    }
+    if (this.client.status !== 'ready') {
+      if (now - this.witnessConfirmedFrom > this.leaseIntervalMs && now - this.witnessCheckedAt >= this.leaseIntervalMs) {
+        this.witnessCheckedAt = now
+        this.witnessFailed(`command connection ${this.client.status}`)
+      }
+      return
+    }
     if (now - this.witnessCheckedAt < (this.scope.witnessIntervalMs ?? 0)) return
     this.witnessCheckedAt = now
     this.witnessInFlight = true
+    this.witnessLateCounted = false
+    const sentAt = now
     const name = this.witnessName
     const report = (value: string): void => {
-      if (!this.closed) this.listener.onWitness?.(name, value, this.opts.partitions)
+      if (this.closed) return
+      const before = this.witness
+      this.witness = value
+      this.listener.onWitness?.(name, value, this.opts.partitions)
+      // The node lost its data, maybe without this connection noticing (restarted behind a proxy that kept it open,
+      // an empty failover the connection survived): it may not be subscribed on the server that answers now. Drop
+      // it; its 'close' resyncs and the reconnect subscribes again.
+      if (before !== undefined && before !== value) this.conn?.disconnect(true)
     }
     readWitness(this.client, name).then(
-      value => { this.witnessInFlight = false; report(value) },
-      () => { this.witnessInFlight = false }
+      value => {
+        if (this.witnessCheckedAt === sentAt) this.witnessInFlight = false
+        this.witnessConfirmedFrom = Math.max(this.witnessConfirmedFrom, sentAt)
+        report(value)
+      },
+      (err: unknown) => {
+        if (this.witnessCheckedAt !== sentAt) return // given up on already
+        this.witnessInFlight = false
+        if (!this.witnessLateCounted) this.witnessFailed(err instanceof Error ? err.message : String(err))
+      }
     )
+  }
+
+  private witnessFailed (reason: string): void {
+    if (!this.closed) this.listener.onWitnessError?.(this.witnessName, reason, this.opts.partitions)
   }
 
   private onMessage (channel: string, message: string): void {

@@ -70,6 +70,10 @@ export type RepositoryEvent =
   | { type: 'unavailable', reason: string, node: string }
   | { type: 'recovered', node: string }
   | { type: 'error', error: Error }
+  /** The invalidation subscriber of `node` could not subscribe again after a reconnect: local copies of its partitions are not trusted until it does (retried with backoff). */
+  | { type: 'subscribe-failed', node: string, reason: string }
+  /** The subscriber of `node` subscribed again after a 'subscribe-failed'. */
+  | { type: 'subscribed', node: string }
 
 function isReplyError (err: unknown): err is Error {
   return err instanceof Error && err.name === 'ReplyError'

@@ -88,6 +88,10 @@ export class ShardedRepository implements Repository {
           owned ??= partitions ?? this.partitionsOf(n.id, scope.partitions)
           listener.onWitness?.(`${n.id} ${name}`, value, owned)
         },
+        onWitnessError: (name, reason, partitions) => {
+          owned ??= partitions ?? this.partitionsOf(n.id, scope.partitions)
+          listener.onWitnessError?.(`${n.id} ${name}`, reason, owned)
+        },
         onResync: partitions => {
           beats.set(n.id, Number.NEGATIVE_INFINITY)
           forwarded = Number.NEGATIVE_INFINITY

@@ -61,6 +61,12 @@ export interface InvalidationListener {
    * all when undefined) was reset, even if nobody writes to it.
    */
   onWitness?: (name: string, value: string, partitions?: readonly number[]) => void
+  /**
+   * A witness read failed or went unanswered (the node's `partitions`, all when undefined). Heartbeats of that node
+   * stop renewing the lease once its witness has not been read for a lease interval: a node that cannot confirm it
+   * kept its data does not confirm local copies either.
+   */
+  onWitnessError?: (name: string, reason: string, partitions?: readonly number[]) => void
 }
 
 export interface SubscriptionScope {

@@ -162,6 +162,26 @@ t.test('limits and options are checked with clear errors', async t => {
   t.throws(() => makeStore(undefined, { maxAttempts: 0 }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /maxAttempts.*integer >= 1, got 0/ })
 })
 
+t.test('the store-wide maxValueBytes is judged on the stored value too, not on a stale local copy', async t => {
+  // The same rule as a per-call maxBytes (one rule for every decision made on a base that may not be what is stored):
+  // coherence off, so A's copy trails B's write that made the value smaller.
+  const repo = new MemoryRepository()
+  const a = makeStore(repo, { coherence: false, localTtlMs: 60_000, maxAttempts: 1, maxValueBytes: 200 })
+  const b = makeStore(repo, { coherence: false, maxValueBytes: 200 })
+  await a.start()
+  await b.start()
+  const k = a.key('sized-store', 'cart')
+  await a.update(k, () => ({ s: 'x'.repeat(150) }))
+  await b.update(k, () => ({ s: 'small' }))
+  const r = await a.update(k, cur => ({ s: (cur as { s: string }).s + 'y'.repeat(80) }))
+  t.match(r, { written: true, version: 3 }, 'A looked at what is stored before refusing')
+  t.equal((r.value as { s: string }).s.length, 85, 'applied to the stored value')
+  await t.rejects(a.update(k, cur => ({ s: (cur as { s: string }).s + 'z'.repeat(200) })), { code: 'FST_HANDOFF_TOO_LARGE', statusCode: 413 },
+    'too large on the stored value: refused')
+  await a.close()
+  await b.close()
+})
+
 t.test('coherence takes reliability from the subscription, not from the repository kind', async t => {
   // Sharded over in-process nodes: its subscription reports reliable delivery (every node's is), so local copies
   // answer without heartbeats, as on one MemoryRepository. (Deciding by repository.kind === 'memory' missed it.)
