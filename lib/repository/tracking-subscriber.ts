@@ -1,8 +1,9 @@
 import type { Redis } from 'ioredis'
 import { UnavailableError } from '../errors.js'
-import { partitionOfKey, witnessKey } from '../partitions.js'
-import { readWitness, subscriberConnection, type RedisSubscriberOptions } from './redis-subscriber.js'
+import { partitionOfKey } from '../partitions.js'
+import { subscriberConnection, type RedisSubscriberOptions } from './redis-subscriber.js'
 import type { InvalidationListener, SubscriptionScope } from './types.js'
+import { WitnessCheck } from './witness.js'
 
 /** The channel Redis delivers tracking invalidations on to a RESP2 redirect connection. */
 const INVALIDATE = '__redis__:invalidate'
@@ -11,12 +12,12 @@ const INVALIDATE = '__redis__:invalidate'
 interface Registration {
   scope: SubscriptionScope
   listener: InvalidationListener
-  /** The partitions reported with a reset (a Cluster shard's share); undefined: every partition. */
-  partitions: readonly number[] | undefined
-  witnessName: string
-  witnessCheckedAt: number
-  witnessInFlight: boolean
+  witness: WitnessCheck
 }
+
+/** Redirect set-up retries back off from this, doubling up to SETUP_RETRY_MAX_MS (jittered). */
+const SETUP_RETRY_MS = 50
+const SETUP_RETRY_MAX_MS = 2000
 
 /**
  * Invalidations by Redis server-assisted client-side caching: the command connection `main` (the one every read
@@ -58,6 +59,10 @@ export class TrackingSubscriber {
   private pingInFlight = false
   private pingSentAt = 0
   private starting: Promise<void> | undefined
+  private retryTimer: NodeJS.Timeout | undefined
+  private setUpRetries = 0
+  private setUpFailing = false
+  private readonly node: string
   private started = false
   private closed = false
   private readonly heartbeatIntervalMs: number
@@ -66,6 +71,7 @@ export class TrackingSubscriber {
 
   constructor (private readonly main: Redis, private readonly opts: RedisSubscriberOptions = {}) {
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 50
+    this.node = `${main.options.host ?? ''}:${main.options.port ?? ''}`
   }
 
   /** How many stores follow this connection. */
@@ -76,10 +82,9 @@ export class TrackingSubscriber {
     const reg: Registration = {
       scope,
       listener,
-      partitions,
-      witnessName: witnessKey(scope.prefix, partitions?.[0] ?? 0),
-      witnessCheckedAt: Number.NEGATIVE_INFINITY,
-      witnessInFlight: false
+      // A node that lost its data may still hold this connection open (behind a proxy): start over on it.
+      witness: new WitnessCheck(scope, listener, partitions, this.heartbeatIntervalMs, this.opts.deadAfterMs ?? 3000,
+        () => this.sub?.disconnect(true))
     }
     this.regs.add(reg)
     try {
@@ -103,7 +108,7 @@ export class TrackingSubscriber {
     sub.on('error', (error: Error) => this.opts.onEvent?.({ type: 'error', error }))
     sub.on('messageBuffer', (channel: Buffer, message: unknown) => this.onMessage(channel, message))
     sub.on('close', () => { this.subId = undefined; this.lost() })
-    sub.on('ready', () => { if (this.started) this.setUpRedirect(sub).catch(() => {}) })
+    sub.on('ready', () => { if (this.started) this.retrySetUp(sub) })
     this.main.on('close', this.onMainClose)
     this.main.on('ready', this.onMainReady)
     try {
@@ -129,6 +134,31 @@ export class TrackingSubscriber {
     if (sub !== this.sub || sub.status !== 'ready') return
     this.subId = id
     await this.enableTracking()
+  }
+
+  /**
+   * Sets the redirect up again after a reconnect. A refusal (ACL, OOM, a proxy in the way) leaves the lease void
+   * (no tracking confirmed, so no heartbeat renews it) and is retried with jittered backoff, reported once per streak.
+   */
+  private retrySetUp (sub: Redis): void {
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
+    this.retryTimer = undefined
+    this.setUpRedirect(sub).then(() => {
+      this.setUpRetries = 0
+      if (this.setUpFailing) {
+        this.setUpFailing = false
+        this.opts.onEvent?.({ type: 'subscribed', node: this.node })
+      }
+    }, (err: unknown) => {
+      if (this.closed || sub !== this.sub || sub.status !== 'ready') return // a new connection sets up on 'ready'
+      if (!this.setUpFailing) {
+        this.setUpFailing = true
+        this.opts.onEvent?.({ type: 'subscribe-failed', node: this.node, reason: err instanceof Error ? err.message : String(err) })
+      }
+      const cap = Math.min(SETUP_RETRY_MAX_MS, SETUP_RETRY_MS * 2 ** Math.min(this.setUpRetries++, 10))
+      this.retryTimer = setTimeout(() => { this.retryTimer = undefined; this.retrySetUp(sub) }, cap / 2 + Math.random() * cap / 2)
+      this.retryTimer.unref()
+    })
   }
 
   /** CLIENT TRACKING ON REDIRECT <sub> on `main` (no NOLOOP: see the class comment); confirms the session it was answered in. */
@@ -165,6 +195,7 @@ export class TrackingSubscriber {
     if (this.closed) return
     this.closed = true
     if (this.timer !== undefined) clearInterval(this.timer)
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
     this.main.off('close', this.onMainClose)
     this.main.off('ready', this.onMainReady)
     // disconnect, not quit: a blackholed connection would never answer QUIT. Tracking on `main` is left on: its
@@ -186,6 +217,7 @@ export class TrackingSubscriber {
     if (this.trackedSession !== this.session) {
       // No renewal until tracking is confirmed again on this pair of connections.
       this.enableTracking().catch(() => {})
+      this.checkWitnesses()
       return
     }
     this.pingInFlight = true
@@ -198,27 +230,16 @@ export class TrackingSubscriber {
         if (this.pingSentAt !== sentAt) return
         this.pingInFlight = false
         if (session !== this.session || this.trackedSession !== session || this.closed) return
-        for (const r of this.regs) r.listener.onHeartbeat?.(sentAt)
+        for (const r of this.regs) if (r.witness.proves(sentAt)) r.listener.onHeartbeat?.(sentAt)
       },
       () => { if (this.pingSentAt === sentAt) this.pingInFlight = false }
     )
-    for (const r of this.regs) this.checkWitness(r)
+    this.checkWitnesses()
   }
 
-  /** As RedisSubscriber's: one witness read per store and node every `witnessIntervalMs`, on `main`. */
-  private checkWitness (r: Registration): void {
-    if (r.witnessInFlight || r.listener.onWitness === undefined || this.main.status !== 'ready') return
-    const now = performance.now()
-    if (now - r.witnessCheckedAt < (r.scope.witnessIntervalMs ?? 0)) return
-    r.witnessCheckedAt = now
-    r.witnessInFlight = true
-    readWitness(this.main, r.witnessName).then(
-      value => {
-        r.witnessInFlight = false
-        if (!this.closed) r.listener.onWitness?.(r.witnessName, value, r.partitions)
-      },
-      () => { r.witnessInFlight = false }
-    )
+  /** One witness read per store and node every `witnessIntervalMs`, on `main` (see WitnessCheck). */
+  private checkWitnesses (): void {
+    for (const r of this.regs) r.witness.check(this.main, () => this.closed)
   }
 
   private onMessage (channel: Buffer, message: unknown): void {

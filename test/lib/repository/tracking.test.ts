@@ -6,7 +6,7 @@
  * with HANDOFF_COHERENCE_TRANSPORT=tracking.
  */
 import t, { type Test } from 'tap'
-import { RedisRepository } from '../../../lib/repository/redis.js'
+import { RedisRepository, type RepositoryEvent } from '../../../lib/repository/redis.js'
 import { TieredStore } from '../../../lib/tiered-store.js'
 import { checkStoreOptions } from '../../../plugins/store.js'
 import { startRedis, type RedisHandle } from '../../../scripts/redis-server.js'
@@ -153,6 +153,38 @@ t.test('the tracking table evicting keys sends invalidations: copies are dropped
   for (const k of keys) await a.update(k, inc)
   await sleep(LEASE * 2)
   for (const k of keys) t.equal((await b.get(k))?.version, 2, 'no copy is stale')
+})
+
+t.test('a redirect set-up refused after a reconnect keeps the lease void while PINGs answer, and is retried until it works', async t => {
+  // The redirect connection connects as its own ACL user, so its channel permission can be taken away at runtime.
+  redis.cli('ACL', 'SETUSER', 'trk', 'on', '>trk-password', '~*', '&*', '+@all')
+  t.teardown(() => { redis.cli('ACL', 'DELUSER', 'trk') })
+  const events: RepositoryEvent[] = []
+  const repository = new RedisRepository({
+    url: redis.url, commandTimeoutMs: 500, subscriberOptions: { username: 'trk', password: 'trk-password' }, onEvent: e => { if (e.type !== 'error') events.push(e) }
+  })
+  const a = await store(t, redis.url, 'tracking', repository)
+  const b = await store(t, redis.url)
+  const k = a.key('setup-refused', 'cart')
+  await b.update(k, inc)
+  await a.get(k)
+  t.ok(await localAgain(a, k), 'a holds a copy under a live lease')
+  redis.cli('ACL', 'SETUSER', 'trk', 'resetchannels')
+  redis.cli('CLIENT', 'KILL', 'USER', 'trk')
+  t.ok(await waitFor(() => events.some(e => e.type === 'subscribe-failed'), { timeoutMs: 10_000 }), 'the re-subscription was refused and reported')
+  await sleep(LEASE * 3)
+  t.equal(a.health().localReads, false, 'no heartbeat renews the lease without a redirect set up')
+  t.equal(a.getLocal(k), undefined, 'no copy answers')
+  await b.update(k, inc)
+  t.match(await a.get(k), { version: 2, source: 'repository' }, 'reads go to Redis, which has the write a missed')
+  await sleep(300)
+  t.equal(events.filter(e => e.type === 'subscribe-failed').length, 1, 'reported once, however many retries')
+  redis.cli('ACL', 'SETUSER', 'trk', 'allchannels')
+  t.ok(await waitFor(() => a.health().localReads, { timeoutMs: 10_000 }), 'the retry succeeds and the lease is held again')
+  t.equal(events.filter(e => e.type === 'subscribed').length, 1, 'the recovery is reported once')
+  t.ok(await localAgain(a, k))
+  await b.update(k, inc)
+  t.ok(await waitFor(async () => (await a.get(k))?.version === 3, { timeoutMs: 5000 }), 'invalidations arrive again')
 })
 
 t.test('a Redis or proxy that refuses CLIENT TRACKING: a clear error at start', async t => {

@@ -1,0 +1,85 @@
+import type { Redis } from 'ioredis'
+import { witnessKey } from '../partitions.js'
+import { readWitness } from './redis-subscriber.js'
+import type { InvalidationListener, SubscriptionScope } from './types.js'
+
+/**
+ * One store's witness on one node, for the tracking transport: the same rules as RedisSubscriber's own checks
+ * (read every `scope.witnessIntervalMs` on the command connection; a read unanswered for a lease interval, or a
+ * command connection that is not ready, is reported with onWitnessError; a heartbeat proves nothing once the last
+ * answered read is a lease interval older than it; a changed value is reported and `onChange` drops the redirect
+ * connection, which resyncs and sets tracking up again on whatever server answers now).
+ */
+export class WitnessCheck {
+  readonly name: string
+  private inFlight = false
+  private checkedAt = Number.NEGATIVE_INFINITY
+  private confirmedFrom = Number.NEGATIVE_INFINITY
+  private lateCounted = false
+  private value: string | undefined
+
+  constructor (
+    private readonly scope: SubscriptionScope,
+    private readonly listener: InvalidationListener,
+    private readonly partitions: readonly number[] | undefined,
+    private readonly heartbeatIntervalMs: number,
+    private readonly deadAfterMs: number,
+    private readonly onChange: () => void
+  ) {
+    this.name = witnessKey(scope.prefix, partitions?.[0] ?? 0)
+  }
+
+  /** Witnesses are read twice per lease: the lease interval the scope implies. */
+  private get leaseIntervalMs (): number {
+    return 2 * (this.scope.witnessIntervalMs ?? this.heartbeatIntervalMs)
+  }
+
+  /** Whether a heartbeat sent at `sentAt` may renew this store's lease as far as the witness goes. */
+  proves (sentAt: number): boolean {
+    return this.listener.onWitness === undefined || sentAt - this.confirmedFrom <= this.leaseIntervalMs
+  }
+
+  /** Called with every heartbeat; reads the witness when due. */
+  check (client: Redis, closed: () => boolean): void {
+    if (this.listener.onWitness === undefined) return
+    const now = performance.now()
+    if (this.inFlight) {
+      const age = now - this.checkedAt
+      if (age > this.leaseIntervalMs && !this.lateCounted) {
+        this.lateCounted = true
+        this.failed(`witness read unanswered for ${Math.round(age)} ms`, closed)
+      }
+      if (age > this.deadAfterMs) this.inFlight = false
+      return
+    }
+    if (client.status !== 'ready') {
+      if (now - this.confirmedFrom > this.leaseIntervalMs && now - this.checkedAt >= this.leaseIntervalMs) {
+        this.checkedAt = now
+        this.failed(`command connection ${client.status}`, closed)
+      }
+      return
+    }
+    if (now - this.checkedAt < (this.scope.witnessIntervalMs ?? 0)) return
+    this.checkedAt = now
+    this.inFlight = true
+    this.lateCounted = false
+    const sentAt = now
+    readWitness(client, this.name).then(value => {
+      if (this.checkedAt === sentAt) this.inFlight = false
+      this.confirmedFrom = Math.max(this.confirmedFrom, sentAt)
+      if (closed()) return
+      const before = this.value
+      this.value = value
+      this.listener.onWitness?.(this.name, value, this.partitions)
+      if (before !== undefined && before !== value) this.onChange()
+    }, (err: unknown) => {
+      if (this.checkedAt !== sentAt) return
+      this.inFlight = false
+      if (!this.lateCounted) this.failed(err instanceof Error ? err.message : String(err), closed)
+    })
+  }
+
+  private failed (reason: string, closed: () => boolean): void {
+    if (!closed()) this.listener.onWitnessError?.(this.name, reason, this.partitions)
+  }
+}
