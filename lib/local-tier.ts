@@ -60,6 +60,13 @@ export interface FillTicket {
   readonly generation: number
   maxNotified: number
   refs: number
+  /**
+   * A write under client tracking (version-less invalidations, no NOLOOP): its own echo is one of the invalidations
+   * of the key it will hear, so one alone does not void the fill; see `fill`. False once the ticket is shared.
+   */
+  echo: boolean
+  /** Version-less invalidations of the key heard while open. */
+  heard: number
 }
 
 /** What a repository reply says about a key, to fill the local tier with (value undefined: nothing to keep). */
@@ -109,6 +116,8 @@ export class LocalTier implements InvalidationListener {
   private flushes = 0
   private readonly partitionFlushes: Uint32Array
   private readonly tickets = new Map<string, FillTicket>()
+  /** Copies filled by this instance's own writes whose echo has not been heard yet (client tracking). */
+  private readonly echoes = new Map<string, { version: number, epoch: string, generation: number }>()
   private leaseFrom = Number.NEGATIVE_INFINITY
   /** The newest answered heartbeat, which a resync does not void: it dates what copies of this generation may know. */
   private heardFrom = Number.NEGATIVE_INFINITY
@@ -216,8 +225,11 @@ export class LocalTier implements InvalidationListener {
     if (copy !== undefined) copy.expiresAt = expiresAt
   }
 
-  /** Call before a repository read or write whose reply may fill the local tier; then `fill` or `release` it. */
-  open (key: string, partition: number): FillTicket {
+  /**
+   * Call before a repository read or write whose reply may fill the local tier; then `fill` or `release` it. `echo`:
+   * a write whose invalidations carry no version and reach the writer too (client tracking).
+   */
+  open (key: string, partition: number, echo = false): FillTicket {
     let t = this.tickets.get(key)
     if (t === undefined) {
       t = {
@@ -227,9 +239,13 @@ export class LocalTier implements InvalidationListener {
         partitionFlushes: this.partitionFlushes[partition] ?? 0,
         generation: this.generation,
         maxNotified: 0,
-        refs: 0
+        refs: 0,
+        echo,
+        heard: 0
       }
       this.tickets.set(key, t)
+    } else {
+      t.echo = false // shared with another read or write: any invalidation voids it, as for reads
     }
     t.refs++
     return t
@@ -276,6 +292,9 @@ export class LocalTier implements InvalidationListener {
       size: fill.bytes + t.key.length + KEY_OVERHEAD,
       generation: t.generation
     }, { ttl })
+    // A write's own echo was sent when it ran, before any later write's invalidation: if none was heard yet, the
+    // first one heard from now on is that echo or an older write's, and must not drop this copy (newer than both).
+    if (t.echo && t.heard === 0) this.echoes.set(t.key, { version: fill.version, epoch: fill.epoch, generation: t.generation })
   }
 
   onHeartbeat (sentAt: number): void {
@@ -301,6 +320,7 @@ export class LocalTier implements InvalidationListener {
       // Replies in flight may not fill.
       this.leaseFrom = Number.NEGATIVE_INFINITY
       this.flushes++
+      this.echoes.clear()
       return
     }
     for (const p of partitions) {
@@ -321,9 +341,21 @@ export class LocalTier implements InvalidationListener {
     }
     this.lastSequence[p] = msg.sequence
     const t = this.tickets.get(msg.key)
-    if (t !== undefined && msg.version > t.maxNotified) t.maxNotified = msg.version
+    const versionless = msg.version === Number.POSITIVE_INFINITY
+    // An open write's first version-less invalidation may be its own echo (decided in `fill`); any other voids it.
+    if (t !== undefined && !(t.echo && versionless && ++t.heard < 2) && msg.version > t.maxNotified) t.maxNotified = msg.version
     const stripe = this.stripeOf(p)
     const copy = stripe?.peek(msg.key, { allowStale: true })
+    const echo = versionless ? this.echoes.get(msg.key) : undefined
+    if (echo !== undefined) {
+      this.echoes.delete(msg.key)
+      // Only the very copy that write filled is kept, in the generation it was filled in; a read in flight may not fill.
+      if (copy !== undefined && copy.version === echo.version && copy.epoch === echo.epoch && copy.generation === echo.generation &&
+        echo.generation === this.generation) {
+        if (t !== undefined) t.maxNotified = Number.POSITIVE_INFINITY
+        return
+      }
+    }
     if (copy === undefined) return
     // From another epoch, a copy is another value whatever its version; writers older than epochs send none.
     const stale = msg.epoch === '' ? copy.version < msg.version : copy.epoch !== msg.epoch || copy.version < msg.version
@@ -415,6 +447,7 @@ export class LocalTier implements InvalidationListener {
 
   private flushAll (): void {
     this.flushes++
+    this.echoes.clear()
     for (const s of this.stripes) s.clear()
   }
 

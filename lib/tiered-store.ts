@@ -418,7 +418,7 @@ export class TieredStore<T = unknown> {
       const expected = base.from === 'assumed' ? null : base.version
       const version = base.version + 1
       const sealed = this.codec.seal(key, version, plain)
-      const ticket = this.local.open(key, partition)
+      const ticket = this.local.open(key, partition, this.coherenceTransport === 'tracking')
       let res: CasResult
       try {
         res = await this.call('compareAndSet', key, async () => await this.repository.compareAndSet(key, expected, sealed, ttlMs, base.epoch))

@@ -29,8 +29,9 @@ const SETUP_RETRY_MAX_MS = 2000
  * No NOLOOP, although it would spare the writer its own echo: measured on Redis 7.0.15, when the tracking table is
  * over `tracking-table-max-keys`, the keys Redis evicts from it are not announced to a NOLOOP client whose command
  * triggered the eviction (it counts as "modified by itself"), so that client would keep copies nobody tracks any
- * more. Without NOLOOP every eviction reaches every holder. The price: a writer drops its own copy when its echo
- * arrives (the next read of the key goes to Redis), one message per write.
+ * more. Without NOLOOP every eviction reaches every holder. The price: one message per write to its writer, which
+ * keeps what it wrote all the same (the write script reads the key again after writing it, so the writer tracks it,
+ * and LocalTier lets the one echo of its own write pass; see FillTicket.echo).
  *
  * The same guarantees as the pub/sub subscriber, with one heartbeat per connection whatever the partitions:
  * - a PING answered on the redirect connection proves every invalidation sent before it arrived; a PING answered on
@@ -245,8 +246,9 @@ export class TrackingSubscriber {
   private onMessage (channel: Buffer, message: unknown): void {
     if (channel.toString() !== INVALIDATE) return
     if (message === null) {
-      // FLUSHALL / FLUSHDB: every key this connection tracked is gone (the witness tells the reset apart).
-      for (const r of this.regs) r.listener.onResync()
+      // FLUSHALL / FLUSHDB: every key this connection tracked is gone. Read the witness now: it counts the reset.
+      for (const r of this.regs) { r.listener.onResync(); r.witness.due() }
+      this.checkWitnesses()
       return
     }
     if (!Array.isArray(message)) return

@@ -34,6 +34,11 @@ export class WitnessCheck {
     return 2 * (this.scope.witnessIntervalMs ?? this.heartbeatIntervalMs)
   }
 
+  /** Read the witness at the next check, whatever the interval (Redis said it flushed its data). */
+  due (): void {
+    if (!this.inFlight) this.checkedAt = Number.NEGATIVE_INFINITY
+  }
+
   /** Whether a heartbeat sent at `sentAt` may renew this store's lease as far as the witness goes. */
   proves (sentAt: number): boolean {
     return this.listener.onWitness === undefined || sentAt - this.confirmedFrom <= this.leaseIntervalMs
