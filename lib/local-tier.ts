@@ -118,16 +118,21 @@ export class LocalTier implements InvalidationListener {
   private readonly tickets = new Map<string, FillTicket>()
   /** Copies filled by this instance's own writes whose echo has not been heard yet (client tracking). */
   private readonly echoes = new Map<string, { version: number, epoch: string, generation: number }>()
-  private leaseFrom = Number.NEGATIVE_INFINITY
-  /** The newest answered heartbeat, which a resync does not void: it dates what copies of this generation may know. */
-  private heardFrom = Number.NEGATIVE_INFINITY
   /**
-   * +1 each time the lease is renewed after a lapse: messages may have been lost meanwhile, so copies whose read or
-   * write started before are not served as fresh any more. They are not flushed: while the repository is unreachable
-   * they may still answer, flagged degraded.
+   * The lease, per partition: when the newest heartbeat that covers it was sent. A node's heartbeat covers the
+   * partitions it serves, so one node's lapse or resync suspends only its own partitions' copies.
    */
-  private generation = 0
+  private readonly leaseFrom: Float64Array
+  /** The newest answered heartbeat per partition, which a resync does not void: it dates what copies of this generation may know. */
+  private readonly heardFrom: Float64Array
+  /**
+   * Per partition, +1 each time its lease is renewed after a lapse: messages may have been lost meanwhile, so copies
+   * whose read or write started before are not served as fresh any more. They are not flushed: while the repository
+   * is unreachable they may still answer, flagged degraded.
+   */
+  private readonly generation: Uint32Array
   private lapseCounted = false
+  private readonly allPartitions: readonly number[]
   private resetLoggedAt = Number.NEGATIVE_INFINITY
   private resetsUnlogged = 0
 
@@ -144,6 +149,10 @@ export class LocalTier implements InvalidationListener {
     this.lastSequence = new Float64Array(opts.partitions)
     this.epochs = new Array<string | undefined>(opts.partitions)
     this.partitionFlushes = new Uint32Array(opts.partitions)
+    this.leaseFrom = new Float64Array(opts.partitions).fill(Number.NEGATIVE_INFINITY)
+    this.heardFrom = new Float64Array(opts.partitions).fill(Number.NEGATIVE_INFINITY)
+    this.generation = new Uint32Array(opts.partitions)
+    this.allPartitions = Array.from({ length: opts.partitions }, (_, p) => p)
     this.stripes = []
     if (opts.maxBytes === 0 || opts.ttlMs === 0) return
     const perStripe = Math.max(1, Math.floor(opts.maxBytes / opts.stripes))
@@ -165,37 +174,44 @@ export class LocalTier implements InvalidationListener {
   setReliable (reliable: boolean): void {
     if (reliable === this.reliable) return
     this.reliable = reliable
-    if (!reliable) this.leaseFrom = Number.NEGATIVE_INFINITY
-  }
-
-  /** May local copies answer now? True while the lease is held (or coherence is off, or delivery is reliable). */
-  readable (): boolean {
-    return this.leaseMs === undefined || this.reliable || this.clock() - this.leaseFrom <= this.leaseMs
-  }
-
-  /** Ms since the newest answered heartbeat was sent (0 when no lease is needed, Infinity before the first). */
-  get leaseAge (): number {
-    return this.leaseMs === undefined || this.reliable ? 0 : this.clock() - this.leaseFrom
+    if (!reliable) this.leaseFrom.fill(Number.NEGATIVE_INFINITY)
   }
 
   /**
-   * performance.now() of the newest answered heartbeat, also after a resync voided the lease (copies of the current
-   * generation knew every message sent until then): now with reliable (in-process) delivery, which has nothing to
-   * lose; never without coherence (no heartbeat proves anything then).
+   * May local copies answer now? True while the lease is held (or coherence is off, or delivery is reliable): for
+   * `partition`, or, without one, for every partition.
    */
-  get heardAt (): number {
+  readable (partition?: number): boolean {
+    if (this.leaseMs === undefined || this.reliable) return true
+    const from = partition === undefined ? this.oldest(this.leaseFrom) : (this.leaseFrom[partition] ?? Number.NEGATIVE_INFINITY)
+    return this.clock() - from <= this.leaseMs
+  }
+
+  /** Ms since the oldest partition's newest answered heartbeat was sent (0 when no lease is needed, Infinity before the first). */
+  get leaseAge (): number {
+    return this.leaseMs === undefined || this.reliable ? 0 : this.clock() - this.oldest(this.leaseFrom)
+  }
+
+  /**
+   * performance.now() of the newest answered heartbeat that covers `partition` (without one: the oldest partition's),
+   * also after a resync voided the lease (copies of the current generation knew every message sent until then): now
+   * with reliable (in-process) delivery, which has nothing to lose; never without coherence (no heartbeat proves
+   * anything then).
+   */
+  heardAt (partition?: number): number {
     if (this.reliable) return this.clock()
-    return this.leaseMs === undefined ? Number.NEGATIVE_INFINITY : this.heardFrom
+    if (this.leaseMs === undefined) return Number.NEGATIVE_INFINITY
+    return partition === undefined ? this.oldest(this.heardFrom) : (this.heardFrom[partition] ?? Number.NEGATIVE_INFINITY)
   }
 
   /** The copy of `key` that may answer now: readable, unexpired, at or above `minVersion`, of the known epoch. */
   get (key: string, partition: number, minVersion: number): LocalCopy | undefined {
-    if (!this.readable()) {
+    if (!this.readable(partition)) {
       if (!this.lapseCounted) { this.lapseCounted = true; this.counters.leaseSuspensions++ }
       return undefined
     }
     const copy = this.stripeOf(partition)?.get(key)
-    if (copy === undefined || copy.generation !== this.generation || copy.version < minVersion || copy.expiresAt <= this.now()) return undefined
+    if (copy === undefined || copy.generation !== this.generation[partition] || copy.version < minVersion || copy.expiresAt <= this.now()) return undefined
     return copy
   }
 
@@ -212,7 +228,7 @@ export class LocalTier implements InvalidationListener {
    */
   peekCurrent (key: string, partition: number): LocalCopy | undefined {
     const copy = this.peek(key, partition)
-    return copy !== undefined && copy.generation === this.generation ? copy : undefined
+    return copy !== undefined && copy.generation === this.generation[partition] ? copy : undefined
   }
 
   drop (key: string, partition: number): void {
@@ -237,7 +253,7 @@ export class LocalTier implements InvalidationListener {
         partition,
         flushes: this.flushes,
         partitionFlushes: this.partitionFlushes[partition] ?? 0,
-        generation: this.generation,
+        generation: this.generation[partition] ?? 0,
         maxNotified: 0,
         refs: 0,
         echo,
@@ -297,35 +313,44 @@ export class LocalTier implements InvalidationListener {
     if (t.echo && t.heard === 0) this.echoes.set(t.key, { version: fill.version, epoch: fill.epoch, generation: t.generation })
   }
 
-  onHeartbeat (sentAt: number): void {
-    if (sentAt <= this.leaseFrom || this.leaseMs === undefined) return
-    // A renewal after a lapse: messages may have been lost while nothing was heard. Copies from before (and replies
-    // still in flight) stop answering as fresh; see `generation`.
-    const lapsed = sentAt - this.leaseFrom > this.leaseMs
-    this.leaseFrom = sentAt
-    this.heardFrom = Math.max(this.heardFrom, sentAt)
-    if (lapsed) {
-      this.lapseCounted = false
-      this.generation++
+  onHeartbeat (sentAt: number, partitions?: readonly number[]): void {
+    const leaseMs = this.leaseMs
+    if (leaseMs === undefined) return
+    for (const p of partitions ?? this.allPartitions) {
+      const from = this.leaseFrom[p]
+      if (from === undefined || sentAt <= from) continue
+      this.leaseFrom[p] = sentAt
+      if (sentAt > (this.heardFrom[p] as number)) this.heardFrom[p] = sentAt
+      // A renewal after a lapse: messages may have been lost while nothing was heard. Copies from before (and replies
+      // still in flight) stop answering as fresh; see `generation`.
+      if (sentAt - from > leaseMs) {
+        this.lapseCounted = false
+        this.generation[p] = ((this.generation[p] as number) + 1) >>> 0
+      }
     }
   }
 
   onResync (partitions?: readonly number[]): void {
     this.counters.resyncs++
+    const lossless = this.reliable || this.leaseMs === undefined
     if (partitions === undefined) {
       this.lastSequence.fill(0)
-      if (this.reliable || this.leaseMs === undefined) { this.flushAll(); return }
+      if (lossless) { this.flushAll(); return }
       // Void the lease: copies stop answering as fresh now. Until the lease is renewed they may still answer degraded
       // (the repository itself unreachable); the renewal starts a new generation, after which they never answer again.
       // Replies in flight may not fill.
-      this.leaseFrom = Number.NEGATIVE_INFINITY
+      this.leaseFrom.fill(Number.NEGATIVE_INFINITY)
       this.flushes++
       this.echoes.clear()
       return
     }
+    // The same for the partitions of one node (a shard that reconnected): the others keep their lease and copies.
     for (const p of partitions) {
+      if (p < 0 || p >= this.partitions) continue
       this.lastSequence[p] = 0
-      this.flushPartition(p)
+      if (lossless) { this.flushPartition(p); continue }
+      this.leaseFrom[p] = Number.NEGATIVE_INFINITY
+      this.partitionFlushes[p] = ((this.partitionFlushes[p] ?? 0) + 1) >>> 0
     }
   }
 
@@ -351,7 +376,7 @@ export class LocalTier implements InvalidationListener {
       this.echoes.delete(msg.key)
       // Only the very copy that write filled is kept, in the generation it was filled in; a read in flight may not fill.
       if (copy !== undefined && copy.version === echo.version && copy.epoch === echo.epoch && copy.generation === echo.generation &&
-        echo.generation === this.generation) {
+        echo.generation === (this.generation[p] ?? 0)) {
         if (t !== undefined) t.maxNotified = Number.POSITIVE_INFINITY
         return
       }
@@ -438,6 +463,12 @@ export class LocalTier implements InvalidationListener {
     }, 'fastify-handoff: the repository lost its data (FLUSHALL, empty restart or failover to an empty replica); local copies dropped, versions start again')
     this.resetLoggedAt = now
     this.resetsUnlogged = 0
+  }
+
+  private oldest (times: Float64Array): number {
+    let min = Number.POSITIVE_INFINITY
+    for (const x of times) if (x < min) min = x
+    return min
   }
 
   private flushPartition (p: number): void {

@@ -1,6 +1,7 @@
 import { LocalTier, type LocalTierCounters } from './local-tier.js'
 import { ReplicaWait, type Durability } from './durability.js'
 import { EntryCodec } from './entry-codec.js'
+import { RepositoryCalls, type RepositoryOp } from './repository-calls.js'
 import { ConflictError, InvalidOptionError, intOption, TooLargeError, isHandoffError } from './errors.js'
 import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfKey } from './partitions.js'
 import type { CasResult, CoherenceTransport, Repository, StoredEntry, Subscription } from './repository/types.js'
@@ -127,12 +128,17 @@ export interface TieredStoreOptions {
   observe?: (op: RepositoryOp, ms: number, ok: boolean) => void
 }
 
-export type RepositoryOp = 'get' | 'compareAndSet' | 'take' | 'delete' | 'touch' | 'waitForReplicas'
+export type { RepositoryOp } from './repository-calls.js'
 
 export interface StoreHealth {
-  /** 'degraded': the repository failed its last call; writes fail with 503 and known local copies answer. */
+  /** 'degraded': some node of the repository failed its last call; its writes fail with 503 and known local copies answer. */
   status: 'ok' | 'degraded'
   repository: string
+  /**
+   * The nodes ("host:port", a shard's id; the repository kind for a single node) whose last call failed, or whose
+   * breaker is open: only the partitions they serve are unavailable. Empty while every node answers.
+   */
+  unavailableNodes: string[]
   /** Local reads allowed now (the invalidation lease is held, or coherence is off). */
   localReads: boolean
   /** Milliseconds since the newest answered heartbeat was sent (0 without coherence or in-process). */
@@ -194,16 +200,14 @@ export class TieredStore<T = unknown> {
   private readonly maxAttempts: number
   private readonly maxValueBytes: number
   private readonly maxDegradedMs: number
-  /** performance.now() of the newest answered repository call. */
-  private answeredAt = Number.NEGATIVE_INFINITY
   private readonly durability: ReplicaWait | undefined
   private readonly logger: Logger | undefined
   private readonly now: () => number
   private subscription: Subscription | undefined
   private readonly transport: CoherenceTransport
   private started: Promise<void> | undefined
-  private failing = false
-  private observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined
+  /** The one wrapper of every repository call: timing, error accounting, outage state per node. */
+  private readonly calls: RepositoryCalls
 
   constructor (opts: TieredStoreOptions) {
     if (opts === null || typeof opts !== 'object' || opts.repository === undefined) {
@@ -232,7 +236,6 @@ export class TieredStore<T = unknown> {
     this.transport = coherenceTransport(opts.coherence === false ? undefined : opts.coherence?.transport)
     this.keyRing = opts.secret instanceof KeyRing ? opts.secret : new KeyRing(opts.secret)
     this.logger = opts.logger
-    this.observe = opts.observe
     this.now = opts.now ?? Date.now
     this.local = new LocalTier({
       partitions: this.partitions,
@@ -264,9 +267,10 @@ export class TieredStore<T = unknown> {
       touches: 0,
       durabilityFailures: 0
     })
+    this.calls = new RepositoryCalls(this.repository, this.counters, this.logger, opts.observe)
     this.codec = new EntryCodec<T>(this.keyRing, this.counters, this.logger, this.now)
     this.durability = ReplicaWait.from(opts.durability, this.repository, this.counters,
-      async (op, key, work) => await this.call(op, key, work))
+      async (op, key, work) => await this.calls.run(op, key, work))
   }
 
   /** The local tier's invalidation listener, when coherence is on (benchmarks hook into it). */
@@ -335,7 +339,7 @@ export class TieredStore<T = unknown> {
     let stored: StoredEntry | null
     try {
       this.counters.repositoryReads++
-      stored = await this.call('get', key, async () => await this.repository.get(key))
+      stored = await this.calls.run('get', key, async () => await this.repository.get(key))
     } catch (err) {
       this.local.release(ticket)
       if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) {
@@ -346,7 +350,7 @@ export class TieredStore<T = unknown> {
       // lease generation, for as long as the repository was heard from recently enough (maxDegradedMs); past that, an
       // unconfirmed copy is no answer. Looked up now, not before the call: an invalidation may have come meanwhile.
       const known = this.local.peekCurrent(key, partition)
-      if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMs <= this.maxDegradedMs) {
+      if (known !== undefined && known.value !== undefined && known.version >= minVersion && this.unconfirmedMsOf(partition) <= this.maxDegradedMs) {
         this.counters.degradedReads++
         return { value: known.value as T, version: known.version, expiresAt: known.expiresAt, source: 'local', degraded: true, epoch: known.epoch }
       }
@@ -421,7 +425,7 @@ export class TieredStore<T = unknown> {
       const ticket = this.local.open(key, partition, this.coherenceTransport === 'tracking')
       let res: CasResult
       try {
-        res = await this.call('compareAndSet', key, async () => await this.repository.compareAndSet(key, expected, sealed, ttlMs, base.epoch))
+        res = await this.calls.run('compareAndSet', key, async () => await this.repository.compareAndSet(key, expected, sealed, ttlMs, base.epoch))
       } catch (err) {
         this.local.release(ticket)
         // The write may or may not have been applied. With coherence, a stored write's invalidation drops the local
@@ -459,7 +463,7 @@ export class TieredStore<T = unknown> {
     this.local.drop(key, this.partitionOf(key))
     let stored: StoredEntry | null
     try {
-      stored = await this.call('take', key, async () => await this.repository.take(key, this.tombstoneTtlMs))
+      stored = await this.calls.run('take', key, async () => await this.repository.take(key, this.tombstoneTtlMs))
     } catch (err) {
       if (isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) { this.codec.corrupt(key, err); return undefined }
       throw err
@@ -475,7 +479,7 @@ export class TieredStore<T = unknown> {
   async delete (key: string): Promise<number> {
     const partition = this.partitionOf(key)
     this.local.drop(key, partition)
-    const version = await this.call('delete', key, async () => await this.repository.delete(key, this.tombstoneTtlMs))
+    const version = await this.calls.run('delete', key, async () => await this.repository.delete(key, this.tombstoneTtlMs))
     this.counters.deletes++
     this.local.drop(key, partition)
     await this.durability?.await(key)
@@ -488,7 +492,7 @@ export class TieredStore<T = unknown> {
     const partition = this.partitionOf(key)
     // The copy this instance holds names the entry it means: one from another epoch is not extended.
     const epoch = this.local.peek(key, partition)?.epoch
-    const ok = await this.call('touch', key, async () => await this.repository.touch(key, ttlMs, epoch))
+    const ok = await this.calls.run('touch', key, async () => await this.repository.touch(key, ttlMs, epoch))
     this.counters.touches++
     if (ok) this.local.extend(key, partition, this.now() + ttlMs)
     else this.local.drop(key, partition)
@@ -497,11 +501,18 @@ export class TieredStore<T = unknown> {
 
   /** Replace the latency observer (the metrics plugin sets one). */
   setObserver (observe: ((op: RepositoryOp, ms: number, ok: boolean) => void) | undefined): void {
-    this.observe = observe
+    this.calls.observe = observe
   }
 
-  /** True while the repository is failing: writes answer 503, known local copies are served flagged degraded. */
-  get degraded (): boolean { return this.failing }
+  /** True while some node of the repository is failing: its writes answer 503, known local copies are served flagged degraded. */
+  get degraded (): boolean { return this.calls.failing }
+
+  /** The nodes whose last call failed or whose breaker is open (see StoreHealth.unavailableNodes). */
+  unavailableNodes (): string[] {
+    const nodes = new Set(this.calls.failingNodes())
+    for (const n of this.repository.unavailableNodes?.() ?? []) nodes.add(n)
+    return [...nodes]
+  }
 
   /** Ms since the newest answered invalidation heartbeat was sent; 0 without coherence or with reliable delivery, -1 before the first. */
   get leaseAgeMs (): number {
@@ -516,16 +527,23 @@ export class TieredStore<T = unknown> {
    * coherence: since the newest answered repository call. 0 with the in-process repository.
    */
   get unconfirmedMs (): number {
+    return this.unconfirmedMsOf(undefined)
+  }
+
+  /** unconfirmedMs of the copies of one partition: its node's heartbeats date them, not the other nodes'. */
+  private unconfirmedMsOf (partition: number | undefined): number {
     const now = performance.now()
-    if (this.local.coherent) return Math.max(0, now - this.local.heardAt)
-    return Math.max(0, Math.min(now - this.answeredAt, now - this.local.heardAt))
+    const heardAt = this.local.heardAt(partition)
+    if (this.local.coherent) return Math.max(0, now - heardAt)
+    return Math.max(0, Math.min(now - this.calls.answeredAt, now - heardAt))
   }
 
   /** For health endpoints. (Metrics read the getters each gauge needs.) */
   health (): StoreHealth {
     return {
-      status: this.failing ? 'degraded' : 'ok',
+      status: this.calls.failing ? 'degraded' : 'ok',
       repository: this.repository.kind,
+      unavailableNodes: this.unavailableNodes(),
       localReads: this.local.readable(),
       leaseAgeMs: this.leaseAgeMs,
       coherence: this.coherenceTransport,
@@ -567,51 +585,14 @@ export class TieredStore<T = unknown> {
     this.clearLocal()
   }
 
-  /**
-   * Every repository call goes through here: latency for the observer, and the outage state (a failure other than a
-   * corrupt entry opens it and logs once; an answer closes it).
-   */
-  private async call<R> (op: RepositoryOp, key: string, work: () => Promise<R>): Promise<R> {
-    const observe = this.observe
-    const started = observe === undefined ? 0 : performance.now()
-    let result: R
-    try {
-      result = await work()
-    } catch (err) {
-      observe?.(op, performance.now() - started, false)
-      if (!isHandoffError(err, 'FST_HANDOFF_CORRUPT_ENTRY')) this.repositoryError(err)
-      throw err
-    }
-    observe?.(op, performance.now() - started, true)
-    this.answeredAt = performance.now()
-    this.repositoryOk()
-    return result
-  }
-
   private async readBase (key: string): Promise<Base<T>> {
     this.counters.repositoryReads++ // update's reads count as get's do
-    return this.stored(key, await this.call('get', key, async () => await this.repository.get(key)))
+    return this.stored(key, await this.calls.run('get', key, async () => await this.repository.get(key)))
   }
 
   private stored (key: string, entry: StoredEntry | null): Base<T> {
     if (entry === null) return { value: undefined, version: 0, epoch: '', deleted: false, from: 'stored' }
     return { value: this.codec.decode(key, entry), version: entry.version, epoch: entry.epoch, deleted: entry.value === null, from: 'stored' }
-  }
-
-  private repositoryError (err: unknown): void {
-    this.counters.repositoryErrors++
-    if (!this.failing) {
-      this.failing = true
-      this.logger?.warn({ repository: this.repository.kind, err: err instanceof Error ? err.message : String(err) },
-        'fastify-handoff: repository unavailable; writes fail with 503 until it answers again, known local copies are still served')
-    }
-  }
-
-  private repositoryOk (): void {
-    if (this.failing) {
-      this.failing = false
-      this.logger?.info?.({ repository: this.repository.kind }, 'fastify-handoff: repository answers again')
-    }
   }
 
   private partitionOf (key: string): number {

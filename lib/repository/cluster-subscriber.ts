@@ -6,8 +6,9 @@ import type { Invalidation, InvalidationListener, SubscriptionScope } from './ty
 
 /**
  * Invalidations on Redis Cluster: SPUBLISH delivers a message only on the shard that owns the channel's slot, so
- * one subscriber per primary follows the partitions that primary owns, each with its own heartbeat. The lease is
- * the oldest of the shards' latest heartbeats: local reads continue only while every shard is heard from.
+ * one subscriber per primary follows the partitions that primary owns, each with its own heartbeat. A shard's
+ * heartbeats lease only its partitions and its reconnect resyncs only them: one silent primary suspends the local
+ * reads of its own slots, not the other shards'. A partition without a subscriber is never leased.
  * The topology is re-read every REPLAN_INTERVAL_MS and whenever ioredis refreshes it; when a partition's owner
  * changed (failover, slot migration), the affected subscribers are rebuilt and everything resyncs.
  */
@@ -23,11 +24,10 @@ export interface ShardSubscriber {
 export type ShardFactory = (node: Redis, partitions: number[], listener: InvalidationListener) => ShardSubscriber
 
 export class ClusterSubscription {
-  private readonly shards = new Map<string, { sub: ShardSubscriber, partitions: number[], lastBeat: number }>()
+  private readonly shards = new Map<string, { sub: ShardSubscriber, partitions: number[] }>()
   private timer: NodeJS.Timeout | undefined
   private closed = false
   private replanning: Promise<void> | undefined
-  private forwardedBeat = Number.NEGATIVE_INFINITY
   private readonly onRefresh = (): void => { this.replan().catch(() => {}) }
   /** A channel's slot never changes; only which primary owns it does. */
   private readonly channelSlots: number[]
@@ -82,7 +82,6 @@ export class ClusterSubscription {
 
   private async doReplan (): Promise<void> {
     const plan = this.plan()
-    this.plannedShards = plan.size
     let changed = false
     for (const [node, shard] of this.shards) {
       const want = plan.get(node)
@@ -98,7 +97,7 @@ export class ClusterSubscription {
       const client = masters.get(node)
       if (client === undefined) continue
       changed = true
-      const shard = { sub: undefined as unknown as ShardSubscriber, partitions, lastBeat: Number.NEGATIVE_INFINITY }
+      const shard = { sub: undefined as unknown as ShardSubscriber, partitions }
       shard.sub = this.makeShard?.(client as Redis, partitions, this.shardListener(shard)) ??
         new RedisSubscriber(client as Redis, this.scope, this.shardListener(shard), {
           ...this.opts,
@@ -118,32 +117,17 @@ export class ClusterSubscription {
     if (changed) this.listener.onResync()
   }
 
-  private plannedShards = 0
-
-  private shardListener (shard: { lastBeat: number }): InvalidationListener {
+  private shardListener (shard: { partitions: readonly number[] }): InvalidationListener {
     return {
       onInvalidation: (msg: Invalidation) => this.listener.onInvalidation(msg),
-      onResync: (partitions?: readonly number[]) => {
-        shard.lastBeat = Number.NEGATIVE_INFINITY
-        this.forwardedBeat = Number.NEGATIVE_INFINITY
-        this.listener.onResync(partitions === undefined ? undefined : partitions)
-      },
+      onResync: (partitions?: readonly number[]) => this.listener.onResync(partitions ?? shard.partitions),
       onWitness: (name: string, value: string, partitions?: readonly number[]) => {
         this.listener.onWitness?.(name, value, partitions)
       },
       onWitnessError: (name: string, reason: string, partitions?: readonly number[]) => {
         this.listener.onWitnessError?.(name, reason, partitions)
       },
-      onHeartbeat: (sentAt: number) => {
-        shard.lastBeat = sentAt
-        const covered = this.plannedShards === this.shards.size
-        let oldest = Number.POSITIVE_INFINITY
-        for (const s of this.shards.values()) oldest = Math.min(oldest, s.lastBeat)
-        if (covered && oldest > this.forwardedBeat && Number.isFinite(oldest)) {
-          this.forwardedBeat = oldest
-          this.listener.onHeartbeat?.(oldest)
-        }
-      }
+      onHeartbeat: (sentAt: number) => this.listener.onHeartbeat?.(sentAt, shard.partitions)
     }
   }
 }

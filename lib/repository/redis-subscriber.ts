@@ -43,8 +43,11 @@ export class RedisSubscriber {
   private pingSentAt = 0
   private witnessInFlight = false
   private witnessCheckedAt = Number.NEGATIVE_INFINITY
-  /** When the newest witness read that was answered was sent: heartbeats prove nothing once it is a lease old. */
-  private witnessConfirmedFrom = Number.NEGATIVE_INFINITY
+  /**
+   * When the witness reads started failing (the send time of the first read of the streak that failed or went
+   * unanswered; +Infinity while the latest answered): heartbeats sent a lease interval after it prove nothing.
+   */
+  private witnessFailingSince = Number.POSITIVE_INFINITY
   /** A witness read unanswered this long counted as failed already (one count per read). */
   private witnessLateCounted = false
   private readonly witnessName: string
@@ -183,13 +186,12 @@ export class RedisSubscriber {
 
   /**
    * Whether a PING sent at `sentAt` and answered proves that nothing published before it was missed and that the
-   * node still holds what it held: sent on a live subscription, and the node's witness read within a lease interval
-   * before it (a witness that cannot be read is a node that cannot say it did not lose its data).
+   * node still holds what it held: sent on a live subscription, and not more than a lease interval into a streak of
+   * witness reads that failed (a witness that cannot be read is a node that cannot say it did not lose its data).
    */
   private proves (sentAt: number): boolean {
     if (sentAt < this.subscribedFrom) return false
-    if (this.listener.onWitness === undefined) return true
-    return sentAt - this.witnessConfirmedFrom <= this.leaseIntervalMs
+    return sentAt - this.witnessFailingSince <= this.leaseIntervalMs
   }
 
   /** The reader's lease, as the scope implies it: witnesses are read twice per lease. */
@@ -213,15 +215,15 @@ export class RedisSubscriber {
       const age = now - this.witnessCheckedAt
       if (age > this.leaseIntervalMs && !this.witnessLateCounted) {
         this.witnessLateCounted = true
-        this.witnessFailed(`witness read unanswered for ${Math.round(age)} ms`)
+        this.witnessFailed(`witness read unanswered for ${Math.round(age)} ms`, this.witnessCheckedAt)
       }
       if (age > (this.opts.deadAfterMs ?? 3000)) this.witnessInFlight = false
       return
     }
     if (this.client.status !== 'ready') {
-      if (now - this.witnessConfirmedFrom > this.leaseIntervalMs && now - this.witnessCheckedAt >= this.leaseIntervalMs) {
+      if (now - this.witnessCheckedAt >= this.leaseIntervalMs) {
         this.witnessCheckedAt = now
-        this.witnessFailed(`command connection ${this.client.status}`)
+        this.witnessFailed(`command connection ${this.client.status}`, now)
       }
       return
     }
@@ -244,18 +246,19 @@ export class RedisSubscriber {
     readWitness(this.client, name).then(
       value => {
         if (this.witnessCheckedAt === sentAt) this.witnessInFlight = false
-        this.witnessConfirmedFrom = Math.max(this.witnessConfirmedFrom, sentAt)
+        if (sentAt >= this.witnessFailingSince) this.witnessFailingSince = Number.POSITIVE_INFINITY
         report(value)
       },
       (err: unknown) => {
         if (this.witnessCheckedAt !== sentAt) return // given up on already
         this.witnessInFlight = false
-        if (!this.witnessLateCounted) this.witnessFailed(err instanceof Error ? err.message : String(err))
+        if (!this.witnessLateCounted) this.witnessFailed(err instanceof Error ? err.message : String(err), sentAt)
       }
     )
   }
 
-  private witnessFailed (reason: string): void {
+  private witnessFailed (reason: string, since: number): void {
+    if (since < this.witnessFailingSince) this.witnessFailingSince = since
     if (!this.closed) this.listener.onWitnessError?.(this.witnessName, reason, this.opts.partitions)
   }
 

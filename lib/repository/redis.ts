@@ -334,7 +334,7 @@ export class RedisRepository implements Repository {
   }
 
   /** The node a command on `key` goes to, as ioredis routes it: the primary of the key's slot in its slot map. */
-  private nodeOf (key: string): string {
+  nodeOf (key: string): string {
     if (!(this.client instanceof Cluster)) return this.singleNode
     return this.client.slots[this.slotOf(key)]?.[0] ?? ANY_NODE
   }

@@ -64,47 +64,34 @@ export class ShardedRepository implements Repository {
     return all.flat()
   }
 
+  /** The id of the node that owns `key`'s partition. */
+  nodeOf (key: string): string {
+    const p = partitionOfKey(key)
+    if (p < 0) throw new InvalidOptionError('key', 'an entry key must contain a {p<n>} partition hash tag')
+    return this.rendezvous.nodeFor(p)
+  }
+
   /** The ids of the nodes whose repository has a breaker open now: only their partitions fail. */
   unavailableNodes (): string[] {
     return this.nodes.filter(n => (n.repository.unavailableNodes?.().length ?? 0) > 0).map(n => n.id)
   }
 
   /**
-   * One subscription per node (a partition's invalidations come only from its owner). The lease is the oldest of
-   * the nodes' latest heartbeats: local reads go on only while every node is heard from.
+   * One subscription per node (a partition's invalidations come only from its owner). Each node's heartbeats lease
+   * only the partitions it serves, and its resync (a reconnect) voids only theirs: one node's subscriber dropping
+   * leaves the copies of the other nodes' partitions answering.
    */
   async subscribe (scope: SubscriptionScope, listener: InvalidationListener): Promise<Subscription> {
-    const beats = new Map<string, number>()
-    let forwarded = Number.NEGATIVE_INFINITY
     const subs = await Promise.all(this.nodes.map(async n => {
-      beats.set(n.id, Number.NEGATIVE_INFINITY)
-      // The node's partitions, computed once: the witness is reported with every heartbeat (rendezvous over every
-      // partition each time would cost more than the heartbeat itself).
-      let owned: readonly number[] | undefined
+      // The node's partitions, computed once (rendezvous over every partition per heartbeat would cost more than it).
+      const owned = this.partitionsOf(n.id, scope.partitions)
       return await n.repository.subscribe(scope, {
         onInvalidation: msg => listener.onInvalidation(msg),
         // Every node has a witness of the same name: tell them apart, and a wipe resets only that node's partitions.
-        onWitness: (name, value, partitions) => {
-          owned ??= partitions ?? this.partitionsOf(n.id, scope.partitions)
-          listener.onWitness?.(`${n.id} ${name}`, value, owned)
-        },
-        onWitnessError: (name, reason, partitions) => {
-          owned ??= partitions ?? this.partitionsOf(n.id, scope.partitions)
-          listener.onWitnessError?.(`${n.id} ${name}`, reason, owned)
-        },
-        onResync: partitions => {
-          beats.set(n.id, Number.NEGATIVE_INFINITY)
-          forwarded = Number.NEGATIVE_INFINITY
-          listener.onResync(partitions)
-        },
-        onHeartbeat: sentAt => {
-          beats.set(n.id, sentAt)
-          const oldest = Math.min(...beats.values())
-          if (Number.isFinite(oldest) && oldest > forwarded) {
-            forwarded = oldest
-            listener.onHeartbeat?.(oldest)
-          }
-        }
+        onWitness: (name, value) => listener.onWitness?.(`${n.id} ${name}`, value, owned),
+        onWitnessError: (name, reason) => listener.onWitnessError?.(`${n.id} ${name}`, reason, owned),
+        onResync: partitions => listener.onResync(partitions ?? owned),
+        onHeartbeat: sentAt => listener.onHeartbeat?.(sentAt, owned)
       })
     }))
     return {

@@ -52,9 +52,9 @@ export interface InvalidationListener {
   onResync: (partitions?: readonly number[]) => void
   /**
    * Proof of life: every invalidation published before the heartbeat sent at `sentAt` (performance.now() of this
-   * process) has been delivered.
+   * process) has been delivered, for the listed partitions (the node's that sent it; all when undefined).
    */
-  onHeartbeat?: (sentAt: number) => void
+  onHeartbeat?: (sentAt: number, partitions?: readonly number[]) => void
   /**
    * A node's witness (a marker key minted once with SET NX, checked with every heartbeat) holds `value`. A value
    * other than the last one seen under `name` means that node lost its data: every partition it serves (`partitions`,
@@ -133,6 +133,11 @@ export interface Repository {
    * commands for the partitions they serve fail at once with FST_HANDOFF_UNAVAILABLE, while the other nodes serve.
    */
   unavailableNodes?: () => string[]
+  /**
+   * Optional: the name of the node a command on `key` goes to now (as `unavailableNodes` names it), so that the store
+   * keeps its outage state per node. Without it, the repository is one node.
+   */
+  nodeOf?: (key: string) => string
   /** Follow the invalidations of every partition of `scope` (the channels named by partitions.ts). */
   subscribe: (scope: SubscriptionScope, listener: InvalidationListener) => Promise<Subscription>
   close: () => Promise<void>

@@ -6,15 +6,16 @@ import type { InvalidationListener, SubscriptionScope } from './types.js'
 /**
  * One store's witness on one node, for the tracking transport: the same rules as RedisSubscriber's own checks
  * (read every `scope.witnessIntervalMs` on the command connection; a read unanswered for a lease interval, or a
- * command connection that is not ready, is reported with onWitnessError; a heartbeat proves nothing once the last
- * answered read is a lease interval older than it; a changed value is reported and `onChange` drops the redirect
+ * command connection that is not ready, is reported with onWitnessError; a heartbeat sent more than a lease
+ * interval into a streak of failed reads proves nothing; a changed value is reported and `onChange` drops the redirect
  * connection, which resyncs and sets tracking up again on whatever server answers now).
  */
 export class WitnessCheck {
   readonly name: string
   private inFlight = false
   private checkedAt = Number.NEGATIVE_INFINITY
-  private confirmedFrom = Number.NEGATIVE_INFINITY
+  /** Send time of the first read of a failing streak (+Infinity while the latest read was answered). */
+  private failingSince = Number.POSITIVE_INFINITY
   private lateCounted = false
   private value: string | undefined
 
@@ -41,7 +42,7 @@ export class WitnessCheck {
 
   /** Whether a heartbeat sent at `sentAt` may renew this store's lease as far as the witness goes. */
   proves (sentAt: number): boolean {
-    return this.listener.onWitness === undefined || sentAt - this.confirmedFrom <= this.leaseIntervalMs
+    return sentAt - this.failingSince <= this.leaseIntervalMs
   }
 
   /** Called with every heartbeat; reads the witness when due. */
@@ -52,15 +53,15 @@ export class WitnessCheck {
       const age = now - this.checkedAt
       if (age > this.leaseIntervalMs && !this.lateCounted) {
         this.lateCounted = true
-        this.failed(`witness read unanswered for ${Math.round(age)} ms`, closed)
+        this.failed(`witness read unanswered for ${Math.round(age)} ms`, this.checkedAt, closed)
       }
       if (age > this.deadAfterMs) this.inFlight = false
       return
     }
     if (client.status !== 'ready') {
-      if (now - this.confirmedFrom > this.leaseIntervalMs && now - this.checkedAt >= this.leaseIntervalMs) {
+      if (now - this.checkedAt >= this.leaseIntervalMs) {
         this.checkedAt = now
-        this.failed(`command connection ${client.status}`, closed)
+        this.failed(`command connection ${client.status}`, now, closed)
       }
       return
     }
@@ -71,7 +72,7 @@ export class WitnessCheck {
     const sentAt = now
     readWitness(client, this.name).then(value => {
       if (this.checkedAt === sentAt) this.inFlight = false
-      this.confirmedFrom = Math.max(this.confirmedFrom, sentAt)
+      if (sentAt >= this.failingSince) this.failingSince = Number.POSITIVE_INFINITY
       if (closed()) return
       const before = this.value
       this.value = value
@@ -80,11 +81,12 @@ export class WitnessCheck {
     }, (err: unknown) => {
       if (this.checkedAt !== sentAt) return
       this.inFlight = false
-      if (!this.lateCounted) this.failed(err instanceof Error ? err.message : String(err), closed)
+      if (!this.lateCounted) this.failed(err instanceof Error ? err.message : String(err), sentAt, closed)
     })
   }
 
-  private failed (reason: string, closed: () => boolean): void {
+  private failed (reason: string, since: number, closed: () => boolean): void {
+    this.failingSince = Math.min(this.failingSince, since)
     if (!closed()) this.listener.onWitnessError?.(this.name, reason, this.partitions)
   }
 }

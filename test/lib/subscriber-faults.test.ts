@@ -97,7 +97,9 @@ t.test('Redis restarted empty behind a proxy that keeps connections open: the wi
   proxy.restore()
   t.ok(await waitFor(() => a.store.counters.resets >= 1, { timeoutMs: 10_000 }), 'a saw the witness change: a reset')
   t.equal(a.store.getLocal(k), undefined, 'its copies of the node were dropped')
-  // Whatever a's subscriber connection was doing, b's writes on the new server must reach it from now on.
+  // Whatever a's subscriber connection was doing, b's writes on the new server must reach it from now on. (b's own
+  // connection saw the restart: wait until it is back.)
+  t.ok(await waitFor(() => b.repository.client.status === 'ready', { timeoutMs: 10_000 }), 'b reconnected')
   await b.store.update(k, inc)
   t.ok(await waitFor(async () => (await a.store.get(k))?.version === 1, { timeoutMs: 5000 }), 'a reads what the new server holds')
   t.ok(await waitFor(() => a.store.health().localReads, { timeoutMs: 10_000 }), 'the lease is held again')

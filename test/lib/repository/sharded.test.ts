@@ -81,3 +81,28 @@ t.test('sharded: a frozen node (SIGSTOP) trips only its own breaker; the other n
   t.ok(back, 'the probe closes the breaker once the node answers')
   t.same(sharded.unavailableNodes(), [])
 })
+
+t.test('sharded: one node\'s subscriber killed (CLIENT KILL TYPE pubsub) resyncs only that node\'s partitions', async t => {
+  const sharded = make()
+  // A lease a loaded machine does not lapse by itself while the test looks (a lapse drops every copy of the node).
+  const s = new TieredStore({ repository: sharded, secret: SECRET, partitions: 256, coherence: { leaseMs: 2000 } })
+  await s.start()
+  t.teardown(async () => { await s.close(); await sharded.close() })
+  const keys = Array.from({ length: 60 }, (_, i) => s.key(`resync-${i}`, 'cart'))
+  const killedNode = sharded.nodes[0]?.repository
+  const onKilled = keys.filter(k => sharded.nodeFor(k) === killedNode)
+  const elsewhere = keys.filter(k => !onKilled.includes(k))
+  t.ok(onKilled.length > 5 && elsewhere.length > 20, `${onKilled.length} keys on the node whose subscriber is killed, ${elsewhere.length} elsewhere`)
+  for (const k of keys) await s.update(k, () => ({ v: 1 }))
+  for (const k of keys) t.match(s.getLocal(k), { version: 1 }, 'every key has a local copy')
+
+  const resyncs = s.counters.resyncs
+  ;(servers[0] as RedisHandle).cli('CLIENT', 'KILL', 'TYPE', 'pubsub')
+  t.ok(await waitFor(() => s.counters.resyncs > resyncs, { timeoutMs: 5000 }), 'the node\'s subscriber reconnected: a resync')
+  t.ok(await waitFor(() => s.health().localReads, { timeoutMs: 5000 }), 'and the lease is held again')
+  const reads = s.counters.repositoryReads
+  for (const k of elsewhere) t.match(await s.get(k), { version: 1, source: 'local' }, 'copies of the other nodes\' partitions still answer')
+  t.equal(s.counters.repositoryReads, reads, 'no read for them')
+  for (const k of onKilled) t.match(await s.get(k), { version: 1, source: 'repository' }, 'copies of the resynced node\'s partitions are not trusted')
+  t.equal(s.counters.repositoryReads, reads + onKilled.length, 'one read each')
+})
