@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process'
 import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs'
 import { cpus } from 'node:os'
 
-const ALL = ['store', 'coherence', 'session', 'tls', 'cart']
+const ALL = ['store', 'coherence', 'fanout', 'session', 'tls', 'cart']
 const TIMEOUT_MS = 15 * 60_000
 const RESULTS = 'bench/results'
 
@@ -103,6 +103,7 @@ function row (r: Loaded | undefined, kind: string, c: string): Json | undefined 
 const results = {
   store: load('store'),
   coherence: load('coherence'),
+  fanout: load('fanout'),
   session: load('session'),
   tls: load('tls'),
   cart: load('cart')
@@ -203,6 +204,20 @@ const verdict = (ok: boolean | undefined): string => ok === undefined ? 'n/a' : 
     handoff: `median ${f(num(c?.medianMs), 3)} ms, p99 ${f(num(c?.p99Ms), 3)} ms (${f(num(c?.received), 0)}/${f(num(c?.writes), 0)} received)`,
     target: 'none named (reads after the 250 ms lease are never stale)',
     status: '-',
+    peers: '-'
+  })
+}
+{
+  // Redis CPU per write at the largest fleet over one instance, per design and held share (bench/fanout.ts).
+  const g = arr(results.fanout?.data.growth).map(obj)
+  const ratio = (d: string, s: number): number | undefined => num(g.find(o => o?.design === d && o?.heldShare === s)?.ratioTopToOne)
+  const designs = [...new Set(g.map(o => String(o?.design)))]
+  headlines.push({
+    source: 'fanout',
+    measure: 'Fan-out: Redis CPU per write, N=64 instances over N=1 (1% / 100% of keys held each)',
+    handoff: designs.map(d => `${d} ${x(ratio(d, 0.01))} / ${x(ratio(d, 1))}`).join(', '),
+    target: 'tracking: <= 1.5x at 1% held; 100% held no worse than pubsub',
+    status: designs.includes('tracking') ? verdict((ratio('tracking', 0.01) ?? Infinity) <= 1.5) : 'n/a',
     peers: '-'
   })
 }

@@ -60,6 +60,13 @@ export interface FillTicket {
   readonly generation: number
   maxNotified: number
   refs: number
+  /**
+   * A write under client tracking (version-less invalidations, no NOLOOP): its own echo is one of the invalidations
+   * of the key it will hear, so one alone does not void the fill; see `fill`. False once the ticket is shared.
+   */
+  echo: boolean
+  /** Version-less invalidations of the key heard while open. */
+  heard: number
 }
 
 /** What a repository reply says about a key, to fill the local tier with (value undefined: nothing to keep). */
@@ -109,6 +116,8 @@ export class LocalTier implements InvalidationListener {
   private flushes = 0
   private readonly partitionFlushes: Uint32Array
   private readonly tickets = new Map<string, FillTicket>()
+  /** Copies filled by this instance's own writes whose echo has not been heard yet (client tracking). */
+  private readonly echoes = new Map<string, { version: number, epoch: string, generation: number }>()
   /**
    * The lease, per partition: when the newest heartbeat that covers it was sent. A node's heartbeat covers the
    * partitions it serves, so one node's lapse or resync suspends only its own partitions' copies.
@@ -232,8 +241,11 @@ export class LocalTier implements InvalidationListener {
     if (copy !== undefined) copy.expiresAt = expiresAt
   }
 
-  /** Call before a repository read or write whose reply may fill the local tier; then `fill` or `release` it. */
-  open (key: string, partition: number): FillTicket {
+  /**
+   * Call before a repository read or write whose reply may fill the local tier; then `fill` or `release` it. `echo`:
+   * a write whose invalidations carry no version and reach the writer too (client tracking).
+   */
+  open (key: string, partition: number, echo = false): FillTicket {
     let t = this.tickets.get(key)
     if (t === undefined) {
       t = {
@@ -243,9 +255,13 @@ export class LocalTier implements InvalidationListener {
         partitionFlushes: this.partitionFlushes[partition] ?? 0,
         generation: this.generation[partition] ?? 0,
         maxNotified: 0,
-        refs: 0
+        refs: 0,
+        echo,
+        heard: 0
       }
       this.tickets.set(key, t)
+    } else {
+      t.echo = false // shared with another read or write: any invalidation voids it, as for reads
     }
     t.refs++
     return t
@@ -292,6 +308,9 @@ export class LocalTier implements InvalidationListener {
       size: fill.bytes + t.key.length + KEY_OVERHEAD,
       generation: t.generation
     }, { ttl })
+    // A write's own echo was sent when it ran, before any later write's invalidation: if none was heard yet, the
+    // first one heard from now on is that echo or an older write's, and must not drop this copy (newer than both).
+    if (t.echo && t.heard === 0) this.echoes.set(t.key, { version: fill.version, epoch: fill.epoch, generation: t.generation })
   }
 
   onHeartbeat (sentAt: number, partitions?: readonly number[]): void {
@@ -322,6 +341,7 @@ export class LocalTier implements InvalidationListener {
       // Replies in flight may not fill.
       this.leaseFrom.fill(Number.NEGATIVE_INFINITY)
       this.flushes++
+      this.echoes.clear()
       return
     }
     // The same for the partitions of one node (a shard that reconnected): the others keep their lease and copies.
@@ -346,9 +366,21 @@ export class LocalTier implements InvalidationListener {
     }
     this.lastSequence[p] = msg.sequence
     const t = this.tickets.get(msg.key)
-    if (t !== undefined && msg.version > t.maxNotified) t.maxNotified = msg.version
+    const versionless = msg.version === Number.POSITIVE_INFINITY
+    // An open write's first version-less invalidation may be its own echo (decided in `fill`); any other voids it.
+    if (t !== undefined && !(t.echo && versionless && ++t.heard < 2) && msg.version > t.maxNotified) t.maxNotified = msg.version
     const stripe = this.stripeOf(p)
     const copy = stripe?.peek(msg.key, { allowStale: true })
+    const echo = versionless ? this.echoes.get(msg.key) : undefined
+    if (echo !== undefined) {
+      this.echoes.delete(msg.key)
+      // Only the very copy that write filled is kept, in the generation it was filled in; a read in flight may not fill.
+      if (copy !== undefined && copy.version === echo.version && copy.epoch === echo.epoch && copy.generation === echo.generation &&
+        echo.generation === (this.generation[p] ?? 0)) {
+        if (t !== undefined) t.maxNotified = Number.POSITIVE_INFINITY
+        return
+      }
+    }
     if (copy === undefined) return
     // From another epoch, a copy is another value whatever its version; writers older than epochs send none.
     const stale = msg.epoch === '' ? copy.version < msg.version : copy.epoch !== msg.epoch || copy.version < msg.version
@@ -446,6 +478,7 @@ export class LocalTier implements InvalidationListener {
 
   private flushAll (): void {
     this.flushes++
+    this.echoes.clear()
     for (const s of this.stripes) s.clear()
   }
 

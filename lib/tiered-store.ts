@@ -5,7 +5,7 @@ import { EntryCodec } from './entry-codec.js'
 import { RepositoryCalls, type RepositoryOp } from './repository-calls.js'
 import { ConflictError, InvalidOptionError, intOption, TooLargeError, isHandoffError } from './errors.js'
 import { assertPartitionCount, assertPrefix, entryKey, partitionOf, partitionOfKey } from './partitions.js'
-import type { CasResult, Repository, StoredEntry, Subscription } from './repository/types.js'
+import type { CasResult, CoherenceTransport, Repository, StoredEntry, Subscription } from './repository/types.js'
 import { KeyRing, entryLabel, type SecretInput } from './seal.js'
 
 export type { Durability } from './durability.js'
@@ -102,9 +102,11 @@ export interface TieredStoreOptions {
   localTtlMs?: number
   /**
    * Follow invalidations from the repository (other instances' writes). `leaseMs`: local reads are suspended when
-   * the subscriber has not been heard from within it. Default: { leaseMs: 250 }.
+   * the subscriber has not been heard from within it. `transport` (Redis): 'pubsub', every write is published to
+   * every instance; 'tracking', Redis client-side caching (CLIENT TRACKING) tells only the instances that read the
+   * key, so a write costs the same whatever the fleet size (docs/scaling.md). Default: { leaseMs: 250, transport: 'pubsub' }.
    */
-  coherence?: false | { leaseMs?: number }
+  coherence?: false | { leaseMs?: number, transport?: CoherenceTransport }
   /**
    * How long after the repository was last confirmed (with coherence, the last answered invalidation heartbeat; without,
    * the last answered call) a local copy may still answer while the repository is unreachable, ms; such answers are
@@ -147,6 +149,8 @@ export interface StoreHealth {
   localReads: boolean
   /** Milliseconds since the newest answered heartbeat was sent (0 without coherence or in-process). */
   leaseAgeMs: number
+  /** How invalidations arrive: 'pubsub', 'tracking', 'in-process', or 'off' (coherence: false). */
+  coherence: CoherenceTransport | 'in-process' | 'off'
   localEntries: number
   localBytes: number
 }
@@ -208,6 +212,7 @@ export class TieredStore<T = unknown> {
   private readonly logger: Logger | undefined
   private readonly now: () => number
   private subscription: Subscription | undefined
+  private readonly transport: CoherenceTransport
   private started: Promise<void> | undefined
   /** The one wrapper of every repository call: timing, error accounting, outage state per node. */
   private readonly calls: RepositoryCalls
@@ -237,6 +242,7 @@ export class TieredStore<T = unknown> {
     const leaseMs = coherenceOn
       ? intOption('coherence.leaseMs', opts.coherence === false ? undefined : opts.coherence?.leaseMs, 250, 1)
       : undefined
+    this.transport = coherenceTransport(opts.coherence === false ? undefined : opts.coherence?.transport)
     this.keyRing = opts.secret instanceof KeyRing ? opts.secret : new KeyRing(opts.secret)
     this.logger = opts.logger
     this.now = opts.now ?? Date.now
@@ -324,6 +330,7 @@ export class TieredStore<T = unknown> {
       this.subscription = await this.repository.subscribe({
         prefix: this.prefix,
         partitions: this.partitions,
+        transport: this.transport,
         ...(leaseMs === undefined ? {} : { witnessIntervalMs: leaseMs / 2 })
       }, this.local)
       this.local.setReliable(this.subscription.reliable)
@@ -458,7 +465,7 @@ export class TieredStore<T = unknown> {
       const expected = base.from === 'assumed' ? null : base.version
       const version = base.version + 1
       const sealed = this.codec.seal(key, version, plain)
-      const ticket = this.local.open(key, partition)
+      const ticket = this.local.open(key, partition, this.coherenceTransport === 'tracking')
       let res: CasResult
       try {
         res = await this.calls.run('compareAndSet', key, async () => await this.repository.compareAndSet(key, expected, sealed, ttlMs, base.epoch))
@@ -582,9 +589,19 @@ export class TieredStore<T = unknown> {
       unavailableNodes: this.unavailableNodes(),
       localReads: this.local.readable(),
       leaseAgeMs: this.leaseAgeMs,
+      coherence: this.coherenceTransport,
       localEntries: this.localEntries,
       localBytes: this.localBytes
     }
+  }
+
+  /**
+   * How invalidations reach this instance: the subscription's transport once started ('in-process' for the embedded
+   * repository), the configured one before, 'off' without coherence.
+   */
+  get coherenceTransport (): CoherenceTransport | 'in-process' | 'off' {
+    if (!this.local.coherent) return 'off'
+    return this.subscription?.transport ?? (this.repository.kind === 'memory' ? 'in-process' : this.transport)
   }
 
   /** Bytes and entries held by the local tier now. */
@@ -649,6 +666,18 @@ export class TieredStore<T = unknown> {
     }
     return p
   }
+}
+
+/**
+ * The transport option, else HANDOFF_COHERENCE_TRANSPORT (switch a deployment, or run a test suite on either,
+ * without changing code), else 'pubsub'.
+ */
+function coherenceTransport (option: unknown): CoherenceTransport {
+  const env = process.env.HANDOFF_COHERENCE_TRANSPORT
+  const [name, value] = option !== undefined ? ['coherence.transport', option] : ['HANDOFF_COHERENCE_TRANSPORT', env === '' ? undefined : env]
+  if (value === undefined) return 'pubsub'
+  if (value !== 'pubsub' && value !== 'tracking') throw new InvalidOptionError(name, `must be 'pubsub' or 'tracking', got ${JSON.stringify(value)}`)
+  return value
 }
 
 /**

@@ -133,6 +133,15 @@ const metricsPlugin: FastifyPluginAsync<HandoffMetricsOptions> = async (fastify:
     const age = store.leaseAgeMs
     return age < 0 ? undefined : age / 1000
   })
+  // Which invalidation transport this instance runs, as an info-style gauge (1 on the label in use).
+  // eslint-disable-next-line no-new
+  new Gauge({
+    name: `${prefix}store_coherence_transport`,
+    help: 'How invalidations reach this instance (label transport: pubsub, tracking, in-process, off)',
+    labelNames: ['transport'],
+    registers: [registry],
+    collect () { this.reset(); this.set({ transport: store.coherenceTransport }, 1) }
+  })
   const latency = new Histogram({
     name: `${prefix}repository_latency_seconds`,
     help: 'Repository (Redis) call latency',

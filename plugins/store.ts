@@ -128,8 +128,12 @@ export const STORE_OPTIONS_SCHEMA = {
     maxLocalBytes: integerAtLeast(0),
     localTtlMs: integerAtLeast(0),
     coherence: {
-      anyOf: [{ const: false }, { type: 'object', additionalProperties: false, properties: { leaseMs: integerAtLeast(1) } }],
-      description: 'false or { leaseMs }'
+      anyOf: [{ const: false }, {
+        type: 'object',
+        additionalProperties: false,
+        properties: { leaseMs: integerAtLeast(1), transport: { enum: ['pubsub', 'tracking'] } }
+      }],
+      description: "false or { leaseMs } (optionally with transport: 'pubsub' | 'tracking')"
     },
     defaultTtlMs: integerAtLeast(1),
     tombstoneTtlMs: integerAtLeast(1),

@@ -15,8 +15,16 @@ import type { Invalidation, InvalidationListener, SubscriptionScope } from './ty
 /** How often the topology is re-read besides ioredis' own refreshes, ms. */
 const REPLAN_INTERVAL_MS = 500
 
+/** What follows one primary's share of the partitions: a pub/sub subscriber, or a client-tracking hub's entry. */
+export interface ShardSubscriber {
+  start: () => Promise<void>
+  close: () => Promise<void>
+}
+
+export type ShardFactory = (node: Redis, partitions: number[], listener: InvalidationListener) => ShardSubscriber
+
 export class ClusterSubscription {
-  private readonly shards = new Map<string, { sub: RedisSubscriber, partitions: number[] }>()
+  private readonly shards = new Map<string, { sub: ShardSubscriber, partitions: number[] }>()
   private timer: NodeJS.Timeout | undefined
   private closed = false
   private replanning: Promise<void> | undefined
@@ -28,7 +36,9 @@ export class ClusterSubscription {
     private readonly cluster: Cluster,
     private readonly scope: SubscriptionScope,
     private readonly listener: InvalidationListener,
-    private readonly opts: RedisSubscriberOptions = {}
+    private readonly opts: RedisSubscriberOptions = {},
+    /** Default: a RedisSubscriber (SSUBSCRIBE) per primary. */
+    private readonly makeShard?: ShardFactory
   ) {
     this.channelSlots = Array.from({ length: scope.partitions }, (_, p) => clusterKeySlot(channelName(scope.prefix, p)))
   }
@@ -87,12 +97,13 @@ export class ClusterSubscription {
       const client = masters.get(node)
       if (client === undefined) continue
       changed = true
-      const shard = { sub: undefined as unknown as RedisSubscriber, partitions }
-      shard.sub = new RedisSubscriber(client as Redis, this.scope, this.shardListener(shard), {
-        ...this.opts,
-        partitions,
-        redisOptions: { ...this.opts.redisOptions, connectionName: 'fastify-handoff:subscriber' }
-      })
+      const shard = { sub: undefined as unknown as ShardSubscriber, partitions }
+      shard.sub = this.makeShard?.(client as Redis, partitions, this.shardListener(shard)) ??
+        new RedisSubscriber(client as Redis, this.scope, this.shardListener(shard), {
+          ...this.opts,
+          partitions,
+          redisOptions: { ...this.opts.redisOptions, connectionName: 'fastify-handoff:subscriber' }
+        })
       this.shards.set(node, shard)
       try {
         await shard.sub.start()

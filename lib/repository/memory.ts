@@ -88,7 +88,7 @@ export class MemoryRepository implements Repository {
     // In one process nothing can be missed, but a new subscriber starts from an unknown state like a Redis one.
     listener.onResync()
     listener.onWitness?.('memory', this.epoch)
-    return { reliable: true, close: async () => { this.listeners.delete(sub) } }
+    return { reliable: true, transport: 'in-process', close: async () => { this.listeners.delete(sub) } }
   }
 
   /**

@@ -79,19 +79,7 @@ export class RedisSubscriber {
   }
 
   async start (): Promise<void> {
-    const conn = this.client.duplicate({
-      protocol: 2,
-      enableOfflineQueue: true,
-      maxRetriesPerRequest: null,
-      // We re-subscribe ourselves: ioredis' own re-subscription leaves its SSUBSCRIBE promises unhandled, and a
-      // connection closed while it runs (shutdown, another drop) then crashes the process with unhandled rejections.
-      autoResubscribe: false,
-      // Cluster pool connections come without a retry strategy; a subscriber must always come back.
-      retryStrategy: (times: number) => Math.min(50 * times, 500),
-      lazyConnect: true,
-      connectionName: 'fastify-handoff:subscriber',
-      ...this.opts.redisOptions
-    })
+    const conn = this.client.duplicate(subscriberConnection('fastify-handoff:subscriber', this.opts.redisOptions))
     this.conn = conn
     conn.on('error', (error: Error) => this.opts.onEvent?.({ type: 'error', error }))
     conn.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel.toString(), message.toString()))
@@ -255,7 +243,7 @@ export class RedisSubscriber {
       // it; its 'close' resyncs and the reconnect subscribes again.
       if (before !== undefined && before !== value) this.conn?.disconnect(true)
     }
-    this.readWitness(name).then(
+    readWitness(this.client, name).then(
       value => {
         if (this.witnessCheckedAt === sentAt) this.witnessInFlight = false
         if (sentAt >= this.witnessFailingSince) this.witnessFailingSince = Number.POSITIVE_INFINITY
@@ -272,14 +260,6 @@ export class RedisSubscriber {
   private witnessFailed (reason: string, since: number): void {
     if (since < this.witnessFailingSince) this.witnessFailingSince = since
     if (!this.closed) this.listener.onWitnessError?.(this.witnessName, reason, this.opts.partitions)
-  }
-
-  private async readWitness (name: string): Promise<string> {
-    const value = await this.client.call('GETEX', name)
-    if (value !== null) return asText(value)
-    const candidate = newEpoch()
-    const previous = await this.client.call('SET', name, candidate, 'NX', 'GET')
-    return previous === null ? candidate : asText(previous)
   }
 
   private onMessage (channel: string, message: string): void {
@@ -305,4 +285,30 @@ export class RedisSubscriber {
 
 function asText (x: unknown): string {
   return Buffer.isBuffer(x) ? x.toString() : String(x)
+}
+
+/** A node's witness value (GETEX), minted with SET NX GET when missing: whoever comes first wins. */
+export async function readWitness (client: Redis, name: string): Promise<string> {
+  const value = await client.call('GETEX', name)
+  if (value !== null) return asText(value)
+  const candidate = newEpoch()
+  const previous = await client.call('SET', name, candidate, 'NX', 'GET')
+  return previous === null ? candidate : asText(previous)
+}
+
+/** Options of a connection that receives invalidations (pub/sub or tracking redirect), over `overrides`. */
+export function subscriberConnection (connectionName: string, overrides?: RedisOptions): RedisOptions {
+  return {
+    protocol: 2,
+    enableOfflineQueue: true,
+    maxRetriesPerRequest: null,
+    // We re-subscribe ourselves: ioredis' own re-subscription leaves its SSUBSCRIBE promises unhandled, and a
+    // connection closed while it runs (shutdown, another drop) then crashes the process with unhandled rejections.
+    autoResubscribe: false,
+    // Cluster pool connections come without a retry strategy; a subscriber must always come back.
+    retryStrategy: (times: number) => Math.min(50 * times, 500),
+    lazyConnect: true,
+    connectionName,
+    ...overrides
+  }
 }

@@ -9,6 +9,7 @@ import { newEpoch } from './epoch.js'
 import type { CasResult, InvalidationListener, Repository, StoredEntry, Subscription, SubscriptionScope } from './types.js'
 import { RedisSubscriber } from './redis-subscriber.js'
 import { ClusterSubscription } from './cluster-subscriber.js'
+import { TrackingSubscriber } from './tracking-subscriber.js'
 
 const lua = (name: string): string => readFileSync(new URL(`./${name}.lua`, import.meta.url), 'utf8')
 const SCRIPTS = { cas: lua('cas'), remove: lua('remove'), touch: lua('touch') }
@@ -102,6 +103,8 @@ export class RedisRepository implements Repository {
   private readonly slotsByTag = new Map<string, number>()
   private closed = false
   private readonly subscribers = new Set<RedisSubscriber | ClusterSubscription>()
+  /** Client-tracking hubs, one per command connection (a Cluster has one per primary). */
+  private readonly trackers = new Map<Redis, TrackingSubscriber>()
   private readonly subscriberOptions: RedisOptions | undefined
   private readonly heartbeatIntervalMs: number | undefined
   private readonly subscriberDeadAfterMs: number | undefined
@@ -203,6 +206,37 @@ export class RedisRepository implements Repository {
       heartbeatIntervalMs: this.heartbeatIntervalMs,
       deadAfterMs: this.subscriberDeadAfterMs
     }
+    const transport = scope.transport ?? 'pubsub'
+    if (transport === 'tracking') {
+      // One tracking hub per command connection (a connection redirects to one client), shared by every store.
+      const hub = (client: Redis): TrackingSubscriber => {
+        let h = this.trackers.get(client)
+        if (h === undefined) { h = new TrackingSubscriber(client, opts); this.trackers.set(client, h) }
+        return h
+      }
+      const stop = async (client: Redis, leave: () => Promise<void>): Promise<void> => {
+        await leave()
+        if (this.trackers.get(client)?.size === 0) this.trackers.delete(client)
+      }
+      if (this.client instanceof Cluster) {
+        const sub = new ClusterSubscription(this.client, scope, listener, opts, (node, partitions, shardListener) => {
+          let leave: (() => Promise<void>) | undefined
+          return {
+            start: async () => { leave = await hub(node).add(scope, shardListener, partitions) },
+            close: async () => { if (leave !== undefined) await stop(node, leave) }
+          }
+        })
+        this.subscribers.add(sub)
+        await sub.start()
+        return { reliable: false, transport, close: async () => { this.subscribers.delete(sub); await sub.close() } }
+      }
+      const client = this.client
+      const leave = await hub(client).add(scope, listener).catch(async (err: unknown) => {
+        if (this.trackers.get(client)?.size === 0) this.trackers.delete(client)
+        throw err
+      })
+      return { reliable: false, transport, close: async () => { await stop(client, leave) } }
+    }
     const sub = this.client instanceof Cluster
       ? new ClusterSubscription(this.client, scope, listener, opts)
       : new RedisSubscriber(this.client, scope, listener, opts)
@@ -210,6 +244,7 @@ export class RedisRepository implements Repository {
     await sub.start()
     return {
       reliable: false,
+      transport,
       close: async () => {
         this.subscribers.delete(sub)
         await sub.close()
@@ -275,6 +310,8 @@ export class RedisRepository implements Repository {
     this.probeTimer = undefined
     await Promise.all([...this.subscribers].map(async s => await s.close()))
     this.subscribers.clear()
+    await Promise.all([...this.trackers.values()].map(async t => await t.close()))
+    this.trackers.clear()
     if (this.ownsClient) {
       // QUIT lets in-flight replies arrive; bounded, since a frozen Redis would never answer it.
       if (this.client.status === 'ready') await this.guards.of(this.singleNode).bound(async () => await this.client.quit()).catch(() => {})

@@ -96,6 +96,7 @@ export class ShardedRepository implements Repository {
     }))
     return {
       reliable: subs.every(s => s.reliable),
+      ...(subs[0]?.transport === undefined ? {} : { transport: subs[0].transport }),
       close: async () => { await Promise.all(subs.map(async s => await s.close())) }
     }
   }

@@ -30,10 +30,13 @@ export type CasResult =
 /** Published after every write, delete and take, in the same atomic step as the write itself. */
 export interface Invalidation {
   key: string
-  /** The version the key holds after the write (a tombstone's version after delete/take). */
+  /**
+   * The version the key holds after the write (a tombstone's version after delete/take). Infinity when the transport
+   * does not say (client tracking names only the key): newer than any copy or fill in flight.
+   */
   version: number
   partition: number
-  /** Per-partition sequence number, +1 per published invalidation: a gap means a lost message. */
+  /** Per-partition sequence number, +1 per published invalidation: a gap means a lost message. 0: not counted (tracking). */
   sequence: number
   /** The partition's epoch the write was made in; a change means the repository forgot (FLUSHALL, empty restart). '' from writers older than epochs. */
   epoch: string
@@ -74,11 +77,21 @@ export interface SubscriptionScope {
    * the lease at a fraction of the heartbeats' cost. Default: with every heartbeat.
    */
   witnessIntervalMs?: number
+  /**
+   * How invalidations reach this instance, where the repository offers a choice (Redis): 'pubsub', every write is
+   * published on its partition's channel and every instance hears it; 'tracking', Redis client-side caching tells
+   * only the instances that read the key. Default: 'pubsub'.
+   */
+  transport?: CoherenceTransport
 }
+
+export type CoherenceTransport = 'pubsub' | 'tracking'
 
 export interface Subscription {
   /** True when delivery cannot be lost or delayed (in-process): readers need no lease. */
   readonly reliable: boolean
+  /** How invalidations arrive: 'pubsub', 'tracking', or 'in-process' (the embedded repository). */
+  readonly transport?: CoherenceTransport | 'in-process'
   close: () => Promise<void>
 }
 

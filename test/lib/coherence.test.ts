@@ -42,7 +42,8 @@ t.test('an invalidation drops the other instance\'s copy', async t => {
   const deadline = performance.now() + 1000
   while (b.counters.invalidations < 2 && performance.now() < deadline) await sleep(2)
   t.match(await b.get(k), { version: 2, source: 'repository' }, 'b read the new version, not its old copy')
-  t.ok(b.counters.invalidations >= 2)
+  // Pub/sub tells every instance of every write; client tracking only of writes after b read the key (the second).
+  t.ok(b.counters.invalidations >= (b.health().coherence === 'tracking' ? 1 : 2))
   t.ok(b.localHitRatio > 0)
 })
 

@@ -57,6 +57,8 @@ t.test('metrics match a scripted workload; health turns degraded while Redis is 
   t.equal(value(m, 'handoff_store_degraded'), 0)
   t.equal(value(m, 'handoff_store_invalidations_total'), 11, 'own 10 writes and the other instance\'s one')
   t.match((await app.inject('/health')).json(), { status: 'ok', repository: 'redis', localReads: true })
+  t.equal(value(m, 'handoff_store_coherence_transport', 'transport="pubsub"'), 1, 'the invalidation transport in use')
+  t.equal((await app.inject('/health')).json().coherence, 'pubsub')
 
   await server.kill()
   await t.rejects(store.update(keys[1] as string, inc), { code: 'FST_HANDOFF_UNAVAILABLE' })

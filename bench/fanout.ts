@@ -1,0 +1,252 @@
+/**
+ * bench/fanout: what one write costs Redis as the fleet grows. One writer (a RedisRepository, the real write script)
+ * and N subscribing instances on one private redis-server (a fresh one per cell), N = 1, 4, 16, 64, each instance
+ * holding 1% or 100% of the keys. Per cell: Redis CPU per write (INFO CPU used_cpu_sys + used_cpu_user, before the
+ * writes and after every instance has received and re-read what they invalidated, divided by the writes),
+ * invalidation messages delivered per write, and the writer's latency p50/p99.
+ *
+ * The subscribing instances are lightweight stand-ins that speak the store's protocol, the same shape for every
+ * design: a subscriber connection subscribed exactly as the store's subscriber is, and a command connection whose
+ * reads fill a set of held keys; an invalidation of a held key drops it and reads it again (so the held share stays
+ * what the cell says). The writer follows invalidations too (holding nothing), as a store instance does. No
+ * heartbeats: they cost the same per connection whatever the writes (see docs/scaling.md).
+ */
+import { Redis } from 'ioredis'
+import { randomBytes } from 'node:crypto'
+import { RedisRepository } from '../lib/repository/redis.js'
+import { channelName, entryKey, partitionOf, partitionOfChannel } from '../lib/partitions.js'
+import { startRedis, type RedisHandle } from '../scripts/redis-server.js'
+import { fmt, percentile, progress, round, writeResult } from './lib.js'
+
+const PREFIX = 'handoff:'
+const PARTITIONS = 1024
+const KEYS = 2000
+const WRITES = Number(process.env.FANOUT_WRITES ?? 1000)
+const FLEET = (process.env.FANOUT_N ?? '1,4,16,64').split(',').map(Number)
+const ROUNDS = Number(process.env.FANOUT_ROUNDS ?? 3)
+const HELD = [0.01, 1]
+const VALUE = randomBytes(300)
+
+/** How an instance hears about writes: each design's stand-in. */
+interface Design {
+  name: string
+  /** What the design's subscriber does, in a few words for the table. */
+  describe: string
+  /** `reader`: the command connection whose reads fill (the writer's own, for the writing instance). */
+  instance: (port: number, held: Set<string>, reader?: Redis) => Promise<StandIn>
+}
+
+interface StandIn {
+  received: () => number
+  /** Resolves once everything sent before it has been delivered and every re-read it caused has been answered. */
+  drain: () => Promise<void>
+  close: () => void
+}
+
+/** Reads that fill: the held keys read once, and read again after each invalidation of one. */
+function holder (reader: Redis, held: Set<string>): { refill: (key: string) => void, settled: () => Promise<void>, fill: () => Promise<void> } {
+  let pending = Promise.resolve()
+  return {
+    refill: key => {
+      if (!held.has(key)) return
+      pending = Promise.all([pending, reader.hmgetBuffer(key, 'v', 'd', 'e', 'g')]).then(() => {})
+    },
+    settled: async () => { await pending },
+    fill: async () => { await Promise.all([...held].map(async k => await reader.hmgetBuffer(k, 'v', 'd', 'e', 'g'))) }
+  }
+}
+
+/**
+ * One stand-in: a RESP2 subscriber connection and a command connection (`own`, or a new one) whose reads fill
+ * `held`. `follow` subscribes the way the design does and calls `heard(key)` for each invalidated key.
+ */
+async function standIn (port: number, held: Set<string>, own: Redis | undefined,
+  follow: (sub: Redis, reader: Redis, heard: (key: string) => void) => Promise<void>): Promise<StandIn> {
+  const sub = new Redis({ port, protocol: 2, autoResubscribe: false, lazyConnect: true })
+  const reader = own ?? new Redis({ port, enableAutoPipelining: false })
+  await sub.connect()
+  let received = 0
+  const h = holder(reader, held)
+  await follow(sub, reader, key => { received++; h.refill(key) })
+  await h.fill()
+  return {
+    received: () => received,
+    drain: async () => { await sub.ping(); await h.settled() },
+    close: () => { sub.disconnect(); if (own === undefined) reader.disconnect() }
+  }
+}
+
+/** Today's design: every instance SSUBSCRIBEs every partition's channel (lib/repository/redis-subscriber.ts). */
+const pubsub: Design = {
+  name: 'pubsub',
+  describe: 'SSUBSCRIBE to every partition channel',
+  instance: async (port, held, own) => await standIn(port, held, own, async (sub, _reader, heard) => {
+    sub.on('smessageBuffer', (channel: Buffer, message: Buffer) => {
+      if (partitionOfChannel(channel.toString()) < 0) return
+      // "<version> <sequence> <epoch> <key>"
+      const m = message.toString()
+      let at = -1
+      for (let i = 0; i < 3; i++) at = m.indexOf(' ', at + 1)
+      heard(m.slice(at + 1))
+    })
+    await Promise.all(Array.from({ length: PARTITIONS }, async (_, p) => await sub.ssubscribe(channelName(PREFIX, p))))
+  })
+}
+
+/**
+ * Client tracking (lib/repository/tracking-subscriber.ts): the command connection has CLIENT TRACKING ON in default
+ * mode with REDIRECT to a RESP2 connection subscribed to __redis__:invalidate; Redis tells only the readers of a key.
+ */
+const tracking: Design = {
+  name: 'tracking',
+  describe: 'CLIENT TRACKING ON REDIRECT to one subscribed connection',
+  instance: async (port, held, own) => await standIn(port, held, own, async (sub, reader, heard) => {
+    sub.on('messageBuffer', (_channel: Buffer, message: unknown) => {
+      if (Array.isArray(message)) for (const k of message as Buffer[]) heard(k.toString())
+    })
+    const id = String(await sub.client('ID'))
+    await sub.subscribe('__redis__:invalidate')
+    await reader.call('CLIENT', 'TRACKING', 'ON', 'REDIRECT', id)
+  })
+}
+
+const DESIGNS: Design[] = [pubsub, tracking]
+
+interface Cell {
+  design: string
+  instances: number
+  heldShare: number
+  writes: number
+  redisCpuUsPerWrite: number
+  messagesPerWrite: number
+  p50Ms: number
+  p99Ms: number
+  /** used_memory once the fleet is connected and holds its share, over before. */
+  fleetMemoryBytes: number
+  /** tracking_total_items then: (key, client) pairs in Redis's tracking table. */
+  trackingItems: number
+}
+
+function usedMemory (server: RedisHandle): number {
+  return Number(/used_memory:(\d+)/.exec(server.cli('INFO', 'memory'))?.[1] ?? NaN)
+}
+
+function cpuSeconds (server: RedisHandle): number {
+  const info = server.cli('INFO', 'CPU')
+  const sys = Number(/used_cpu_sys:([\d.]+)/.exec(info)?.[1] ?? NaN)
+  const user = Number(/used_cpu_user:([\d.]+)/.exec(info)?.[1] ?? NaN)
+  return sys + user
+}
+
+const keys = Array.from({ length: KEYS }, () => {
+  const id = randomBytes(24).toString('base64url')
+  return entryKey(PREFIX, partitionOf(id, PARTITIONS), id, 'session')
+})
+
+function pick (share: number): Set<string> {
+  if (share >= 1) return new Set(keys)
+  const out = new Set<string>()
+  const want = Math.max(1, Math.round(KEYS * share))
+  while (out.size < want) out.add(keys[Math.floor(Math.random() * KEYS)] as string)
+  return out
+}
+
+async function runCell (design: Design, n: number, share: number): Promise<Cell> {
+  const server = await startRedis({ private: true })
+  const writer = new RedisRepository({ url: server.url })
+  try {
+    await writer.connect()
+    const versions = new Map<string, number>()
+    // Every key exists before the instances read it: a held copy is a copy of something.
+    for (const k of keys) {
+      const r = await writer.compareAndSet(k, null, VALUE, 3_600_000)
+      if (r.ok) versions.set(k, r.version)
+    }
+    const mem0 = usedMemory(server)
+    // The writer is an instance too: it follows invalidations on its own command connection, holding nothing.
+    const fleet: StandIn[] = [await design.instance(server.port, new Set(), writer.client as Redis)]
+    for (let i = 0; i < n; i++) fleet.push(await design.instance(server.port, pick(share)))
+    await Promise.all(fleet.map(async s => await s.drain()))
+    // What the fleet costs Redis in memory once it holds its share: connections, subscriptions, the tracking table.
+    const fleetMemory = usedMemory(server) - mem0
+    const trackingItems = Number(/tracking_total_items:(\d+)/.exec(server.cli('INFO', 'stats'))?.[1] ?? 0)
+    const receivedBefore = fleet.reduce((a, s) => a + s.received(), 0)
+    const cpu0 = cpuSeconds(server)
+    const lat: number[] = []
+    for (let i = 0; i < WRITES; i++) {
+      const k = keys[Math.floor(Math.random() * KEYS)] as string
+      const t0 = performance.now()
+      const r = await writer.compareAndSet(k, versions.get(k) ?? null, VALUE, 3_600_000)
+      lat.push(performance.now() - t0)
+      if (!r.ok) throw new Error(`bench writer lost a compare-and-set on ${k}: it is the only writer`)
+      versions.set(k, r.version)
+    }
+    await Promise.all(fleet.map(async s => await s.drain()))
+    const cpu1 = cpuSeconds(server)
+    const received = fleet.reduce((a, s) => a + s.received(), 0) - receivedBefore
+    for (const s of fleet) s.close()
+    return {
+      design: design.name,
+      instances: n,
+      heldShare: share,
+      writes: WRITES,
+      redisCpuUsPerWrite: round((cpu1 - cpu0) * 1e6 / WRITES, 1),
+      messagesPerWrite: round(received / WRITES, 3),
+      p50Ms: round(percentile(lat, 0.5), 3),
+      p99Ms: round(percentile(lat, 0.99), 3),
+      fleetMemoryBytes: fleetMemory,
+      trackingItems
+    }
+  } finally {
+    await writer.close()
+    await server.stop()
+  }
+}
+
+// Rounds, each over every cell with the designs side by side; a cell's figures are the round with the median Redis
+// CPU per write (a shared machine's noise lands on single cells).
+const rounds: Cell[][] = []
+for (let round = 0; round < ROUNDS; round++) {
+  const cellsOfRound: Cell[] = []
+  for (const share of HELD) {
+    for (const n of FLEET) {
+      for (const design of DESIGNS) {
+        progress(`fanout: round ${round + 1}/${ROUNDS}, ${design.name}, N=${n}, ${share * 100}% held`)
+        cellsOfRound.push(await runCell(design, n, share))
+      }
+    }
+  }
+  rounds.push(cellsOfRound)
+}
+const cells: Cell[] = (rounds[0] ?? []).map((_, i) => {
+  const runs = rounds.map(r => r[i] as Cell).sort((a, b) => a.redisCpuUsPerWrite - b.redisCpuUsPerWrite)
+  return runs[runs.length >> 1] as Cell
+})
+
+const cell = (d: string, n: number, s: number): Cell | undefined => cells.find(c => c.design === d && c.instances === n && c.heldShare === s)
+const growth = DESIGNS.map(d => HELD.map(s => {
+  const one = cell(d.name, 1, s)?.redisCpuUsPerWrite
+  const top = cell(d.name, Math.max(...FLEET), s)?.redisCpuUsPerWrite
+  return { design: d.name, heldShare: s, ratioTopToOne: one === undefined || top === undefined ? undefined : round(top / one, 2) }
+})).flat()
+
+writeResult('fanout', { keys: KEYS, partitions: PARTITIONS, writes: WRITES, rounds: ROUNDS, cells, growth, allRounds: rounds }, `
+### Fan-out: Redis CPU per write as the fleet grows (bench/fanout.ts)
+
+One writer (itself subscribed, as a store instance is), N other subscribing instances, one private redis-server per cell, ${KEYS} keys over ${PARTITIONS} partitions,
+${WRITES} sequential writes of random keys through the real write script; each cell is the median of ${ROUNDS} rounds. Redis CPU per write: INFO CPU
+(used_cpu_sys + used_cpu_user) across the writes, until every instance has received them and re-read what they
+invalidated. Instances are stand-ins speaking the store's protocol (${DESIGNS.map(d => `${d.name}: ${d.describe}`).join('; ')}),
+each holding a random share of the keys. Loopback, a shared 2-core machine: trust ratios within one run.
+
+| held per instance | N | design | Redis CPU per write | messages per write | write p50 | write p99 | fleet's Redis memory | tracking items |
+|---|---|---|---|---|---|---|---|---|
+${cells.map(c => `| ${c.heldShare * 100}% | ${c.instances} | ${c.design} | ${fmt(c.redisCpuUsPerWrite, 1)} us | ${fmt(c.messagesPerWrite, 3)} | ${fmt(c.p50Ms, 3)} ms | ${fmt(c.p99Ms, 3)} ms | ${fmt(c.fleetMemoryBytes / 1024, 0)} KiB | ${c.trackingItems} |`).join('\n')}
+
+Messages per write count the writer's own (pub/sub: it is subscribed; tracking: its script read the key). Fleet's
+Redis memory: used_memory once every instance is connected and holds its share, minus before (connections, pub/sub
+subscriptions, the tracking table); tracking items: (key, client) pairs in the tracking table then.
+
+Redis CPU per write at N=${Math.max(...FLEET)} over N=1: ${growth.map(g => `${g.design} ${g.heldShare * 100}% held ${g.ratioTopToOne === undefined ? 'n/a' : `${fmt(g.ratioTopToOne)}x`}`).join(', ')}.
+`)
+process.exit(0)

@@ -1,0 +1,277 @@
+import type { Redis } from 'ioredis'
+import { UnavailableError } from '../errors.js'
+import { partitionOfKey } from '../partitions.js'
+import { subscriberConnection, type RedisSubscriberOptions } from './redis-subscriber.js'
+import type { InvalidationListener, SubscriptionScope } from './types.js'
+import { WitnessCheck } from './witness.js'
+
+/** The channel Redis delivers tracking invalidations on to a RESP2 redirect connection. */
+const INVALIDATE = '__redis__:invalidate'
+
+/** One store following this connection's invalidations. */
+interface Registration {
+  scope: SubscriptionScope
+  listener: InvalidationListener
+  witness: WitnessCheck
+}
+
+/** Redirect set-up retries back off from this, doubling up to SETUP_RETRY_MAX_MS (jittered). */
+const SETUP_RETRY_MS = 50
+const SETUP_RETRY_MAX_MS = 2000
+
+/**
+ * Invalidations by Redis server-assisted client-side caching: the command connection `main` (the one every read
+ * and write script of the repository runs on) has CLIENT TRACKING ON in default mode, so Redis remembers each key it
+ * reads (also the keys a script reads) and, when anyone else modifies one, sends that key once to the REDIRECT
+ * connection this class keeps (RESP2, subscribed to `__redis__:invalidate`). A write costs Redis one message per
+ * instance that holds the key (its writer included), not one per instance.
+ *
+ * No NOLOOP, although it would spare the writer its own echo: measured on Redis 7.0.15, when the tracking table is
+ * over `tracking-table-max-keys`, the keys Redis evicts from it are not announced to a NOLOOP client whose command
+ * triggered the eviction (it counts as "modified by itself"), so that client would keep copies nobody tracks any
+ * more. Without NOLOOP every eviction reaches every holder. The price: one message per write to its writer, which
+ * keeps what it wrote all the same (the write script reads the key again after writing it, so the writer tracks it,
+ * and LocalTier lets the one echo of its own write pass; see FillTicket.echo).
+ *
+ * The same guarantees as the pub/sub subscriber, with one heartbeat per connection whatever the partitions:
+ * - a PING answered on the redirect connection proves every invalidation sent before it arrived; a PING answered on
+ *   `main` proves the tracking client still exists (a killed command connection loses its tracking state silently).
+ *   The lease is renewed only by a heartbeat sent after CLIENT TRACKING was confirmed on the current pair of
+ *   connections, so a copy filled by a read that Redis did not track never answers as fresh (the renewal after any
+ *   loss starts a new lease generation);
+ * - any loss of either connection (close, reconnect, failover: tracking state is per connection and not restored,
+ *   and `tracking-redir-broken` is then what Redis would tell a RESP3 client) and the null message FLUSHALL or
+ *   FLUSHDB send are a resync: copies stop answering as fresh;
+ * - an invalidation names a key, not a version: it voids any fill of that key in flight (the read that fills runs on
+ *   `main`, so it is what Redis tracks);
+ * - resets (FLUSHALL, an empty restart) are confirmed by the node's witness, checked with the heartbeat as before.
+ * Several stores on one repository share the connection (tracking redirects to one client): one hub per connection.
+ */
+export class TrackingSubscriber {
+  private sub: Redis | undefined
+  private subId: string | undefined
+  private timer: NodeJS.Timeout | undefined
+  private readonly regs = new Set<Registration>()
+  /** +1 whenever either connection is lost: tracking and in-flight heartbeats of an older session prove nothing. */
+  private session = 0
+  /** The session in which CLIENT TRACKING was last confirmed on `main` with the redirect to the current `sub`. */
+  private trackedSession = -1
+  private trackingInFlight = false
+  private pingInFlight = false
+  private pingSentAt = 0
+  private starting: Promise<void> | undefined
+  private retryTimer: NodeJS.Timeout | undefined
+  private setUpRetries = 0
+  private setUpFailing = false
+  private readonly node: string
+  private started = false
+  private closed = false
+  private readonly heartbeatIntervalMs: number
+  private readonly onMainClose = (): void => this.lost()
+  private readonly onMainReady = (): void => { this.enableTracking().catch(() => {}) }
+
+  constructor (private readonly main: Redis, private readonly opts: RedisSubscriberOptions = {}) {
+    this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 50
+    this.node = `${main.options.host ?? ''}:${main.options.port ?? ''}`
+  }
+
+  /** How many stores follow this connection. */
+  get size (): number { return this.regs.size }
+
+  /** Follow invalidations for `scope`; resolves once the tracking is set up. Returns the way to stop. */
+  async add (scope: SubscriptionScope, listener: InvalidationListener, partitions?: readonly number[]): Promise<() => Promise<void>> {
+    const reg: Registration = {
+      scope,
+      listener,
+      // A node that lost its data may still hold this connection open (behind a proxy): start over on it.
+      witness: new WitnessCheck(scope, listener, partitions, this.heartbeatIntervalMs, this.opts.deadAfterMs ?? 3000,
+        () => this.sub?.disconnect(true))
+    }
+    this.regs.add(reg)
+    try {
+      this.starting ??= this.start()
+      await this.starting
+    } catch (err) {
+      this.regs.delete(reg)
+      this.starting = undefined
+      throw err
+    }
+    listener.onResync()
+    return async () => {
+      this.regs.delete(reg)
+      if (this.regs.size === 0) await this.close()
+    }
+  }
+
+  private async start (): Promise<void> {
+    const sub = this.main.duplicate(subscriberConnection('fastify-handoff:tracking', this.opts.redisOptions))
+    this.sub = sub
+    sub.on('error', (error: Error) => this.opts.onEvent?.({ type: 'error', error }))
+    sub.on('messageBuffer', (channel: Buffer, message: unknown) => this.onMessage(channel, message))
+    sub.on('close', () => { this.subId = undefined; this.lost() })
+    sub.on('ready', () => { if (this.started) this.retrySetUp(sub) })
+    this.main.on('close', this.onMainClose)
+    this.main.on('ready', this.onMainReady)
+    try {
+      await sub.connect()
+      await this.setUpRedirect(sub)
+      if (this.main.status === 'wait') this.main.connect().catch(() => {})
+      if (this.main.status !== 'ready') await onceReady(this.main, 5000)
+      await this.enableTracking(true)
+    } catch (err) {
+      await this.close()
+      throw err
+    }
+    this.started = true
+    this.beat()
+    this.timer = setInterval(() => this.beat(), this.heartbeatIntervalMs)
+    this.timer.unref()
+  }
+
+  /** On a new redirect connection: learn its client id (not allowed once subscribed), then subscribe. */
+  private async setUpRedirect (sub: Redis): Promise<void> {
+    const id = String(await sub.client('ID'))
+    await sub.subscribe(INVALIDATE)
+    if (sub !== this.sub || sub.status !== 'ready') return
+    this.subId = id
+    await this.enableTracking()
+  }
+
+  /**
+   * Sets the redirect up again after a reconnect. A refusal (ACL, OOM, a proxy in the way) leaves the lease void
+   * (no tracking confirmed, so no heartbeat renews it) and is retried with jittered backoff, reported once per streak.
+   */
+  private retrySetUp (sub: Redis): void {
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
+    this.retryTimer = undefined
+    this.setUpRedirect(sub).then(() => {
+      this.setUpRetries = 0
+      if (this.setUpFailing) {
+        this.setUpFailing = false
+        this.opts.onEvent?.({ type: 'subscribed', node: this.node })
+      }
+    }, (err: unknown) => {
+      if (this.closed || sub !== this.sub || sub.status !== 'ready') return // a new connection sets up on 'ready'
+      if (!this.setUpFailing) {
+        this.setUpFailing = true
+        this.opts.onEvent?.({ type: 'subscribe-failed', node: this.node, reason: err instanceof Error ? err.message : String(err) })
+      }
+      const cap = Math.min(SETUP_RETRY_MAX_MS, SETUP_RETRY_MS * 2 ** Math.min(this.setUpRetries++, 10))
+      this.retryTimer = setTimeout(() => { this.retryTimer = undefined; this.retrySetUp(sub) }, cap / 2 + Math.random() * cap / 2)
+      this.retryTimer.unref()
+    })
+  }
+
+  /** CLIENT TRACKING ON REDIRECT <sub> on `main` (no NOLOOP: see the class comment); confirms the session it was answered in. */
+  private async enableTracking (rethrow = false): Promise<void> {
+    const id = this.subId
+    if (id === undefined || this.trackingInFlight || this.closed || this.main.status !== 'ready') return
+    this.trackingInFlight = true
+    const session = this.session
+    try {
+      await this.main.call('CLIENT', 'TRACKING', 'ON', 'REDIRECT', id)
+      if (session === this.session && id === this.subId) this.trackedSession = session
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err)
+      const error = new UnavailableError(`CLIENT TRACKING refused (${why}): this Redis or proxy cannot give ` +
+        "client-side caching invalidations; use coherence: { transport: 'pubsub' }")
+      if (rethrow) throw error
+      this.opts.onEvent?.({ type: 'error', error })
+    } finally {
+      this.trackingInFlight = false
+    }
+  }
+
+  /** Either connection was lost: what it tracked or was sent is gone. */
+  private lost (): void {
+    this.session++
+    this.trackedSession = -1
+    this.pingInFlight = false
+    this.pingSentAt = 0
+    if (!this.started || this.closed) return
+    for (const r of this.regs) r.listener.onResync()
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.timer !== undefined) clearInterval(this.timer)
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
+    this.main.off('close', this.onMainClose)
+    this.main.off('ready', this.onMainReady)
+    // disconnect, not quit: a blackholed connection would never answer QUIT. Tracking on `main` is left on: its
+    // redirect is gone, so Redis only drops what it would send (main may be shared, and its keys stay tracked anyway).
+    this.sub?.disconnect()
+  }
+
+  private beat (): void {
+    const sub = this.sub
+    if (sub === undefined || this.closed || sub.status !== 'ready') return
+    if (this.pingInFlight) {
+      if (performance.now() - this.pingSentAt > (this.opts.deadAfterMs ?? 3000)) {
+        this.pingInFlight = false
+        this.pingSentAt = 0
+        sub.disconnect(true) // its 'close' resyncs
+      }
+      return
+    }
+    if (this.trackedSession !== this.session) {
+      // No renewal until tracking is confirmed again on this pair of connections.
+      this.enableTracking().catch(() => {})
+      this.checkWitnesses()
+      return
+    }
+    this.pingInFlight = true
+    const sentAt = performance.now()
+    const session = this.session
+    this.pingSentAt = sentAt
+    // Both connections: the redirect delivered everything sent before its PONG, and the tracking client still exists.
+    Promise.all([sub.ping(), this.main.ping()]).then(
+      () => {
+        if (this.pingSentAt !== sentAt) return
+        this.pingInFlight = false
+        if (session !== this.session || this.trackedSession !== session || this.closed) return
+        for (const r of this.regs) if (r.witness.proves(sentAt)) r.listener.onHeartbeat?.(sentAt)
+      },
+      () => { if (this.pingSentAt === sentAt) this.pingInFlight = false }
+    )
+    this.checkWitnesses()
+  }
+
+  /** One witness read per store and node every `witnessIntervalMs`, on `main` (see WitnessCheck). */
+  private checkWitnesses (): void {
+    for (const r of this.regs) r.witness.check(this.main, () => this.closed)
+  }
+
+  private onMessage (channel: Buffer, message: unknown): void {
+    if (channel.toString() !== INVALIDATE) return
+    if (message === null) {
+      // FLUSHALL / FLUSHDB: every key this connection tracked is gone. Read the witness now: it counts the reset.
+      for (const r of this.regs) { r.listener.onResync(); r.witness.due() }
+      this.checkWitnesses()
+      return
+    }
+    if (!Array.isArray(message)) return
+    for (const k of message) {
+      const key = Buffer.isBuffer(k) ? k.toString() : String(k)
+      const partition = partitionOfKey(key)
+      if (partition < 0) continue
+      for (const r of this.regs) {
+        if (!key.startsWith(r.scope.prefix) || partition >= r.scope.partitions) continue
+        // No version: newer than any copy or fill in flight. No sequence: delivery is proven by the heartbeat alone.
+        r.listener.onInvalidation({ key, version: Number.POSITIVE_INFINITY, partition, sequence: 0, epoch: '' })
+      }
+    }
+  }
+}
+
+async function onceReady (client: Redis, timeoutMs: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      client.off('ready', ready)
+      reject(new UnavailableError(`Redis not ready within ${timeoutMs} ms (status ${client.status})`))
+    }, timeoutMs)
+    const ready = (): void => { clearTimeout(timer); resolve() }
+    client.once('ready', ready)
+  })
+}

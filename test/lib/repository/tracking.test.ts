@@ -1,0 +1,252 @@
+/**
+ * The client-tracking transport (coherence: { transport: 'tracking' }) on a real Redis: what it does that pub/sub
+ * does not (only holders are told; the writer keeps tracking what it wrote or touched; one hub per connection) and
+ * the gaps it must treat as such (FLUSHALL's null message, a killed command connection, tracking refused, the
+ * tracking table evicting keys). test/lib/coherence.test.ts and test/fault-history/ run the shared guarantees on it
+ * with HANDOFF_COHERENCE_TRANSPORT=tracking.
+ */
+import t, { type Test } from 'tap'
+import { RedisRepository, type RepositoryEvent } from '../../../lib/repository/redis.js'
+import { TieredStore } from '../../../lib/tiered-store.js'
+import { partitionOfKey } from '../../../lib/partitions.js'
+import { checkStoreOptions } from '../../../plugins/store.js'
+import { startRedis, type RedisHandle } from '../../../scripts/redis-server.js'
+import { inc, poll, sleep, violations, writeAll } from '../../helpers/staleness.js'
+import { waitFor } from '../../helpers/wait-for.js'
+
+const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
+const LEASE = 250
+
+async function store (t: Test, url: string, transport: 'tracking' | 'pubsub' = 'tracking', repository = new RedisRepository({ url, commandTimeoutMs: 500 })): Promise<TieredStore> {
+  const s = new TieredStore({ repository, secret: SECRET, partitions: 64, coherence: { leaseMs: LEASE, transport } })
+  await s.start()
+  t.teardown(async () => { await s.close(); await repository.close() })
+  return s
+}
+
+/** Waits until `s` may answer from its local tier again (its lease renewed after a gap). */
+async function localAgain (s: TieredStore, key: string): Promise<boolean> {
+  return await waitFor(async () => (await s.get(key))?.source === 'local', { timeoutMs: 3000 })
+}
+
+let redis: RedisHandle
+t.before(async () => { redis = await startRedis({ private: true }) })
+t.teardown(async () => await redis.stop())
+
+t.test('only the instance holding the key is told; the transport shows in health', async t => {
+  const a = await store(t, redis.url)
+  const holder = await store(t, redis.url)
+  const bystander = await store(t, redis.url)
+  t.equal(a.health().coherence, 'tracking')
+  const k = a.key('holders-only', 'cart')
+  await a.update(k, inc)
+  t.match(await holder.get(k), { version: 1, source: 'repository' })
+  t.ok(await localAgain(holder, k), 'the holder answers from its copy')
+  const heard = { holder: holder.counters.invalidations, bystander: bystander.counters.invalidations, writer: a.counters.invalidations }
+  await a.update(k, inc)
+  t.ok(await waitFor(() => holder.counters.invalidations > heard.holder), 'the holder was told')
+  t.match(await holder.get(k), { version: 2, source: 'repository' }, 'and read the new version')
+  t.ok(await waitFor(() => a.counters.invalidations > heard.writer), 'the writer hears its own write (no NOLOOP)')
+  await sleep(100)
+  t.equal(bystander.counters.invalidations, heard.bystander, 'an instance that never read the key hears nothing')
+})
+
+t.test('a writer or toucher never keeps a copy nobody tracks: another writer\'s later write reaches it', async t => {
+  const a = await store(t, redis.url)
+  const b = await store(t, redis.url)
+  const k = a.key('writer-tracks', 'cart')
+  await a.update(k, inc)
+  // b never read the key: only its write (the script reads, writes, then reads again) can have tracked it. Its own
+  // echo may drop its copy (no NOLOOP); whatever it holds must be dropped by a's later write.
+  await b.update(k, inc)
+  await a.update(k, inc) // a's copy (version 1) is stale: the CAS is refused, returns version 2, then writes 3
+  t.ok(await waitFor(async () => (await b.get(k))?.version === 3, { timeoutMs: 2000 }), 'b, which only wrote the key, sees a\'s later write')
+  t.ok(await localAgain(b, k), 'b holds version 3 again')
+  // touch writes the expiry, which ends tracking as a write does.
+  t.ok(await b.touch(k, 60_000))
+  await a.update(k, inc)
+  t.ok(await waitFor(async () => (await b.get(k))?.version === 4, { timeoutMs: 2000 }), 'b, after its touch, sees a\'s later write')
+})
+
+t.test('a writer keeps what it wrote: its own echo does not drop it, the next writer\'s invalidation does', async t => {
+  const a = await store(t, redis.url)
+  const b = await store(t, redis.url)
+  const k = a.key('writer-keeps', 'cart')
+  // Kept unless something else was heard meanwhile (a late invalidation of b's previous write, say): then dropped,
+  // which is the safe side. A lapsed lease on a loaded machine also hides it; most rounds keep it.
+  let kept = 0
+  for (let i = 1; i <= 20; i++) {
+    const heard = a.counters.invalidations
+    await a.update(k, inc)
+    t.ok(await waitFor(() => a.counters.invalidations > heard), `write ${i}: a heard its own echo`)
+    if (a.getLocal(k)?.version === 2 * i - 1) kept++
+    await b.update(k, inc)
+    const ackedAt = performance.now()
+    t.ok(await waitFor(() => a.coherence?.peek(k, partitionOfKey(k))?.version !== 2 * i - 1, { timeoutMs: 2000 }), `write ${i}: b's write dropped a's copy`)
+    const e = await a.get(k)
+    if (performance.now() - ackedAt > LEASE || e?.source === 'repository') t.equal(e?.version, 2 * i, `write ${i}: a reads b's write`)
+  }
+  t.ok(kept >= 10, `a answered from its own write's copy after ${kept} of 20 writes`)
+})
+
+t.test('FLUSHALL: the null invalidation resyncs, copies are not served again', async t => {
+  const r = await startRedis({ private: true })
+  t.teardown(async () => await r.stop())
+  const a = await store(t, r.url)
+  const b = await store(t, r.url)
+  const k = a.key('flushall', 'session')
+  await a.update(k, () => ({ user: 'before' }))
+  t.match(await b.get(k), { value: { user: 'before' } })
+  t.match(await b.get(k), { source: 'local' })
+  const resyncs = b.counters.resyncs
+  r.cli('FLUSHALL')
+  t.ok(await waitFor(() => b.counters.resyncs > resyncs, { timeoutMs: 2000 }), 'the null message was a resync')
+  await a.update(k, cur => cur === undefined ? { user: 'after' } : undefined)
+  t.ok(await waitFor(async () => (await b.get(k))?.value !== undefined), 'b reads again')
+  t.match(await b.get(k), { version: 1, value: { user: 'after' } }, 'b does not serve its copy from before the flush')
+  t.ok(await waitFor(() => b.counters.resets >= 1, { timeoutMs: 2000 }), 'the witness confirmed the reset')
+})
+
+t.test('command connection killed: tracking is re-enabled, no stale read past the lease', async t => {
+  const a = await store(t, redis.url)
+  const repository = new RedisRepository({ url: redis.url, commandTimeoutMs: 500, redisOptions: { connectionName: 'tracked-reader' } })
+  const b = await store(t, redis.url, 'tracking', repository)
+  const k = a.key('main-killed', 'cart')
+  await a.update(k, inc)
+  await b.get(k)
+  t.ok(await localAgain(b, k))
+  const p = poll(b, k)
+  const resyncs = b.counters.resyncs
+  redis.cli('CLIENT', 'KILL', 'SKIPME', 'yes', 'ID', /id=(\d+) [^\n]*name=tracked-reader/.exec(redis.cli('CLIENT', 'LIST'))?.[1] ?? '0')
+  const acks = await writeAll(a, k, 20, 10)
+  await sleep(LEASE * 2)
+  const reads = await p.stop()
+  t.same(violations(reads, acks, LEASE), [], `${reads.length} reads, none stale past the lease`)
+  t.ok(b.counters.resyncs > resyncs, 'the lost command connection was a resync')
+  t.ok(await localAgain(b, k), 'local reads resume')
+  const info = redis.cli('CLIENT', 'LIST').split('\n').find(l => l.includes('name=tracked-reader')) ?? ''
+  t.match(info, /flags=[^ ]*t/, 'the new command connection has tracking on')
+  await a.update(k, inc)
+  t.ok(await waitFor(async () => (await b.get(k))?.version === 22, { timeoutMs: 2000 }), 'and its reads are tracked again')
+})
+
+t.test('two stores on one repository share one redirect connection', async t => {
+  const repository = new RedisRepository({ url: redis.url, commandTimeoutMs: 500 })
+  t.teardown(async () => await repository.close())
+  const stores = [
+    new TieredStore({ repository, secret: SECRET, prefix: 'one:', partitions: 16, coherence: { transport: 'tracking' } }),
+    new TieredStore({ repository, secret: SECRET, prefix: 'two:', partitions: 16, coherence: { transport: 'tracking' } })
+  ]
+  const redirects = (): number => redis.cli('CLIENT', 'LIST').split('\n').filter(l => l.includes('name=fastify-handoff:tracking')).length
+  const before = redirects()
+  for (const s of stores) await s.start()
+  t.equal(redirects(), before + 1, 'one redirect connection for the repository\'s command connection')
+  const writer = await store(t, redis.url)
+  const w1 = new TieredStore({ repository: writer.repository, secret: SECRET, prefix: 'two:', partitions: 16, coherence: { transport: 'tracking' } })
+  await w1.start()
+  const k = stores[1]?.key('shared-hub', 'cart') as string
+  await w1.update(k, inc)
+  await stores[1]?.get(k)
+  await w1.update(k, inc)
+  t.ok(await waitFor(async () => (await stores[1]?.get(k))?.version === 2, { timeoutMs: 2000 }), 'the second store is told of its keys')
+  await w1.close()
+  await stores[0]?.close()
+  t.equal(redirects(), before + 2, 'closing one store keeps the connection for the other (plus the writer\'s)')
+  await stores[1]?.close()
+  t.ok(await waitFor(() => redirects() === before + 1), 'closing the last one closes it')
+})
+
+t.test('the tracking table evicting keys sends invalidations: copies are dropped, never kept stale', async t => {
+  const r = await startRedis({ private: true, args: ['--tracking-table-max-keys', '10'] })
+  t.teardown(async () => await r.stop())
+  const a = await store(t, r.url)
+  const b = await store(t, r.url)
+  const keys = Array.from({ length: 40 }, (_, i) => a.key(`evict-${i}`, 'cart'))
+  for (const k of keys) await a.update(k, inc)
+  const heard = b.counters.invalidations
+  for (const k of keys) await b.get(k)
+  t.ok(await waitFor(() => b.counters.invalidations >= heard + 10), `Redis evicted tracked keys and said so (${b.counters.invalidations - heard} invalidations without a write)`)
+  const tracked = Number(/tracking_total_keys:(\d+)/.exec(r.cli('INFO', 'stats'))?.[1] ?? NaN)
+  t.ok(tracked <= 10, `the table stays within its bound (${tracked} keys)`)
+  let local = 0
+  for (const k of keys) if ((await b.get(k))?.source === 'local') local++
+  t.ok(local <= 12, `b keeps local copies only of keys Redis still tracks (${local} of 40)`)
+  // Every key b still holds is tracked: a write to any of them reaches b.
+  for (const k of keys) await a.update(k, inc)
+  await sleep(LEASE * 2)
+  for (const k of keys) t.equal((await b.get(k))?.version, 2, 'no copy is stale')
+})
+
+t.test('a redirect set-up refused after a reconnect keeps the lease void while PINGs answer, and is retried until it works', async t => {
+  // The redirect connection connects as its own ACL user, so its channel permission can be taken away at runtime.
+  redis.cli('ACL', 'SETUSER', 'trk', 'on', '>trk-password', '~*', '&*', '+@all')
+  t.teardown(() => { redis.cli('ACL', 'DELUSER', 'trk') })
+  const events: RepositoryEvent[] = []
+  const repository = new RedisRepository({
+    url: redis.url, commandTimeoutMs: 500, subscriberOptions: { username: 'trk', password: 'trk-password' }, onEvent: e => { if (e.type !== 'error') events.push(e) }
+  })
+  const a = await store(t, redis.url, 'tracking', repository)
+  const b = await store(t, redis.url)
+  const k = a.key('setup-refused', 'cart')
+  await b.update(k, inc)
+  await a.get(k)
+  t.ok(await localAgain(a, k), 'a holds a copy under a live lease')
+  redis.cli('ACL', 'SETUSER', 'trk', 'resetchannels')
+  redis.cli('CLIENT', 'KILL', 'USER', 'trk')
+  t.ok(await waitFor(() => events.some(e => e.type === 'subscribe-failed'), { timeoutMs: 10_000 }), 'the re-subscription was refused and reported')
+  await sleep(LEASE * 3)
+  t.equal(a.health().localReads, false, 'no heartbeat renews the lease without a redirect set up')
+  t.equal(a.getLocal(k), undefined, 'no copy answers')
+  await b.update(k, inc)
+  t.match(await a.get(k), { version: 2, source: 'repository' }, 'reads go to Redis, which has the write a missed')
+  await sleep(300)
+  t.equal(events.filter(e => e.type === 'subscribe-failed').length, 1, 'reported once, however many retries')
+  redis.cli('ACL', 'SETUSER', 'trk', 'allchannels')
+  t.ok(await waitFor(() => a.health().localReads, { timeoutMs: 10_000 }), 'the retry succeeds and the lease is held again')
+  t.equal(events.filter(e => e.type === 'subscribed').length, 1, 'the recovery is reported once')
+  t.ok(await localAgain(a, k))
+  await b.update(k, inc)
+  t.ok(await waitFor(async () => (await a.get(k))?.version === 3, { timeoutMs: 5000 }), 'invalidations arrive again')
+})
+
+t.test('a Redis or proxy that refuses CLIENT TRACKING: a clear error at start', async t => {
+  const r = await startRedis({ private: true })
+  t.teardown(async () => await r.stop())
+  r.cli('ACL', 'SETUSER', 'default', '-client|tracking')
+  const repository = new RedisRepository({ url: r.url, commandTimeoutMs: 500 })
+  t.teardown(async () => await repository.close())
+  const s = new TieredStore({ repository, secret: SECRET, coherence: { transport: 'tracking' } })
+  await t.rejects(s.start(), { code: 'FST_HANDOFF_UNAVAILABLE', message: /CLIENT TRACKING refused.*transport: 'pubsub'/ })
+  const fallback = new TieredStore({ repository, secret: SECRET, coherence: { transport: 'pubsub' } })
+  await fallback.start()
+  t.equal(fallback.health().coherence, 'pubsub', 'pub/sub still works there')
+  await fallback.close()
+})
+
+t.test('the option and its environment default are checked', async t => {
+  const repository = new RedisRepository({ url: redis.url, commandTimeoutMs: 500 })
+  t.teardown(async () => await repository.close())
+  t.throws(() => new TieredStore({ repository, secret: SECRET, coherence: { transport: 'push' as 'pubsub' } }),
+    { code: 'FST_HANDOFF_INVALID_OPTION', message: /coherence\.transport/ })
+  const saved = process.env.HANDOFF_COHERENCE_TRANSPORT
+  t.teardown(() => { if (saved === undefined) delete process.env.HANDOFF_COHERENCE_TRANSPORT; else process.env.HANDOFF_COHERENCE_TRANSPORT = saved })
+  process.env.HANDOFF_COHERENCE_TRANSPORT = 'tracking'
+  t.equal(new TieredStore({ repository, secret: SECRET }).coherenceTransport, 'tracking', 'the environment sets the default')
+  t.equal(new TieredStore({ repository, secret: SECRET, coherence: { transport: 'pubsub' } }).coherenceTransport, 'pubsub', 'the option wins')
+  t.equal(new TieredStore({ repository, secret: SECRET, coherence: false }).coherenceTransport, 'off')
+  // The plugins' option policy refuses it at registration too.
+  const secret = SECRET
+  t.doesNotThrow(() => checkStoreOptions({ secret, coherence: { leaseMs: 100, transport: 'tracking' } }))
+  t.throws(() => checkStoreOptions({ secret, coherence: { transport: 'push' } }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /coherence\.transport.*"pubsub", "tracking"/ })
+  process.env.HANDOFF_COHERENCE_TRANSPORT = 'nope'
+  t.throws(() => new TieredStore({ repository, secret: SECRET }), { code: 'FST_HANDOFF_INVALID_OPTION', message: /HANDOFF_COHERENCE_TRANSPORT/ })
+})
+
+t.test('pub/sub as before: every instance is told of every write', async t => {
+  const a = await store(t, redis.url, 'pubsub')
+  const bystander = await store(t, redis.url, 'pubsub')
+  t.equal(bystander.health().coherence, 'pubsub')
+  const heard = bystander.counters.invalidations
+  await a.update(a.key('pubsub-fanout', 'cart'), inc)
+  t.ok(await waitFor(() => bystander.counters.invalidations > heard), 'an instance that never read the key still hears the write')
+})
