@@ -53,7 +53,19 @@ export async function startClient (cfg: HistoryClientConfig): Promise<HistoryCli
     // Generous: several tsx processes compiling at once on a loaded 2-core machine.
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`history client ${cfg.name} not ready within 90 s`)) }, 90_000)
     child.on('message', (m: ClientReply) => {
-      if (m.type === 'ready') { clearTimeout(timer); resolve(); return }
+      if (m.type === 'ready') {
+        clearTimeout(timer)
+        // A run on a chosen transport (HANDOFF_COHERENCE_TRANSPORT) must really use it: a store that fell back or
+        // ignored the variable would make the checker's verdict about the other transport.
+        const want = process.env.HANDOFF_COHERENCE_TRANSPORT
+        if (want !== undefined && want !== '' && m.transport !== want) {
+          child.kill('SIGKILL')
+          reject(new Error(`history client ${cfg.name} runs coherence on ${m.transport}, not ${want}`))
+          return
+        }
+        resolve()
+        return
+      }
       pending.get(m.id)?.(m)
       pending.delete(m.id)
     })
