@@ -377,7 +377,11 @@ export class LocalTier implements InvalidationListener {
       // Only the very copy that write filled is kept, in the generation it was filled in; a read in flight may not fill.
       if (copy !== undefined && copy.version === echo.version && copy.epoch === echo.epoch && copy.generation === echo.generation &&
         echo.generation === (this.generation[p] ?? 0)) {
-        if (t !== undefined) t.maxNotified = Number.POSITIVE_INFINITY
+        if (t === undefined) return
+        // A later write of this key is in flight, and the echo used up its `heard`: its fill is skipped, so this copy
+        // (older than what that write stores) must go too, or it would answer after that write is acknowledged.
+        t.maxNotified = Number.POSITIVE_INFINITY
+        stripe?.delete(msg.key)
         return
       }
     }

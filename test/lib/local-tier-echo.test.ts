@@ -1,0 +1,39 @@
+/**
+ * Client tracking's echoes at the LocalTier level, driven deterministically: the order of replies and invalidations
+ * that a real redis-server produces only by chance (test/lib/repository/tracking.test.ts covers the common orders).
+ */
+import t from 'tap'
+import { LocalTier, type FillTicket } from '../../lib/local-tier.js'
+
+const ECHO = { version: Number.POSITIVE_INFINITY, partition: 0, sequence: 0, epoch: 'e' }
+
+function trackingTier (): LocalTier {
+  const tier = new LocalTier({ partitions: 4, stripes: 4, maxBytes: 1 << 20, ttlMs: 60_000, leaseMs: 60_000, reliable: false, now: Date.now, repository: 'test' })
+  tier.onHeartbeat(performance.now())
+  return tier
+}
+
+function ack (tier: LocalTier, ticket: FillTicket, version: number): void {
+  tier.fill(ticket, { value: { v: version }, version, epoch: 'e', expiresAt: Date.now() + 60_000, bytes: 8 })
+}
+
+t.test('a write\'s own echo kept its copy: the next write\'s reply finds nothing to skip over', async t => {
+  const tier = trackingTier()
+  ack(tier, tier.open('k', 0, true), 6) // W1 acknowledged at v6, its echo not heard yet
+  t.equal(tier.get('k', 0, 0)?.version, 6, 'the writer keeps what it wrote')
+  tier.onInvalidation({ key: 'k', ...ECHO }) // W1's echo, heard before W2 opened
+  t.equal(tier.get('k', 0, 0)?.version, 6, 'its own echo does not drop it')
+})
+
+t.test('the echo of a write heard while the same instance\'s next write is in flight: no read of the older version after that write', async t => {
+  const tier = trackingTier()
+  ack(tier, tier.open('k', 0, true), 6) // W1: v6, echo pending
+  const w2 = tier.open('k', 0, true) // W2 in flight
+  tier.onInvalidation({ key: 'k', ...ECHO }) // W1's echo arrives while W2's ticket is open
+  ack(tier, w2, 7) // W2 acknowledged at v7
+  const copy = tier.get('k', 0, 0)
+  t.not(copy?.version, 6, 'v6 does not answer after v7 was acknowledged')
+  t.ok(copy === undefined || copy.version === 7, 'a read finds v7 or goes to the repository')
+  tier.onInvalidation({ key: 'k', ...ECHO }) // W2's echo
+  t.not(tier.get('k', 0, 0)?.version, 6, 'nor after W2\'s echo')
+})
