@@ -211,7 +211,8 @@ export class RedisRepository implements Repository {
       // One tracking hub per command connection (a connection redirects to one client), shared by every store.
       const hub = (client: Redis): TrackingSubscriber => {
         let h = this.trackers.get(client)
-        if (h === undefined) { h = new TrackingSubscriber(client, opts); this.trackers.set(client, h) }
+        // A closed hub (its start failed, e.g. a shard refused CLIENT TRACKING) is replaced, never started again.
+        if (h === undefined || h.isClosed) { h = new TrackingSubscriber(client, opts); this.trackers.set(client, h) }
         return h
       }
       const stop = async (client: Redis, leave: () => Promise<void>): Promise<void> => {

@@ -78,8 +78,13 @@ export class TrackingSubscriber {
   /** How many stores follow this connection. */
   get size (): number { return this.regs.size }
 
+  /** Closed (by its last store leaving, or by a failed start): never used again, a new hub takes its place. */
+  get isClosed (): boolean { return this.closed }
+
   /** Follow invalidations for `scope`; resolves once the tracking is set up. Returns the way to stop. */
   async add (scope: SubscriptionScope, listener: InvalidationListener, partitions?: readonly number[]): Promise<() => Promise<void>> {
+    // Starting a closed hub would open a redirect connection that never enables tracking nor renews a lease.
+    if (this.closed) throw new UnavailableError(`the tracking hub of ${this.node} is closed`)
     const reg: Registration = {
       scope,
       listener,

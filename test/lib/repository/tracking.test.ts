@@ -6,7 +6,9 @@
  * with HANDOFF_COHERENCE_TRANSPORT=tracking.
  */
 import t, { type Test } from 'tap'
+import { Redis } from 'ioredis'
 import { RedisRepository, type RepositoryEvent } from '../../../lib/repository/redis.js'
+import { TrackingSubscriber } from '../../../lib/repository/tracking-subscriber.js'
 import { TieredStore } from '../../../lib/tiered-store.js'
 import { partitionOfKey } from '../../../lib/partitions.js'
 import { checkStoreOptions } from '../../../plugins/store.js'
@@ -221,6 +223,38 @@ t.test('a Redis or proxy that refuses CLIENT TRACKING: a clear error at start', 
   await fallback.start()
   t.equal(fallback.health().coherence, 'pubsub', 'pub/sub still works there')
   await fallback.close()
+})
+
+t.test('a hub whose start failed is closed for good: adding to it again is refused, opens nothing', async t => {
+  const r = await startRedis({ private: true })
+  t.teardown(async () => await r.stop())
+  r.cli('ACL', 'SETUSER', 'default', '-client|tracking')
+  const main = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  t.teardown(() => { main.disconnect() })
+  const hub = new TrackingSubscriber(main, { heartbeatIntervalMs: 20 })
+  t.teardown(async () => await hub.close())
+  let heartbeats = 0
+  const listener = { onInvalidation: () => {}, onResync: () => {}, onHeartbeat: () => { heartbeats++ } }
+  const scope = { prefix: 'hub', partitions: 4, transport: 'tracking' as const }
+  await t.rejects(hub.add(scope, listener), { code: 'FST_HANDOFF_UNAVAILABLE', message: /CLIENT TRACKING refused/ })
+  t.ok(hub.isClosed, 'the failed start closed the hub')
+  r.cli('ACL', 'SETUSER', 'default', '+client|tracking')
+  const redirects = (): number => r.cli('CLIENT', 'LIST').split('\n').filter(l => l.includes('name=fastify-handoff:tracking')).length
+  await t.rejects(hub.add(scope, listener), { code: 'FST_HANDOFF_UNAVAILABLE', message: /closed/ }, 'a closed hub is not started again')
+  await sleep(100)
+  t.equal(redirects(), 0, 'no redirect connection was opened for it')
+  t.equal(heartbeats, 0)
+  // The repository makes a fresh hub in its place: the same connection gets tracking once it is allowed.
+  const repository = new RedisRepository({ url: r.url, commandTimeoutMs: 500 })
+  t.teardown(async () => await repository.close())
+  r.cli('ACL', 'SETUSER', 'default', '-client|tracking')
+  const s = new TieredStore({ repository, secret: SECRET, partitions: 4, coherence: { leaseMs: LEASE, transport: 'tracking' } })
+  await t.rejects(s.start(), { code: 'FST_HANDOFF_UNAVAILABLE' })
+  r.cli('ACL', 'SETUSER', 'default', '+client|tracking')
+  const again = new TieredStore({ repository, secret: SECRET, partitions: 4, coherence: { leaseMs: LEASE, transport: 'tracking' } })
+  await again.start()
+  t.teardown(async () => await again.close())
+  t.ok(await waitFor(() => again.health().localReads, { timeoutMs: 5000 }), 'the store on the same repository holds its lease')
 })
 
 t.test('the option and its environment default are checked', async t => {
