@@ -567,6 +567,12 @@ export class Carts<R> {
       if (recovered !== undefined) return recovered
       throw new BadInputError('this session has no cart to check out (sign in again)')
     }
+    if (owner.kind === 'user' && cart?.checkout?.idempotencyKey !== idempotencyKey) {
+      // A guest checkout of this key (a guest merged into this cart, or the one the anchor names) may have charged
+      // with its reply lost and its cart rolled back: resume it under its own order id, never charge again.
+      const earlier = await this.guestCheckout(rq, cart, idempotencyKey)
+      if (earlier !== undefined) return earlier
+    }
     if (cart?.checkout?.idempotencyKey !== idempotencyKey) {
       // No trace of this key in the cart. If the cart is gone or is not what this client last saw, the store may have
       // lost this checkout after the provider charged: recover it before anything else.
@@ -634,6 +640,26 @@ export class Carts<R> {
     // Found (a retry): with orderDurability it is written again, so that the replicas confirm it before money moves.
     const kept = await this.checkouts.update(entry.orderId, cur => cur === undefined ? entry : this.rewrite(cur), { ttlMs: this.cfg.orderTtlMs, ...this.durable })
     return await this.charge(rq, owner, kept.value ?? entry, true)
+  }
+
+  /** The order or durable checkout entry this key left under a guest this user's cart merged, or the anchor names. */
+  private async guestCheckout (rq: CartRequest<R>, cart: StoredCart | undefined, idempotencyKey: string): Promise<CheckoutResult | undefined> {
+    const guests = new Set(Object.keys(cart?.merged ?? {}))
+    const anchored = this.anchorOwner(rq)
+    if (anchored?.kind === 'guest') guests.add(anchored.name)
+    for (const name of guests) {
+      if (!GUEST_ID.test(name)) continue
+      const guest: OwnerRef = { kind: 'guest', name }
+      const orderId = orderIdFor(name, idempotencyKey)
+      const order = (await this.orders.get(orderId))?.value
+      if (order !== undefined && order.idempotencyKey === idempotencyKey) return await this.finish(rq, guest, order)
+      const entry = (await this.checkouts.get(orderId))?.value
+      if (entry !== undefined && entry.idempotencyKey === idempotencyKey) {
+        this.metrics.checkoutsResumed++
+        return await this.charge(rq, guest, entry, false)
+      }
+    }
+    return undefined
   }
 
   /** An order placed for this owner and key: under its stable id, or an id from before stable names. */

@@ -247,3 +247,37 @@ t.test('after sign-out, the cart cookie left in the browser cannot start a check
   t.match(res.json().message, /sign in again/)
   t.equal(provider.calls, 0, 'nothing charged')
 })
+
+/** A private Redis and shop; the guest fills a cart ready to pay and the one cart key is returned. */
+async function guestShop (t: Test, provider: RecordingProvider): Promise<{ own: RedisHandle, app: FastifyInstance, b: Browser, cartKey: string }> {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await readyToPay(b, 'GUEST')
+  const [cartKey] = own.cli('KEYS', '*:cart').trim().split('\n')
+  return { own, app, b, cartKey: cartKey as string }
+}
+
+t.test('a guest checkout charged with its reply lost, its cart rolled back, then signed in: the retry of the same key charges once', async t => {
+  const provider = new RecordingProvider()
+  const { app, b, cartKey } = await guestShop(t, provider)
+  const store = app.handoff.store
+  const before = (await store.get(cartKey))?.value
+  provider.afterCharge = async () => { throw new Error('reply lost') }
+  const first = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'guest-lost-key' })
+  t.equal(first.statusCode, 503, 'the charge reply was lost')
+  t.equal(provider.charges.size, 1, 'the provider charged')
+  const [guestOrderId] = [...provider.charges.keys()]
+  // The guest cart rolls back to before its checkout (a failover); the durable checkout entry stays.
+  await store.update(cartKey, () => before)
+  await b.call('POST', '/login', { user: 'gus' })
+  t.same((await b.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['GUEST'], 'the guest cart merged')
+  t.equal((await b.call('PUT', '/details')).statusCode, 200)
+  t.equal((await b.call('PUT', '/payment')).statusCode, 200)
+  const retry = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'guest-lost-key' })
+  t.match(retry.json(), { status: 'placed', orderId: guestOrderId }, 'the guest\'s order, resumed')
+  t.equal(provider.charges.size, 1, 'one charge')
+  t.equal((await b.call('GET', `/orders/${guestOrderId as string}`)).statusCode, 200, 'the user reads the order')
+})
