@@ -591,6 +591,8 @@ export class Carts<R> {
       if (cur === undefined) throw new BadInputError('the cart is empty')
       const c = cur.checkout
       if (c !== undefined && c.idempotencyKey === idempotencyKey) { resumed = true; return undefined }
+      // Merged into the user's cart at sign-in while this request ran: its items are the user's to check out now.
+      if (cur.movedTo !== undefined) throw new CartMovedError()
       if (c !== undefined && c.state === 'checking_out') {
         // Stale: its client gave up (lost the key). Re-drive it with its own key: the provider charges at most once.
         if (Date.now() - c.startedAt > this.cfg.checkoutTimeoutMs) { staleKey = c.idempotencyKey; return undefined }

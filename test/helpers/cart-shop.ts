@@ -41,7 +41,7 @@ export interface ShopOptions {
   provider: PaymentProvider
   cart?: Partial<CartOptions>
   store?: Partial<HandoffStoreOptions>
-  /** Awaited by POST /items-held before it adds: a request held in flight for as long as the test needs. */
+  /** Awaited by POST /items-held and /checkout-held first: a request held in flight for as long as the test needs. */
   hold?: () => Promise<void>
 }
 
@@ -63,6 +63,10 @@ export async function startShop (opts: ShopOptions): Promise<FastifyInstance> {
   app.get('/whoami', async req => ({ user: req.session.user?.id ?? null }))
   app.get<{ Params: { id: string } }>('/orders/:id', async (req, reply) => (await req.cart.getOrder(req.params.id)) ?? await reply.code(404).send({ error: 'no such order' }))
   app.post('/checkout', async req => await req.cart.checkout(String(req.headers['idempotency-key'])))
+  app.post('/checkout-held', async req => {
+    await opts.hold?.()
+    return await req.cart.checkout(String(req.headers['idempotency-key']))
+  })
   await app.ready()
   return app
 }

@@ -281,3 +281,26 @@ t.test('a guest checkout charged with its reply lost, its cart rolled back, then
   t.equal(provider.charges.size, 1, 'one charge')
   t.equal((await b.call('GET', `/orders/${guestOrderId as string}`)).statusCode, 200, 'the user reads the order')
 })
+
+t.test('a guest checkout held in flight while its cart is merged into the user\'s at sign-in is refused: FST_HANDOFF_CART_MOVED', async t => {
+  let release = (): void => {}
+  let held = false
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const provider = new RecordingProvider()
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, hold: async () => { held = true; await gate } })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await readyToPay(b, 'GUEST')
+  // The checkout starts as the guest (its session read), then waits while the guest signs in (another tab).
+  const late = app.inject({ method: 'POST', url: '/checkout-held', headers: { cookie: b.cookieHeader(), 'idempotency-key': 'moved-key' } })
+  t.ok(await waitFor(() => held), 'the guest checkout is in flight')
+  await b.call('POST', '/login', { user: 'mia' })
+  t.same((await b.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['GUEST'], 'merged at sign-in')
+  release()
+  const res = await late
+  t.equal(res.statusCode, 409)
+  t.equal(res.json().code, 'FST_HANDOFF_CART_MOVED')
+  t.equal(provider.calls, 0, 'nothing charged for the merged cart')
+})
