@@ -396,7 +396,8 @@ export class Carts<R> {
   async get (rq: CartRequest<R>): Promise<CartView> {
     const owner = this.owner(rq, false)
     if (owner === undefined) return view(emptyCart(Date.now()), 'new')
-    if (owner.kind === 'user') await this.mergeGuest(rq, owner)
+    // The legacy move first: merging first would create the cart under the stable name and orphan the old one.
+    if (owner.kind === 'user') { await this.load(owner); await this.mergeGuest(rq, owner) }
     const found = await this.load(owner)
     // Gone although this client saw it hold something: rolled back (or expired), flag it for review.
     if (found === undefined) return view(emptyCart(Date.now()), 'new', (this.readAnchor(rq, owner)?.seq ?? 0) > 0)
@@ -415,8 +416,8 @@ export class Carts<R> {
   async change (rq: CartRequest<R>, change: CartChange): Promise<CartView> {
     let owner = this.owner(rq, true) as OwnerRef
     if (owner.kind === 'user') {
+      await this.load(owner) // moves a cart kept under a name from before stable names (before the merge creates one)
       await this.mergeGuest(rq, owner)
-      await this.load(owner) // moves a cart kept under a name from before stable names
     }
     const now = Date.now()
     let r: UpdateResult<StoredCart>
@@ -549,7 +550,7 @@ export class Carts<R> {
       const guest = rq.guestId()
       const pending = guest !== undefined && GUEST_ID.test(guest) ? (await this.carts.get(guest))?.value : undefined
       if (guest !== undefined && pending?.checkout?.idempotencyKey === idempotencyKey) owner = { kind: 'guest', name: guest }
-      else await this.mergeGuest(rq, owner)
+      else { await this.load(owner); await this.mergeGuest(rq, owner) } // the legacy move before the merge, as in get
     }
 
     // Placed already (this key, any instance, any time within orderTtlMs): the same order again.

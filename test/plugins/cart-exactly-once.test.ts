@@ -304,3 +304,25 @@ t.test('a guest checkout held in flight while its cart is merged into the user\'
   t.equal(res.json().code, 'FST_HANDOFF_CART_MOVED')
   t.equal(provider.calls, 0, 'nothing charged for the merged cart')
 })
+
+for (const first of ['GET /cart', 'POST /items'] as const) {
+  t.test(`migration on the first sign-in after the upgrade with a guest cart (first request ${first}): the user's old cart is moved, then the guest's merged`, async t => {
+    const app = await startShop({ redisUrl: redis.url, secret: [K2, K1], provider: new RecordingProvider() })
+    t.teardown(async () => await app.close())
+    const store = app.handoff.store
+    const user = `lena-${first.length}`
+    const ownerKey = app.handoff.keyRing.deriveOldest('cart-owner')
+    const oldOwner = `u${createHmac('sha256', ownerKey).update('user').update('\n').update(user).update('\n').digest('hex').slice(0, 40)}`
+    const now = Date.now()
+    const saved = applyChange(emptyCart(now), { op: 'add', item: { sku: 'SAVED', quantity: 1, unitPrice: 500, currency: 'EUR' } }, ownerKey, DEFAULT_CART_LIMITS, now)
+    await store.update(store.key(oldOwner, 'cart'), () => saved)
+    const b = new Browser(app)
+    t.equal((await b.call('POST', '/items', { sku: 'GUEST' })).statusCode, 200)
+    await b.call('POST', '/login', { user })
+    if (first === 'POST /items') t.equal((await b.call('POST', '/items', { sku: 'NEW' })).statusCode, 200)
+    const skus = (await b.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku).sort()
+    t.same(skus, first === 'GET /cart' ? ['GUEST', 'SAVED'] : ['GUEST', 'NEW', 'SAVED'], 'the saved cart and the guest cart are both the user\'s')
+    t.equal(await store.get(store.key(oldOwner, 'cart')), undefined, 'the old name is gone')
+    t.equal(app.handoffCart.metrics.legacyMoved, 1)
+  })
+}
