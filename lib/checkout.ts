@@ -5,7 +5,7 @@ import {
   type PaymentMethod, type PurchaseDetails, type StoredCart
 } from './cart.js'
 import {
-  BadInputError, CartMovedError, CheckoutLostError, NoProviderError, PaymentPendingError, isHandoffError
+  BadInputError, CartMovedError, CheckoutLostError, IdempotencyKeyReusedError, NoProviderError, PaymentPendingError, isHandoffError
 } from './errors.js'
 import type { Collection } from './collection.js'
 import type { KeyRing } from './seal.js'
@@ -129,6 +129,8 @@ export interface CheckoutEntry {
   payment: PaymentMethod
   digest: string
   startedAt: number
+  /** Set when the provider declined this charge: the key cannot be reused for a different cart. */
+  declined?: string
 }
 
 /** A lost checkout reported to the application (kind 'checkoutlost'): it is reported once. */
@@ -187,6 +189,7 @@ export function parseCheckoutEntry (v: unknown): CheckoutEntry {
   checkItems(e.items)
   checkPayment(e.payment)
   need(isStr((e.payment as Record<string, unknown>).token), 'payment without token')
+  need(e.declined === undefined || isStr(e.declined), 'malformed declined')
   return v as unknown as CheckoutEntry
 }
 
@@ -642,7 +645,20 @@ export class Carts<R> {
     }
     // Found (a retry): with orderDurability it is written again, so that the replicas confirm it before money moves.
     const kept = await this.checkouts.update(entry.orderId, cur => cur === undefined ? entry : this.rewrite(cur), { ttlMs: this.cfg.orderTtlMs, ...this.durable })
-    return await this.charge(rq, owner, kept.value ?? entry, true)
+    const frozen = kept.value ?? entry
+    const differs = frozen.digest !== entry.digest || frozen.amount !== entry.amount || frozen.currency !== entry.currency
+    if (differs && frozen.declined !== undefined) {
+      // This key froze another cart, which was declined (the key reused after a decline): charging that one would
+      // bill what is not in the cart. The record this request put in the cart is taken back, so the cart stays open
+      // for a new key. (Not declined: that charge may have been taken, it is resumed as before, never charged twice.)
+      await this.carts.update(owner.name, cur => {
+        const c = cur?.checkout
+        if (cur === undefined || c?.orderId !== record.orderId || c.state !== 'checking_out' || c.digest !== record.digest) return undefined
+        return { ...cur, checkout: undefined }
+      }, { ttlMs: this.cfg.cartTtlMs })
+      throw new IdempotencyKeyReusedError()
+    }
+    return await this.charge(rq, owner, frozen, true)
   }
 
   /** The order or durable checkout entry this key left under a guest this user's cart merged, or the anchor names. */
@@ -745,6 +761,8 @@ export class Carts<R> {
     }
     if (result.status === 'declined') {
       const reason = result.reason
+      await this.checkouts.update(orderId, cur => cur === undefined || cur.declined !== undefined ? undefined : { ...cur, declined: reason },
+        { ttlMs: this.cfg.orderTtlMs, ...this.durable })
       if (inCart) {
         await this.carts.update(owner.name, cur => {
           const c = cur?.checkout

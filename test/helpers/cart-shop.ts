@@ -16,6 +16,8 @@ export class RecordingProvider implements PaymentProvider {
   /** Runs after the money moved and before charge() answers (e.g. the test kills Redis there). */
   afterCharge: (() => Promise<void>) | undefined
   lookup?: (idempotencyKey: string) => Promise<ChargeLookup | undefined>
+  /** Declines the next charge (nothing charged), as a provider does for a refused card. */
+  declineNext = false
 
   constructor (withLookup = false) {
     if (withLookup) this.lookup = async key => this.charges.get(key)
@@ -23,6 +25,7 @@ export class RecordingProvider implements PaymentProvider {
 
   async charge (req: ChargeRequest): Promise<ChargeResult> {
     this.calls++
+    if (this.declineNext) { this.declineNext = false; return { status: 'declined', reason: 'card_declined' } }
     let prior = this.charges.get(req.idempotencyKey)
     if (prior === undefined) {
       prior = { chargeId: `ch_${this.charges.size + 1}`, amount: req.amount, currency: req.currency }

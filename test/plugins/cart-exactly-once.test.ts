@@ -233,13 +233,19 @@ t.test('a guest add that finds its cart deleted (tombstone: merged by a version 
   t.equal(await app.handoff.store.get(cartKey as string), undefined, 'the deleted cart was not brought back')
 })
 
-t.test('after sign-out, the cart cookie left in the browser cannot start a checkout of the user\'s cart', async t => {
+/** A shop on the shared Redis with a user signed in and a cart ready to pay. */
+async function userReadyToPay (t: Test, user: string, sku: string): Promise<{ provider: RecordingProvider, b: Browser }> {
   const provider = new RecordingProvider()
   const app = await startShop({ redisUrl: redis.url, secret: [K1], provider })
   t.teardown(async () => await app.close())
   const b = new Browser(app)
-  await b.call('POST', '/login', { user: 'sam' })
-  await readyToPay(b, 'SHARED-PC')
+  await b.call('POST', '/login', { user })
+  await readyToPay(b, sku)
+  return { provider, b }
+}
+
+t.test('after sign-out, the cart cookie left in the browser cannot start a checkout of the user\'s cart', async t => {
+  const { provider, b } = await userReadyToPay(t, 'sam', 'SHARED-PC')
   // The session ends (signed out elsewhere, expired); the anchor cookie stays in this browser.
   b.jar.delete('handoff.sid')
   const res = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'shared-pc-key' })
@@ -326,3 +332,16 @@ for (const first of ['GET /cart', 'POST /items'] as const) {
     t.equal(app.handoffCart.metrics.legacyMoved, 1)
   })
 }
+
+t.test('an Idempotency-Key reused for a different cart after a decline is refused (409), not charged as the old cart', async t => {
+  const { provider, b } = await userReadyToPay(t, 'dora', 'DECLINED')
+  provider.declineNext = true
+  t.match((await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'reused-key' })).json(), { status: 'failed', total: 2000 })
+  t.equal((await b.call('POST', '/items', { sku: 'MORE' })).statusCode, 200)
+  const res = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'reused-key' })
+  t.equal(res.statusCode, 409)
+  t.match(res.json(), { code: 'FST_HANDOFF_IDEMPOTENCY_KEY_REUSED', message: /Idempotency-Key was used for a different cart/ })
+  t.equal(provider.charges.size, 0, 'nothing charged')
+  const fresh = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'fresh-key' })
+  t.match(fresh.json(), { status: 'placed', total: 3000 }, 'a new key checks out the cart as it is')
+})
