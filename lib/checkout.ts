@@ -739,10 +739,14 @@ export class Carts<R> {
     if (!evidence && reported === undefined) return undefined
     if (reported === undefined) {
       const lost: LostCheckout = { orderId, idempotencyKey, providerKey: orderId, owner, detectedAt: Date.now() }
-      rq.warn({ orderId }, 'fastify-handoff: a checkout was lost by the store after it may have charged; reported for reconciliation')
-      await this.cfg.onCheckoutLost?.(lost, rq.request)
-      await this.lost.update(orderId, cur => cur ?? { reportedAt: lost.detectedAt, idempotencyKey }, { ttlMs: this.cfg.orderTtlMs, ...this.durable })
-      this.metrics.checkoutsLost++
+      // The mark first (create-if-absent): of retries racing on several instances, only the one that wrote it reports.
+      const mark = await this.lost.update(orderId, cur => cur === undefined ? { reportedAt: lost.detectedAt, idempotencyKey } : undefined,
+        { ttlMs: this.cfg.orderTtlMs, ...this.durable })
+      if (mark.written) {
+        rq.warn({ orderId }, 'fastify-handoff: a checkout was lost by the store after it may have charged; reported for reconciliation')
+        this.metrics.checkoutsLost++
+        await this.cfg.onCheckoutLost?.(lost, rq.request)
+      }
     }
     throw new CheckoutLostError('payment may have been taken; it is being reconciled, do not pay again')
   }

@@ -345,3 +345,30 @@ t.test('an Idempotency-Key reused for a different cart after a decline is refuse
   const fresh = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'fresh-key' })
   t.match(fresh.json(), { status: 'placed', total: 3000 }, 'a new key checks out the cart as it is')
 })
+
+t.test('a lost checkout retried on two instances at once is reported once', async t => {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const provider = new RecordingProvider(false)
+  const lost: LostCheckout[] = []
+  // Each report waits (bounded) for a second one: without the mark written first, both retries would report.
+  const onCheckoutLost = async (l: LostCheckout): Promise<void> => { lost.push(l); await waitFor(() => lost.length >= 2, { timeoutMs: 1500, intervalMs: 20 }) }
+  const apps = await Promise.all([0, 1].map(async () => await startShop({ redisUrl: own.url, secret: [K1], provider, cart: { onCheckoutLost } })))
+  t.teardown(async () => { for (const app of apps) await app.close() })
+  const [one, two] = apps as [FastifyInstance, FastifyInstance]
+  const b = new Browser(one)
+  await b.call('POST', '/login', { user: 'twin' })
+  await readyToPay(b, 'WIPED')
+  await chargeThenWipe(t, own, one, b, provider, 'wipe-key-twice')
+  await waitFor(async () => (await two.inject({ method: 'GET', url: '/whoami' })).statusCode === 200, { timeoutMs: 10_000, intervalMs: 50 })
+  const answers: InjectResult[] = []
+  await waitFor(async () => {
+    const both = await Promise.all([one, two].map(async app =>
+      await app.inject({ method: 'POST', url: '/checkout', headers: { cookie: b.cookieHeader(), 'idempotency-key': 'wipe-key-twice' } })))
+    answers.push(...both)
+    return both.every(a => a.json().code !== 'FST_HANDOFF_UNAVAILABLE')
+  }, { timeoutMs: 10_000, intervalMs: 50 })
+  t.same(answers.slice(-2).map(a => a.json().code), ['FST_HANDOFF_CHECKOUT_LOST', 'FST_HANDOFF_CHECKOUT_LOST'])
+  t.equal(lost.length, 1, 'reported once')
+  t.equal(provider.calls, 1, 'no retry charged again')
+})
