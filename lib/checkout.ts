@@ -455,8 +455,11 @@ export class Carts<R> {
       const was = await this.carts.get(old)
       if (was === undefined) continue
       const moved = await this.carts.update(owner.name, cur => cur === undefined ? was.value : undefined, { ttlMs: this.cfg.cartTtlMs })
-      await this.carts.delete(old)
-      this.metrics.legacyMoved++
+      // Not moved (a racer created the cart under the stable name first): the old cart stays, nothing of it is lost.
+      if (moved.written) {
+        await this.carts.delete(old)
+        this.metrics.legacyMoved++
+      }
       return { value: moved.value as StoredCart, source: 'repository', degraded: false }
     }
     return undefined

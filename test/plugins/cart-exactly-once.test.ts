@@ -372,3 +372,29 @@ t.test('a lost checkout retried on two instances at once is reported once', asyn
   t.equal(lost.length, 1, 'reported once')
   t.equal(provider.calls, 1, 'no retry charged again')
 })
+
+t.test('migration: when a racer creates the cart under the stable name first, the cart under the old name is kept, not deleted', async t => {
+  const app = await startShop({ redisUrl: redis.url, secret: [K2, K1], provider: new RecordingProvider() })
+  t.teardown(async () => await app.close())
+  const store = app.handoff.store
+  const ownerKey = app.handoff.keyRing.deriveOldest('cart-owner')
+  const oldOwner = `u${createHmac('sha256', ownerKey).update('user').update('\n').update('rita').update('\n').digest('hex').slice(0, 40)}`
+  const oldKey = store.key(oldOwner, 'cart')
+  const now = Date.now()
+  const cartWith = (sku: string): ReturnType<typeof emptyCart> =>
+    applyChange(emptyCart(now), { op: 'add', item: { sku, quantity: 1, unitPrice: 500, currency: 'EUR' } }, ownerKey, DEFAULT_CART_LIMITS, now)
+  await store.update(oldKey, () => cartWith('OLD'))
+  // The race, at the store's real seam: just before the move's create-if-absent, another request creates the cart.
+  const update = store.update.bind(store)
+  let raced = false
+  store.update = (async (key: string, mutate: any, opts?: any) => {
+    if (!raced && key !== oldKey && key.endsWith(':cart')) { raced = true; await update(key, () => cartWith('RACER'), opts) }
+    return await update(key, mutate, opts)
+  }) as typeof store.update
+  const b = new Browser(app)
+  await b.call('POST', '/login', { user: 'rita' })
+  t.same((await b.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['RACER'], 'the racer\'s cart is the user\'s')
+  t.ok(raced, 'the race happened')
+  t.same((await store.get(oldKey) as { value: { items: Array<{ sku: string }> } } | undefined)?.value.items.map(i => i.sku), ['OLD'], 'the old cart was not moved, so it is kept')
+  t.equal(app.handoffCart.metrics.legacyMoved, 0, 'nothing counted as moved')
+})
