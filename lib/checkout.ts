@@ -5,7 +5,7 @@ import {
   type PaymentMethod, type PurchaseDetails, type StoredCart
 } from './cart.js'
 import {
-  BadInputError, CartMovedError, CheckoutLostError, NoProviderError, PaymentPendingError, isHandoffError
+  BadInputError, CartMovedError, CheckoutLostError, IdempotencyKeyReusedError, NoProviderError, PaymentPendingError, isHandoffError
 } from './errors.js'
 import type { Collection } from './collection.js'
 import type { KeyRing } from './seal.js'
@@ -129,6 +129,8 @@ export interface CheckoutEntry {
   payment: PaymentMethod
   digest: string
   startedAt: number
+  /** Set when the provider declined this charge: the key cannot be reused for a different cart. */
+  declined?: string
 }
 
 /** A lost checkout reported to the application (kind 'checkoutlost'): it is reported once. */
@@ -187,6 +189,7 @@ export function parseCheckoutEntry (v: unknown): CheckoutEntry {
   checkItems(e.items)
   checkPayment(e.payment)
   need(isStr((e.payment as Record<string, unknown>).token), 'payment without token')
+  need(e.declined === undefined || isStr(e.declined), 'malformed declined')
   return v as unknown as CheckoutEntry
 }
 
@@ -396,7 +399,8 @@ export class Carts<R> {
   async get (rq: CartRequest<R>): Promise<CartView> {
     const owner = this.owner(rq, false)
     if (owner === undefined) return view(emptyCart(Date.now()), 'new')
-    if (owner.kind === 'user') await this.mergeGuest(rq, owner)
+    // The legacy move first: merging first would create the cart under the stable name and orphan the old one.
+    if (owner.kind === 'user') { await this.load(owner); await this.mergeGuest(rq, owner) }
     const found = await this.load(owner)
     // Gone although this client saw it hold something: rolled back (or expired), flag it for review.
     if (found === undefined) return view(emptyCart(Date.now()), 'new', (this.readAnchor(rq, owner)?.seq ?? 0) > 0)
@@ -415,8 +419,8 @@ export class Carts<R> {
   async change (rq: CartRequest<R>, change: CartChange): Promise<CartView> {
     let owner = this.owner(rq, true) as OwnerRef
     if (owner.kind === 'user') {
+      await this.load(owner) // moves a cart kept under a name from before stable names (before the merge creates one)
       await this.mergeGuest(rq, owner)
-      await this.load(owner) // moves a cart kept under a name from before stable names
     }
     const now = Date.now()
     let r: UpdateResult<StoredCart>
@@ -451,8 +455,11 @@ export class Carts<R> {
       const was = await this.carts.get(old)
       if (was === undefined) continue
       const moved = await this.carts.update(owner.name, cur => cur === undefined ? was.value : undefined, { ttlMs: this.cfg.cartTtlMs })
-      await this.carts.delete(old)
-      this.metrics.legacyMoved++
+      // Not moved (a racer created the cart under the stable name first): the old cart stays, nothing of it is lost.
+      if (moved.written) {
+        await this.carts.delete(old)
+        this.metrics.legacyMoved++
+      }
       return { value: moved.value as StoredCart, source: 'repository', degraded: false }
     }
     return undefined
@@ -549,7 +556,7 @@ export class Carts<R> {
       const guest = rq.guestId()
       const pending = guest !== undefined && GUEST_ID.test(guest) ? (await this.carts.get(guest))?.value : undefined
       if (guest !== undefined && pending?.checkout?.idempotencyKey === idempotencyKey) owner = { kind: 'guest', name: guest }
-      else await this.mergeGuest(rq, owner)
+      else { await this.load(owner); await this.mergeGuest(rq, owner) } // the legacy move before the merge, as in get
     }
 
     // Placed already (this key, any instance, any time within orderTtlMs): the same order again.
@@ -566,6 +573,12 @@ export class Carts<R> {
       const recovered = await this.recover(rq, owner, idempotencyKey, orderId, cart === undefined && (anchor?.seq ?? 0) > 0)
       if (recovered !== undefined) return recovered
       throw new BadInputError('this session has no cart to check out (sign in again)')
+    }
+    if (owner.kind === 'user' && cart?.checkout?.idempotencyKey !== idempotencyKey) {
+      // A guest checkout of this key (a guest merged into this cart, or the one the anchor names) may have charged
+      // with its reply lost and its cart rolled back: resume it under its own order id, never charge again.
+      const earlier = await this.guestCheckout(rq, cart, idempotencyKey)
+      if (earlier !== undefined) return earlier
     }
     if (cart?.checkout?.idempotencyKey !== idempotencyKey) {
       // No trace of this key in the cart. If the cart is gone or is not what this client last saw, the store may have
@@ -585,6 +598,8 @@ export class Carts<R> {
       if (cur === undefined) throw new BadInputError('the cart is empty')
       const c = cur.checkout
       if (c !== undefined && c.idempotencyKey === idempotencyKey) { resumed = true; return undefined }
+      // Merged into the user's cart at sign-in while this request ran: its items are the user's to check out now.
+      if (cur.movedTo !== undefined) throw new CartMovedError()
       if (c !== undefined && c.state === 'checking_out') {
         // Stale: its client gave up (lost the key). Re-drive it with its own key: the provider charges at most once.
         if (Date.now() - c.startedAt > this.cfg.checkoutTimeoutMs) { staleKey = c.idempotencyKey; return undefined }
@@ -633,7 +648,40 @@ export class Carts<R> {
     }
     // Found (a retry): with orderDurability it is written again, so that the replicas confirm it before money moves.
     const kept = await this.checkouts.update(entry.orderId, cur => cur === undefined ? entry : this.rewrite(cur), { ttlMs: this.cfg.orderTtlMs, ...this.durable })
-    return await this.charge(rq, owner, kept.value ?? entry, true)
+    const frozen = kept.value ?? entry
+    const differs = frozen.digest !== entry.digest || frozen.amount !== entry.amount || frozen.currency !== entry.currency
+    if (differs && frozen.declined !== undefined) {
+      // This key froze another cart, which was declined (the key reused after a decline): charging that one would
+      // bill what is not in the cart. The record this request put in the cart is taken back, so the cart stays open
+      // for a new key. (Not declined: that charge may have been taken, it is resumed as before, never charged twice.)
+      await this.carts.update(owner.name, cur => {
+        const c = cur?.checkout
+        if (cur === undefined || c?.orderId !== record.orderId || c.state !== 'checking_out' || c.digest !== record.digest) return undefined
+        return { ...cur, checkout: undefined }
+      }, { ttlMs: this.cfg.cartTtlMs })
+      throw new IdempotencyKeyReusedError()
+    }
+    return await this.charge(rq, owner, frozen, true)
+  }
+
+  /** The order or durable checkout entry this key left under a guest this user's cart merged, or the anchor names. */
+  private async guestCheckout (rq: CartRequest<R>, cart: StoredCart | undefined, idempotencyKey: string): Promise<CheckoutResult | undefined> {
+    const guests = new Set(Object.keys(cart?.merged ?? {}))
+    const anchored = this.anchorOwner(rq)
+    if (anchored?.kind === 'guest') guests.add(anchored.name)
+    for (const name of guests) {
+      if (!GUEST_ID.test(name)) continue
+      const guest: OwnerRef = { kind: 'guest', name }
+      const orderId = orderIdFor(name, idempotencyKey)
+      const order = (await this.orders.get(orderId))?.value
+      if (order !== undefined && order.idempotencyKey === idempotencyKey) return await this.finish(rq, guest, order)
+      const entry = (await this.checkouts.get(orderId))?.value
+      if (entry !== undefined && entry.idempotencyKey === idempotencyKey) {
+        this.metrics.checkoutsResumed++
+        return await this.charge(rq, guest, entry, false)
+      }
+    }
+    return undefined
   }
 
   /** An order placed for this owner and key: under its stable id, or an id from before stable names. */
@@ -694,10 +742,14 @@ export class Carts<R> {
     if (!evidence && reported === undefined) return undefined
     if (reported === undefined) {
       const lost: LostCheckout = { orderId, idempotencyKey, providerKey: orderId, owner, detectedAt: Date.now() }
-      rq.warn({ orderId }, 'fastify-handoff: a checkout was lost by the store after it may have charged; reported for reconciliation')
-      await this.cfg.onCheckoutLost?.(lost, rq.request)
-      await this.lost.update(orderId, cur => cur ?? { reportedAt: lost.detectedAt, idempotencyKey }, { ttlMs: this.cfg.orderTtlMs, ...this.durable })
-      this.metrics.checkoutsLost++
+      // The mark first (create-if-absent): of retries racing on several instances, only the one that wrote it reports.
+      const mark = await this.lost.update(orderId, cur => cur === undefined ? { reportedAt: lost.detectedAt, idempotencyKey } : undefined,
+        { ttlMs: this.cfg.orderTtlMs, ...this.durable })
+      if (mark.written) {
+        rq.warn({ orderId }, 'fastify-handoff: a checkout was lost by the store after it may have charged; reported for reconciliation')
+        this.metrics.checkoutsLost++
+        await this.cfg.onCheckoutLost?.(lost, rq.request)
+      }
     }
     throw new CheckoutLostError('payment may have been taken; it is being reconciled, do not pay again')
   }
@@ -716,6 +768,8 @@ export class Carts<R> {
     }
     if (result.status === 'declined') {
       const reason = result.reason
+      await this.checkouts.update(orderId, cur => cur === undefined || cur.declined !== undefined ? undefined : { ...cur, declined: reason },
+        { ttlMs: this.cfg.orderTtlMs, ...this.durable })
       if (inCart) {
         await this.carts.update(owner.name, cur => {
           const c = cur?.checkout

@@ -116,3 +116,7 @@ export function intOption (name: string, v: unknown, dflt: number, min: number, 
   }
   return v
 }
+
+/** checkout() with an Idempotency-Key whose checkout froze a different cart (e.g. reused after a decline): nothing charged. */
+export const IdempotencyKeyReusedError = createError<'FST_HANDOFF_IDEMPOTENCY_KEY_REUSED', 409, []>(
+  'FST_HANDOFF_IDEMPOTENCY_KEY_REUSED', 'The Idempotency-Key was used for a different cart: check out with a new key; nothing was charged', 409)

@@ -14,7 +14,7 @@ export type { CartItem, CartItemExtra, Address, PurchaseDetails, PaymentMethod, 
 export type {
   CartMetrics, CartView, ChargeLookup, ChargeRequest, ChargeResult, CheckoutResult, LostCheckout, Owner, OwnerRef, PaymentProvider
 } from '../lib/checkout.js'
-export { PaymentDeclinedError, PaymentPendingError, NoProviderError, CheckoutLostError, CartMovedError } from '../lib/errors.js'
+export { PaymentDeclinedError, PaymentPendingError, NoProviderError, CheckoutLostError, CartMovedError, IdempotencyKeyReusedError } from '../lib/errors.js'
 export { redactedRequestSerializer } from './redact.js'
 
 export interface CartOptions {

@@ -16,6 +16,8 @@ export class RecordingProvider implements PaymentProvider {
   /** Runs after the money moved and before charge() answers (e.g. the test kills Redis there). */
   afterCharge: (() => Promise<void>) | undefined
   lookup?: (idempotencyKey: string) => Promise<ChargeLookup | undefined>
+  /** Declines the next charge (nothing charged), as a provider does for a refused card. */
+  declineNext = false
 
   constructor (withLookup = false) {
     if (withLookup) this.lookup = async key => this.charges.get(key)
@@ -23,6 +25,7 @@ export class RecordingProvider implements PaymentProvider {
 
   async charge (req: ChargeRequest): Promise<ChargeResult> {
     this.calls++
+    if (this.declineNext) { this.declineNext = false; return { status: 'declined', reason: 'card_declined' } }
     let prior = this.charges.get(req.idempotencyKey)
     if (prior === undefined) {
       prior = { chargeId: `ch_${this.charges.size + 1}`, amount: req.amount, currency: req.currency }
@@ -41,7 +44,7 @@ export interface ShopOptions {
   provider: PaymentProvider
   cart?: Partial<CartOptions>
   store?: Partial<HandoffStoreOptions>
-  /** Awaited by POST /items-held before it adds: a request held in flight for as long as the test needs. */
+  /** Awaited by POST /items-held and /checkout-held first: a request held in flight for as long as the test needs. */
   hold?: () => Promise<void>
 }
 
@@ -63,6 +66,10 @@ export async function startShop (opts: ShopOptions): Promise<FastifyInstance> {
   app.get('/whoami', async req => ({ user: req.session.user?.id ?? null }))
   app.get<{ Params: { id: string } }>('/orders/:id', async (req, reply) => (await req.cart.getOrder(req.params.id)) ?? await reply.code(404).send({ error: 'no such order' }))
   app.post('/checkout', async req => await req.cart.checkout(String(req.headers['idempotency-key'])))
+  app.post('/checkout-held', async req => {
+    await opts.hold?.()
+    return await req.cart.checkout(String(req.headers['idempotency-key']))
+  })
   await app.ready()
   return app
 }

@@ -233,17 +233,168 @@ t.test('a guest add that finds its cart deleted (tombstone: merged by a version 
   t.equal(await app.handoff.store.get(cartKey as string), undefined, 'the deleted cart was not brought back')
 })
 
-t.test('after sign-out, the cart cookie left in the browser cannot start a checkout of the user\'s cart', async t => {
+/** A shop on the shared Redis with a user signed in and a cart ready to pay. */
+async function userReadyToPay (t: Test, user: string, sku: string): Promise<{ provider: RecordingProvider, b: Browser }> {
   const provider = new RecordingProvider()
   const app = await startShop({ redisUrl: redis.url, secret: [K1], provider })
   t.teardown(async () => await app.close())
   const b = new Browser(app)
-  await b.call('POST', '/login', { user: 'sam' })
-  await readyToPay(b, 'SHARED-PC')
+  await b.call('POST', '/login', { user })
+  await readyToPay(b, sku)
+  return { provider, b }
+}
+
+t.test('after sign-out, the cart cookie left in the browser cannot start a checkout of the user\'s cart', async t => {
+  const { provider, b } = await userReadyToPay(t, 'sam', 'SHARED-PC')
   // The session ends (signed out elsewhere, expired); the anchor cookie stays in this browser.
   b.jar.delete('handoff.sid')
   const res = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'shared-pc-key' })
   t.equal(res.statusCode, 400)
   t.match(res.json().message, /sign in again/)
   t.equal(provider.calls, 0, 'nothing charged')
+})
+
+/** A private Redis and shop; the guest fills a cart ready to pay and the one cart key is returned. */
+async function guestShop (t: Test, provider: RecordingProvider): Promise<{ own: RedisHandle, app: FastifyInstance, b: Browser, cartKey: string }> {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await readyToPay(b, 'GUEST')
+  const [cartKey] = own.cli('KEYS', '*:cart').trim().split('\n')
+  return { own, app, b, cartKey: cartKey as string }
+}
+
+t.test('a guest checkout charged with its reply lost, its cart rolled back, then signed in: the retry of the same key charges once', async t => {
+  const provider = new RecordingProvider()
+  const { app, b, cartKey } = await guestShop(t, provider)
+  const store = app.handoff.store
+  const before = (await store.get(cartKey))?.value
+  provider.afterCharge = async () => { throw new Error('reply lost') }
+  const first = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'guest-lost-key' })
+  t.equal(first.statusCode, 503, 'the charge reply was lost')
+  t.equal(provider.charges.size, 1, 'the provider charged')
+  const [guestOrderId] = [...provider.charges.keys()]
+  // The guest cart rolls back to before its checkout (a failover); the durable checkout entry stays.
+  await store.update(cartKey, () => before)
+  await b.call('POST', '/login', { user: 'gus' })
+  t.same((await b.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['GUEST'], 'the guest cart merged')
+  t.equal((await b.call('PUT', '/details')).statusCode, 200)
+  t.equal((await b.call('PUT', '/payment')).statusCode, 200)
+  const retry = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'guest-lost-key' })
+  t.match(retry.json(), { status: 'placed', orderId: guestOrderId }, 'the guest\'s order, resumed')
+  t.equal(provider.charges.size, 1, 'one charge')
+  t.equal((await b.call('GET', `/orders/${guestOrderId as string}`)).statusCode, 200, 'the user reads the order')
+})
+
+t.test('a guest checkout held in flight while its cart is merged into the user\'s at sign-in is refused: FST_HANDOFF_CART_MOVED', async t => {
+  let release = (): void => {}
+  let held = false
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const provider = new RecordingProvider()
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, hold: async () => { held = true; await gate } })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await readyToPay(b, 'GUEST')
+  // The checkout starts as the guest (its session read), then waits while the guest signs in (another tab).
+  const late = app.inject({ method: 'POST', url: '/checkout-held', headers: { cookie: b.cookieHeader(), 'idempotency-key': 'moved-key' } })
+  t.ok(await waitFor(() => held), 'the guest checkout is in flight')
+  await b.call('POST', '/login', { user: 'mia' })
+  t.same((await b.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['GUEST'], 'merged at sign-in')
+  release()
+  const res = await late
+  t.equal(res.statusCode, 409)
+  t.equal(res.json().code, 'FST_HANDOFF_CART_MOVED')
+  t.equal(provider.calls, 0, 'nothing charged for the merged cart')
+})
+
+for (const first of ['GET /cart', 'POST /items'] as const) {
+  t.test(`migration on the first sign-in after the upgrade with a guest cart (first request ${first}): the user's old cart is moved, then the guest's merged`, async t => {
+    const app = await startShop({ redisUrl: redis.url, secret: [K2, K1], provider: new RecordingProvider() })
+    t.teardown(async () => await app.close())
+    const store = app.handoff.store
+    const user = `lena-${first.length}`
+    const ownerKey = app.handoff.keyRing.deriveOldest('cart-owner')
+    const oldOwner = `u${createHmac('sha256', ownerKey).update('user').update('\n').update(user).update('\n').digest('hex').slice(0, 40)}`
+    const now = Date.now()
+    const saved = applyChange(emptyCart(now), { op: 'add', item: { sku: 'SAVED', quantity: 1, unitPrice: 500, currency: 'EUR' } }, ownerKey, DEFAULT_CART_LIMITS, now)
+    await store.update(store.key(oldOwner, 'cart'), () => saved)
+    const b = new Browser(app)
+    t.equal((await b.call('POST', '/items', { sku: 'GUEST' })).statusCode, 200)
+    await b.call('POST', '/login', { user })
+    if (first === 'POST /items') t.equal((await b.call('POST', '/items', { sku: 'NEW' })).statusCode, 200)
+    const skus = (await b.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku).sort()
+    t.same(skus, first === 'GET /cart' ? ['GUEST', 'SAVED'] : ['GUEST', 'NEW', 'SAVED'], 'the saved cart and the guest cart are both the user\'s')
+    t.equal(await store.get(store.key(oldOwner, 'cart')), undefined, 'the old name is gone')
+    t.equal(app.handoffCart.metrics.legacyMoved, 1)
+  })
+}
+
+t.test('an Idempotency-Key reused for a different cart after a decline is refused (409), not charged as the old cart', async t => {
+  const { provider, b } = await userReadyToPay(t, 'dora', 'DECLINED')
+  provider.declineNext = true
+  t.match((await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'reused-key' })).json(), { status: 'failed', total: 2000 })
+  t.equal((await b.call('POST', '/items', { sku: 'MORE' })).statusCode, 200)
+  const res = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'reused-key' })
+  t.equal(res.statusCode, 409)
+  t.match(res.json(), { code: 'FST_HANDOFF_IDEMPOTENCY_KEY_REUSED', message: /Idempotency-Key was used for a different cart/ })
+  t.equal(provider.charges.size, 0, 'nothing charged')
+  const fresh = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'fresh-key' })
+  t.match(fresh.json(), { status: 'placed', total: 3000 }, 'a new key checks out the cart as it is')
+})
+
+t.test('a lost checkout retried on two instances at once is reported once', async t => {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const provider = new RecordingProvider(false)
+  const lost: LostCheckout[] = []
+  // Each report waits (bounded) for a second one: without the mark written first, both retries would report.
+  const onCheckoutLost = async (l: LostCheckout): Promise<void> => { lost.push(l); await waitFor(() => lost.length >= 2, { timeoutMs: 1500, intervalMs: 20 }) }
+  const apps = await Promise.all([0, 1].map(async () => await startShop({ redisUrl: own.url, secret: [K1], provider, cart: { onCheckoutLost } })))
+  t.teardown(async () => { for (const app of apps) await app.close() })
+  const [one, two] = apps as [FastifyInstance, FastifyInstance]
+  const b = new Browser(one)
+  await b.call('POST', '/login', { user: 'twin' })
+  await readyToPay(b, 'WIPED')
+  await chargeThenWipe(t, own, one, b, provider, 'wipe-key-twice')
+  await waitFor(async () => (await two.inject({ method: 'GET', url: '/whoami' })).statusCode === 200, { timeoutMs: 10_000, intervalMs: 50 })
+  const answers: InjectResult[] = []
+  await waitFor(async () => {
+    const both = await Promise.all([one, two].map(async app =>
+      await app.inject({ method: 'POST', url: '/checkout', headers: { cookie: b.cookieHeader(), 'idempotency-key': 'wipe-key-twice' } })))
+    answers.push(...both)
+    return both.every(a => a.json().code !== 'FST_HANDOFF_UNAVAILABLE')
+  }, { timeoutMs: 10_000, intervalMs: 50 })
+  t.same(answers.slice(-2).map(a => a.json().code), ['FST_HANDOFF_CHECKOUT_LOST', 'FST_HANDOFF_CHECKOUT_LOST'])
+  t.equal(lost.length, 1, 'reported once')
+  t.equal(provider.calls, 1, 'no retry charged again')
+})
+
+t.test('migration: when a racer creates the cart under the stable name first, the cart under the old name is kept, not deleted', async t => {
+  const app = await startShop({ redisUrl: redis.url, secret: [K2, K1], provider: new RecordingProvider() })
+  t.teardown(async () => await app.close())
+  const store = app.handoff.store
+  const ownerKey = app.handoff.keyRing.deriveOldest('cart-owner')
+  const oldOwner = `u${createHmac('sha256', ownerKey).update('user').update('\n').update('rita').update('\n').digest('hex').slice(0, 40)}`
+  const oldKey = store.key(oldOwner, 'cart')
+  const now = Date.now()
+  const cartWith = (sku: string): ReturnType<typeof emptyCart> =>
+    applyChange(emptyCart(now), { op: 'add', item: { sku, quantity: 1, unitPrice: 500, currency: 'EUR' } }, ownerKey, DEFAULT_CART_LIMITS, now)
+  await store.update(oldKey, () => cartWith('OLD'))
+  // The race, at the store's real seam: just before the move's create-if-absent, another request creates the cart.
+  const update = store.update.bind(store)
+  let raced = false
+  store.update = (async (key: string, mutate: any, opts?: any) => {
+    if (!raced && key !== oldKey && key.endsWith(':cart')) { raced = true; await update(key, () => cartWith('RACER'), opts) }
+    return await update(key, mutate, opts)
+  }) as typeof store.update
+  const b = new Browser(app)
+  await b.call('POST', '/login', { user: 'rita' })
+  t.same((await b.call('GET', '/cart')).json().items.map((i: { sku: string }) => i.sku), ['RACER'], 'the racer\'s cart is the user\'s')
+  t.ok(raced, 'the race happened')
+  t.same((await store.get(oldKey) as { value: { items: Array<{ sku: string }> } } | undefined)?.value.items.map(i => i.sku), ['OLD'], 'the old cart was not moved, so it is kept')
+  t.equal(app.handoffCart.metrics.legacyMoved, 0, 'nothing counted as moved')
 })

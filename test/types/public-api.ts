@@ -3,7 +3,7 @@
  * and every other line must compile. Never executed.
  */
 import Fastify from 'fastify'
-import handoff, { handoffStore, authSession, cart, tlsSessions, handoffHttpsOptions, handoffDrain, type HandoffOptions, type HandoffDrainOptions, type CartView, type Order, type CartOptions, type LostCheckout, CheckoutLostError, CartMovedError } from '../../plugins/index.js'
+import handoff, { handoffStore, authSession, cart, tlsSessions, handoffHttpsOptions, handoffDrain, type HandoffOptions, type HandoffDrainOptions, type CartView, type Order, type CartOptions, type LostCheckout, CheckoutLostError, CartMovedError, IdempotencyKeyReusedError } from '../../plugins/index.js'
 import { TieredStore, MemoryRepository, TicketKeySchedule, TieredTicketKeyStore, type StoreEntry } from '../../lib/index.js'
 import { resolveTlsSessionsOptions, TLS_SESSIONS_DEFAULTS } from '../../plugins/index.js'
 import { proxyProtocol, encodeProxyHeaderV2, PROXY_PROTOCOL_DEFAULTS, type ProxyProtocolOptions } from '../../plugins/index.js'
@@ -52,7 +52,7 @@ export async function typeTests (): Promise<void> {
   // @ts-expect-error lookup answers a charge or undefined
   const badLookup: CartOptions = { provider: { charge: async () => ({ status: 'succeeded', chargeId: 'c' }), lookup: async () => 'ch_1' } }
   const recovered: boolean | undefined = order?.recovered
-  use(cartOptions, badLookup, recovered, CheckoutLostError, CartMovedError)
+  use(cartOptions, badLookup, recovered, CheckoutLostError, CartMovedError, IdempotencyKeyReusedError)
 
   const drain: HandoffDrainOptions = { drainMs: 2000, signals: ['SIGTERM'], readinessEndpoint: '/ready', closeTimeoutMs: 5000 }
   await app.register(handoffDrain, drain)
