@@ -15,6 +15,13 @@ interface Registration {
   witness: WitnessCheck
 }
 
+/**
+ * The partition's own keys that the scripts and heartbeats read (so Redis tracks them too): the sequence counter,
+ * the epoch and the witness. No copy is ever kept of them, so their invalidations are not passed on (they would
+ * only be counted as invalidations). What follows the `{p<n>}` tag.
+ */
+const PARTITION_KEYS = new Set([':seq', ':epoch', ':witness'])
+
 /** Redirect set-up retries back off from this, doubling up to SETUP_RETRY_MAX_MS (jittered). */
 const SETUP_RETRY_MS = 50
 const SETUP_RETRY_MAX_MS = 2000
@@ -260,7 +267,8 @@ export class TrackingSubscriber {
     for (const k of message) {
       const key = Buffer.isBuffer(k) ? k.toString() : String(k)
       const partition = partitionOfKey(key)
-      if (partition < 0) continue
+      // A prefix has no '}', so the first one closes the partition tag.
+      if (partition < 0 || PARTITION_KEYS.has(key.slice(key.indexOf('}') + 1))) continue
       for (const r of this.regs) {
         if (!key.startsWith(r.scope.prefix) || partition >= r.scope.partitions) continue
         // No version: newer than any copy or fill in flight. No sequence: delivery is proven by the heartbeat alone.

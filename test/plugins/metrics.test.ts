@@ -15,62 +15,66 @@ function value (text: string, name: string, labels = ''): number {
   return Number(line.split(' ').pop())
 }
 
-t.test('metrics match a scripted workload; health turns degraded while Redis is down', async t => {
-  const server = await startRedis({ private: true })
-  t.teardown(async () => await server.stop())
-  const app = Fastify()
-  // Counts are exact only while the coherence lease holds: with the default 250 ms, a loaded machine let it lapse,
-  // turning local hits into repository reads and localReads false. 10 s outlasts any stall; the lease is not the
-  // subject here.
-  await app.register(handoffStore, { secret: SECRET, redis: server.url, commandTimeoutMs: 300, coherence: { leaseMs: 10_000 } })
-  await app.register(handoffMetrics)
-  await app.ready()
-  t.teardown(async () => await app.close())
-  const store = app.handoff.store
-  const inc = (c: unknown): { n: number } => ({ n: ((c as { n: number } | undefined)?.n ?? 0) + 1 })
+// Both transports count the same: on tracking, the writer's own echo is one invalidation per write as on pub/sub,
+// and the partition's sequence counter, which Redis tracks too, is not counted.
+for (const transport of ['pubsub', 'tracking'] as const) {
+  t.test(`metrics match a scripted workload; health turns degraded while Redis is down (${transport})`, async t => {
+    const server = await startRedis({ private: true })
+    t.teardown(async () => await server.stop())
+    const app = Fastify()
+    // Counts are exact only while the coherence lease holds: with the default 250 ms, a loaded machine let it lapse,
+    // turning local hits into repository reads and localReads false. 10 s outlasts any stall; the lease is not the
+    // subject here.
+    await app.register(handoffStore, { secret: SECRET, redis: server.url, commandTimeoutMs: 300, coherence: { leaseMs: 10_000, transport } })
+    await app.register(handoffMetrics)
+    await app.ready()
+    t.teardown(async () => await app.close())
+    const store = app.handoff.store
+    const inc = (c: unknown): { n: number } => ({ n: ((c as { n: number } | undefined)?.n ?? 0) + 1 })
 
-  // 10 creates (10 CAS), 20 local hits, 3 misses on absent keys (3 repository reads)
-  const keys = Array.from({ length: 10 }, (_, i) => store.key(`m-${i}`, 'counter'))
-  for (const k of keys) await store.update(k, inc)
-  for (const k of keys) { await store.get(k); await store.get(k) }
-  for (let i = 0; i < 3; i++) await store.get(store.key(`absent-${i}`, 'counter'))
-  // Another instance writes one key: this one receives the invalidation, drops its copy and reads it again.
-  const otherRepo = new RedisRepository({ url: server.url })
-  t.teardown(async () => await otherRepo.close())
-  const other = new TieredStore({ repository: otherRepo, secret: SECRET, coherence: false })
-  await other.start()
-  const before = store.counters.invalidations
-  await other.update(keys[0] as string, inc)
-  t.ok(await waitFor(() => store.counters.invalidations !== before, { intervalMs: 5 }), 'the other instance\'s invalidation arrived')
-  t.match(await store.get(keys[0] as string), { version: 2, source: 'repository' })
-  const res = await app.inject('/metrics')
-  t.equal(res.statusCode, 200)
-  t.match(res.headers['content-type'], /text\/plain/)
-  const m = res.body
-  t.equal(value(m, 'handoff_store_writes_total'), 10)
-  t.equal(value(m, 'handoff_store_local_hits_total'), 20)
-  t.equal(value(m, 'handoff_store_repository_reads_total'), 4, '3 misses + 1 refill')
-  t.equal(value(m, 'handoff_store_repository_hits_total'), 1)
-  t.equal(value(m, 'handoff_repository_latency_seconds_count', 'op="compareAndSet",outcome="ok"'), 10, 'one CAS per write')
-  t.equal(value(m, 'handoff_repository_latency_seconds_count', 'op="get",outcome="ok"'), 4)
-  t.equal(value(m, 'handoff_store_local_entries'), 10)
-  t.equal(value(m, 'handoff_store_degraded'), 0)
-  t.equal(value(m, 'handoff_store_invalidations_total'), 11, 'own 10 writes and the other instance\'s one')
-  t.match((await app.inject('/health')).json(), { status: 'ok', repository: 'redis', localReads: true })
-  t.equal(value(m, 'handoff_store_coherence_transport', 'transport="pubsub"'), 1, 'the invalidation transport in use')
-  t.equal((await app.inject('/health')).json().coherence, 'pubsub')
+    // 10 creates (10 CAS), 20 local hits, 3 misses on absent keys (3 repository reads)
+    const keys = Array.from({ length: 10 }, (_, i) => store.key(`m-${i}`, 'counter'))
+    for (const k of keys) await store.update(k, inc)
+    for (const k of keys) { await store.get(k); await store.get(k) }
+    for (let i = 0; i < 3; i++) await store.get(store.key(`absent-${i}`, 'counter'))
+    // Another instance writes one key: this one receives the invalidation, drops its copy and reads it again.
+    const otherRepo = new RedisRepository({ url: server.url })
+    t.teardown(async () => await otherRepo.close())
+    const other = new TieredStore({ repository: otherRepo, secret: SECRET, coherence: false })
+    await other.start()
+    const before = store.counters.invalidations
+    await other.update(keys[0] as string, inc)
+    t.ok(await waitFor(() => store.counters.invalidations !== before, { intervalMs: 5 }), 'the other instance\'s invalidation arrived')
+    t.match(await store.get(keys[0] as string), { version: 2, source: 'repository' })
+    const res = await app.inject('/metrics')
+    t.equal(res.statusCode, 200)
+    t.match(res.headers['content-type'], /text\/plain/)
+    const m = res.body
+    t.equal(value(m, 'handoff_store_writes_total'), 10)
+    t.equal(value(m, 'handoff_store_local_hits_total'), 20)
+    t.equal(value(m, 'handoff_store_repository_reads_total'), 4, '3 misses + 1 refill')
+    t.equal(value(m, 'handoff_store_repository_hits_total'), 1)
+    t.equal(value(m, 'handoff_repository_latency_seconds_count', 'op="compareAndSet",outcome="ok"'), 10, 'one CAS per write')
+    t.equal(value(m, 'handoff_repository_latency_seconds_count', 'op="get",outcome="ok"'), 4)
+    t.equal(value(m, 'handoff_store_local_entries'), 10)
+    t.equal(value(m, 'handoff_store_degraded'), 0)
+    t.equal(value(m, 'handoff_store_invalidations_total'), 11, 'own 10 writes and the other instance\'s one')
+    t.match((await app.inject('/health')).json(), { status: 'ok', repository: 'redis', localReads: true })
+    t.equal(value(m, 'handoff_store_coherence_transport', `transport="${transport}"`), 1, 'the invalidation transport in use')
+    t.equal((await app.inject('/health')).json().coherence, transport)
 
-  await server.kill()
-  await t.rejects(store.update(keys[1] as string, inc), { code: 'FST_HANDOFF_UNAVAILABLE' })
-  const health = await app.inject('/health')
-  t.equal(health.statusCode, 200, 'still 200: degraded service is service')
-  t.match(health.json(), { status: 'degraded' })
-  const m2 = (await app.inject('/metrics')).body
-  t.equal(value(m2, 'handoff_store_degraded'), 1)
-  t.equal(value(m2, 'handoff_store_repository_errors_total'), 1)
-  t.equal(value(m2, 'handoff_repository_latency_seconds_count', 'op="compareAndSet",outcome="error"'), 1)
-  await server.restart()
-})
+    await server.kill()
+    await t.rejects(store.update(keys[1] as string, inc), { code: 'FST_HANDOFF_UNAVAILABLE' })
+    const health = await app.inject('/health')
+    t.equal(health.statusCode, 200, 'still 200: degraded service is service')
+    t.match(health.json(), { status: 'degraded' })
+    const m2 = (await app.inject('/metrics')).body
+    t.equal(value(m2, 'handoff_store_degraded'), 1)
+    t.equal(value(m2, 'handoff_store_repository_errors_total'), 1)
+    t.equal(value(m2, 'handoff_repository_latency_seconds_count', 'op="compareAndSet",outcome="error"'), 1)
+    await server.restart()
+  })
+}
 
 t.test('options are checked', async t => {
   const app = Fastify()
