@@ -17,10 +17,10 @@ const LEASE = 500
 
 interface Instance { store: TieredStore, repository: RedisRepository, events: RepositoryEvent[] }
 
-async function instance (t: Test, url: string, repoOpts: RedisRepositoryOptions = {}): Promise<Instance> {
+async function instance (t: Test, url: string, repoOpts: RedisRepositoryOptions = {}, transport?: 'pubsub'): Promise<Instance> {
   const events: RepositoryEvent[] = []
   const repository = new RedisRepository({ url, commandTimeoutMs: 1000, onEvent: e => { if (e.type !== 'error') events.push(e) }, ...repoOpts })
-  const store = new TieredStore({ repository, secret: SECRET, partitions: 16, coherence: { leaseMs: LEASE } })
+  const store = new TieredStore({ repository, secret: SECRET, partitions: 16, coherence: { leaseMs: LEASE, transport } })
   await store.start()
   t.teardown(async () => { await store.close(); await repository.close() })
   return { store, repository, events }
@@ -41,8 +41,10 @@ t.test('a re-subscription refused after a reconnect keeps the lease void while P
   // touching the command connection (whose write script must SPUBLISH).
   redis.cli('ACL', 'SETUSER', 'sub', 'on', '>sub-password', '~*', '&*', '+@all')
   t.teardown(() => { redis.cli('ACL', 'DELUSER', 'sub') })
-  const a = await instance(t, redis.url, { subscriberOptions: { username: 'sub', password: 'sub-password' } })
-  const b = await instance(t, redis.url)
+  // Pub/sub's SSUBSCRIBE is the subject (whatever HANDOFF_COHERENCE_TRANSPORT says); the tracking transport's twin,
+  // a redirect set-up refused, is in test/lib/repository/tracking.test.ts.
+  const a = await instance(t, redis.url, { subscriberOptions: { username: 'sub', password: 'sub-password' } }, 'pubsub')
+  const b = await instance(t, redis.url, {}, 'pubsub')
   const k = a.store.key('refused', 'cart')
   await b.store.update(k, inc)
   t.match(await a.store.get(k), { version: 1 })
