@@ -102,9 +102,10 @@ export interface TieredStoreOptions {
   localTtlMs?: number
   /**
    * Follow invalidations from the repository (other instances' writes). `leaseMs`: local reads are suspended when
-   * the subscriber has not been heard from within it. `transport` (Redis): 'pubsub', every write is published to
-   * every instance; 'tracking', Redis client-side caching (CLIENT TRACKING) tells only the instances that read the
-   * key, so a write costs the same whatever the fleet size (docs/scaling.md). Default: { leaseMs: 250, transport: 'pubsub' }.
+   * the subscriber has not been heard from within it. `transport` (Redis): 'tracking', Redis client-side caching
+   * (CLIENT TRACKING) tells only the instances that read the key, so a write costs the same whatever the fleet size;
+   * 'pubsub', every write is published to every instance (for a Redis or proxy that refuses CLIENT TRACKING; see
+   * docs/scaling.md). Default: { leaseMs: 250, transport: 'tracking' }, or HANDOFF_COHERENCE_TRANSPORT.
    */
   coherence?: false | { leaseMs?: number, transport?: CoherenceTransport }
   /**
@@ -670,12 +671,12 @@ export class TieredStore<T = unknown> {
 
 /**
  * The transport option, else HANDOFF_COHERENCE_TRANSPORT (switch a deployment, or run a test suite on either,
- * without changing code), else 'pubsub'.
+ * without changing code), else 'tracking'.
  */
 function coherenceTransport (option: unknown): CoherenceTransport {
   const env = process.env.HANDOFF_COHERENCE_TRANSPORT
   const [name, value] = option !== undefined ? ['coherence.transport', option] : ['HANDOFF_COHERENCE_TRANSPORT', env === '' ? undefined : env]
-  if (value === undefined) return 'pubsub'
+  if (value === undefined) return 'tracking'
   if (value !== 'pubsub' && value !== 'tracking') throw new InvalidOptionError(name, `must be 'pubsub' or 'tracking', got ${JSON.stringify(value)}`)
   return value
 }

@@ -80,7 +80,8 @@ export interface SubscriptionScope {
   /**
    * How invalidations reach this instance, where the repository offers a choice (Redis): 'pubsub', every write is
    * published on its partition's channel and every instance hears it; 'tracking', Redis client-side caching tells
-   * only the instances that read the key. Default: 'pubsub'.
+   * only the instances that read the key. Default here: 'pubsub' (TieredStore always says which; its default is
+   * 'tracking').
    */
   transport?: CoherenceTransport
 }

@@ -2,8 +2,8 @@
  * The client-tracking transport (coherence: { transport: 'tracking' }) on a real Redis: what it does that pub/sub
  * does not (only holders are told; the writer keeps tracking what it wrote or touched; one hub per connection) and
  * the gaps it must treat as such (FLUSHALL's null message, a killed command connection, tracking refused, the
- * tracking table evicting keys). test/lib/coherence.test.ts and test/fault-history/ run the shared guarantees on it
- * with HANDOFF_COHERENCE_TRANSPORT=tracking.
+ * tracking table evicting keys). It is the default transport: test/lib/coherence.test.ts and test/fault-history/
+ * run the shared guarantees on it, and test/pubsub/ runs them again on pub/sub.
  */
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
@@ -264,8 +264,15 @@ t.test('the option and its environment default are checked', async t => {
     { code: 'FST_HANDOFF_INVALID_OPTION', message: /coherence\.transport/ })
   const saved = process.env.HANDOFF_COHERENCE_TRANSPORT
   t.teardown(() => { if (saved === undefined) delete process.env.HANDOFF_COHERENCE_TRANSPORT; else process.env.HANDOFF_COHERENCE_TRANSPORT = saved })
+  delete process.env.HANDOFF_COHERENCE_TRANSPORT
+  t.equal(new TieredStore({ repository, secret: SECRET }).coherenceTransport, 'tracking', 'tracking is the default')
+  process.env.HANDOFF_COHERENCE_TRANSPORT = ''
+  t.equal(new TieredStore({ repository, secret: SECRET }).coherenceTransport, 'tracking', 'an empty variable is no choice')
+  process.env.HANDOFF_COHERENCE_TRANSPORT = 'pubsub'
+  t.equal(new TieredStore({ repository, secret: SECRET }).coherenceTransport, 'pubsub', 'the environment sets the default')
+  t.equal(new TieredStore({ repository, secret: SECRET, coherence: { leaseMs: 100 } }).coherenceTransport, 'pubsub', 'also when only the lease is given')
   process.env.HANDOFF_COHERENCE_TRANSPORT = 'tracking'
-  t.equal(new TieredStore({ repository, secret: SECRET }).coherenceTransport, 'tracking', 'the environment sets the default')
+  t.equal(new TieredStore({ repository, secret: SECRET }).coherenceTransport, 'tracking')
   t.equal(new TieredStore({ repository, secret: SECRET, coherence: { transport: 'pubsub' } }).coherenceTransport, 'pubsub', 'the option wins')
   t.equal(new TieredStore({ repository, secret: SECRET, coherence: false }).coherenceTransport, 'off')
   // The plugins' option policy refuses it at registration too.
@@ -283,4 +290,25 @@ t.test('pub/sub as before: every instance is told of every write', async t => {
   const heard = bystander.counters.invalidations
   await a.update(a.key('pubsub-fanout', 'cart'), inc)
   t.ok(await waitFor(() => bystander.counters.invalidations > heard), 'an instance that never read the key still hears the write')
+})
+
+t.test('a fleet moving between transports one instance at a time: pub/sub and tracking instances hear each other\'s writes', async t => {
+  // Both transports run the same write script (it still bumps the sequence and SPUBLISHes), and any write is a
+  // modification Redis tells the tracking readers of: a rolling switch of the default keeps the fleet coherent.
+  const onPubsub = await store(t, redis.url, 'pubsub')
+  const onTracking = await store(t, redis.url, 'tracking')
+  const k = onPubsub.key('mixed-fleet', 'cart')
+  await onPubsub.update(k, inc)
+  t.match(await onTracking.get(k), { version: 1 })
+  t.ok(await localAgain(onTracking, k), 'the tracking instance holds a copy')
+  t.ok(await localAgain(onPubsub, k), 'and the pub/sub one')
+  let heard = onTracking.counters.invalidations
+  await onPubsub.update(k, inc)
+  t.ok(await waitFor(() => onTracking.counters.invalidations > heard), 'a pub/sub writer\'s write reaches the tracking holder')
+  t.match(await onTracking.get(k), { version: 2, source: 'repository' }, 'which reads the new version')
+  t.ok(await localAgain(onPubsub, k), 'the pub/sub instance holds a copy again')
+  heard = onPubsub.counters.invalidations
+  await onTracking.update(k, inc)
+  t.ok(await waitFor(() => onPubsub.counters.invalidations > heard), 'a tracking writer\'s write reaches the pub/sub holder')
+  t.match(await onPubsub.get(k), { version: 3, source: 'repository' }, 'which reads the new version')
 })

@@ -1,0 +1,5 @@
+/** test/lib/coherence-cluster.test.ts again, every store on the pub/sub transport (see on-pubsub.ts). */
+import { onPubsub } from './on-pubsub.js'
+
+await onPubsub()
+await import('../lib/coherence-cluster.test.js')

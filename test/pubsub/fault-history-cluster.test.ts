@@ -1,0 +1,5 @@
+/** test/fault-history/cluster.test.ts again, every store on the pub/sub transport (see on-pubsub.ts). */
+import { onPubsub } from './on-pubsub.js'
+
+await onPubsub()
+await import('../fault-history/cluster.test.js')
