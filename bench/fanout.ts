@@ -23,8 +23,8 @@ const PARTITIONS = 1024
 const KEYS = 2000
 const WRITES = Number(process.env.FANOUT_WRITES ?? 1000)
 const FLEET = (process.env.FANOUT_N ?? '1,4,16,64').split(',').map(Number)
-const ROUNDS = Number(process.env.FANOUT_ROUNDS ?? 3)
-const HELD = [0.01, 1]
+const ROUNDS = Number(process.env.FANOUT_ROUNDS ?? 5)
+const HELD = (process.env.FANOUT_HELD ?? '0.01,1').split(',').map(Number)
 const VALUE = randomBytes(300)
 
 /** How an instance hears about writes: each design's stand-in. */
@@ -110,7 +110,7 @@ const tracking: Design = {
   })
 }
 
-const DESIGNS: Design[] = [pubsub, tracking]
+const DESIGNS: Design[] = [pubsub, tracking].filter(d => (process.env.FANOUT_DESIGNS ?? 'pubsub,tracking').split(',').includes(d.name))
 
 interface Cell {
   design: string
@@ -125,6 +125,18 @@ interface Cell {
   fleetMemoryBytes: number
   /** tracking_total_items then: (key, client) pairs in Redis's tracking table. */
   trackingItems: number
+  /** Per write, INFO commandstats across the writes: command -> [calls, us inside the command]. */
+  commands: Record<string, [number, number]>
+}
+
+/** INFO commandstats as command -> [calls, usec]. */
+function commandUsec (server: RedisHandle): Map<string, [number, number]> {
+  const out = new Map<string, [number, number]>()
+  for (const line of server.cli('INFO', 'commandstats').split('\n')) {
+    const m = /^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/.exec(line.trim())
+    if (m !== null) out.set(m[1] as string, [Number(m[2]), Number(m[3])])
+  }
+  return out
 }
 
 function usedMemory (server: RedisHandle): number {
@@ -171,6 +183,7 @@ async function runCell (design: Design, n: number, share: number): Promise<Cell>
     const fleetMemory = usedMemory(server) - mem0
     const trackingItems = Number(/tracking_total_items:(\d+)/.exec(server.cli('INFO', 'stats'))?.[1] ?? 0)
     const receivedBefore = fleet.reduce((a, s) => a + s.received(), 0)
+    const stats0 = commandUsec(server)
     const cpu0 = cpuSeconds(server)
     const lat: number[] = []
     for (let i = 0; i < WRITES; i++) {
@@ -183,6 +196,11 @@ async function runCell (design: Design, n: number, share: number): Promise<Cell>
     }
     await Promise.all(fleet.map(async s => await s.drain()))
     const cpu1 = cpuSeconds(server)
+    const commands: Record<string, [number, number]> = {}
+    for (const [name, [calls, usec]] of commandUsec(server)) {
+      const [c0, u0] = stats0.get(name) ?? [0, 0]
+      if (name !== 'info' && calls > c0) commands[name] = [round((calls - c0) / WRITES, 3), round((usec - u0) / WRITES, 2)]
+    }
     const received = fleet.reduce((a, s) => a + s.received(), 0) - receivedBefore
     for (const s of fleet) s.close()
     return {
@@ -195,7 +213,8 @@ async function runCell (design: Design, n: number, share: number): Promise<Cell>
       p50Ms: round(percentile(lat, 0.5), 3),
       p99Ms: round(percentile(lat, 0.99), 3),
       fleetMemoryBytes: fleetMemory,
-      trackingItems
+      trackingItems,
+      commands
     }
   } finally {
     await writer.close()
@@ -206,13 +225,18 @@ async function runCell (design: Design, n: number, share: number): Promise<Cell>
 // Rounds, each over every cell with the designs side by side; a cell's figures are the round with the median Redis
 // CPU per write (a shared machine's noise lands on single cells).
 const rounds: Cell[][] = []
+/** A cell's place in every round's list: held share, then N, then design as listed. */
+const order = (c: Cell): number => (HELD.indexOf(c.heldShare) * FLEET.length + FLEET.indexOf(c.instances)) * DESIGNS.length +
+  DESIGNS.findIndex(d => d.name === c.design)
 for (let round = 0; round < ROUNDS; round++) {
   const cellsOfRound: Cell[] = []
   for (const share of HELD) {
     for (const n of FLEET) {
-      for (const design of DESIGNS) {
+      // Which design runs first alternates per round, so that drift in the machine's load favours neither.
+      for (const design of round % 2 === 0 ? DESIGNS : [...DESIGNS].reverse()) {
         progress(`fanout: round ${round + 1}/${ROUNDS}, ${design.name}, N=${n}, ${share * 100}% held`)
         cellsOfRound.push(await runCell(design, n, share))
+        cellsOfRound.sort((a, b) => order(a) - order(b))
       }
     }
   }
@@ -223,6 +247,8 @@ const cells: Cell[] = (rounds[0] ?? []).map((_, i) => {
   return runs[runs.length >> 1] as Cell
 })
 
+/** Time Redis spent in the script's HSET and SPUBLISH (commandstats): tracking's invalidations are sent from the HSET, pub/sub's from the SPUBLISH. */
+const fanOutUs = (c: Cell): number => (c.commands.hset?.[1] ?? 0) + (c.commands.spublish?.[1] ?? 0)
 const cell = (d: string, n: number, s: number): Cell | undefined => cells.find(c => c.design === d && c.instances === n && c.heldShare === s)
 const growth = DESIGNS.map(d => HELD.map(s => {
   const one = cell(d.name, 1, s)?.redisCpuUsPerWrite
@@ -239,11 +265,13 @@ ${WRITES} sequential writes of random keys through the real write script; each c
 invalidated. Instances are stand-ins speaking the store's protocol (${DESIGNS.map(d => `${d.name}: ${d.describe}`).join('; ')}),
 each holding a random share of the keys. Loopback, a shared 2-core machine: trust ratios within one run.
 
-| held per instance | N | design | Redis CPU per write | messages per write | write p50 | write p99 | fleet's Redis memory | tracking items |
-|---|---|---|---|---|---|---|---|---|
-${cells.map(c => `| ${c.heldShare * 100}% | ${c.instances} | ${c.design} | ${fmt(c.redisCpuUsPerWrite, 1)} us | ${fmt(c.messagesPerWrite, 3)} | ${fmt(c.p50Ms, 3)} ms | ${fmt(c.p99Ms, 3)} ms | ${fmt(c.fleetMemoryBytes / 1024, 0)} KiB | ${c.trackingItems} |`).join('\n')}
+| held per instance | N | design | Redis CPU per write | fan-out inside the script | messages per write | write p50 | write p99 | fleet's Redis memory | tracking items |
+|---|---|---|---|---|---|---|---|---|---|
+${cells.map(c => `| ${c.heldShare * 100}% | ${c.instances} | ${c.design} | ${fmt(c.redisCpuUsPerWrite, 1)} us | ${fmt(fanOutUs(c), 1)} us | ${fmt(c.messagesPerWrite, 3)} | ${fmt(c.p50Ms, 3)} ms | ${fmt(c.p99Ms, 3)} ms | ${fmt(c.fleetMemoryBytes / 1024, 0)} KiB | ${c.trackingItems} |`).join('\n')}
 
-Messages per write count the writer's own (pub/sub: it is subscribed; tracking: its script read the key). Fleet's
+Fan-out inside the script: Redis's own time (INFO commandstats) in the write script's HSET and SPUBLISH, per write:
+tracking sends its invalidations from the HSET (the key's tracking table walk), pub/sub from the SPUBLISH; the rest of
+a holder's cost (its socket write, its re-read, and on tracking remembering that read) is outside. Messages per write count the writer's own (pub/sub: it is subscribed; tracking: its script read the key). Fleet's
 Redis memory: used_memory once every instance is connected and holds its share, minus before (connections, pub/sub
 subscriptions, the tracking table); tracking items: (key, client) pairs in the tracking table then.
 
