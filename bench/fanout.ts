@@ -14,6 +14,7 @@
 import { Redis } from 'ioredis'
 import { randomBytes } from 'node:crypto'
 import { RedisRepository } from '../lib/repository/redis.js'
+import { TieredStore } from '../lib/tiered-store.js'
 import { channelName, entryKey, partitionOf, partitionOfChannel } from '../lib/partitions.js'
 import { startRedis, type RedisHandle } from '../scripts/redis-server.js'
 import { fmt, percentile, progress, round, writeResult } from './lib.js'
@@ -21,11 +22,13 @@ import { fmt, percentile, progress, round, writeResult } from './lib.js'
 const PREFIX = 'handoff:'
 const PARTITIONS = 1024
 const KEYS = 2000
-const WRITES = Number(process.env.FANOUT_WRITES ?? 1000)
+const WRITES = Number(process.env.FANOUT_WRITES ?? 2000)
 const FLEET = (process.env.FANOUT_N ?? '1,4,16,64').split(',').map(Number)
-const ROUNDS = Number(process.env.FANOUT_ROUNDS ?? 5)
+const ROUNDS = Number(process.env.FANOUT_ROUNDS ?? 7)
 const HELD = (process.env.FANOUT_HELD ?? '0.01,1').split(',').map(Number)
 const VALUE = randomBytes(300)
+/** FANOUT_REFILL=0 (diagnosis): holders drop what is invalidated and do not read it again, leaving the transport's own cost. */
+const REFILL = process.env.FANOUT_REFILL !== '0'
 
 /** How an instance hears about writes: each design's stand-in. */
 interface Design {
@@ -48,7 +51,7 @@ function holder (reader: Redis, held: Set<string>): { refill: (key: string) => v
   let pending = Promise.resolve()
   return {
     refill: key => {
-      if (!held.has(key)) return
+      if (!REFILL || !held.has(key)) return
       pending = Promise.all([pending, reader.hmgetBuffer(key, 'v', 'd', 'e', 'g')]).then(() => {})
     },
     settled: async () => { await pending },
@@ -249,14 +252,67 @@ const cells: Cell[] = (rounds[0] ?? []).map((_, i) => {
 
 /** Time Redis spent in the script's HSET and SPUBLISH (commandstats): tracking's invalidations are sent from the HSET, pub/sub's from the SPUBLISH. */
 const fanOutUs = (c: Cell): number => (c.commands.hset?.[1] ?? 0) + (c.commands.spublish?.[1] ?? 0)
+/**
+ * What an idle fleet costs Redis: IDLE_STORES real stores (TieredStore, default heartbeat and lease) on each
+ * transport, no traffic, Redis CPU and commands over IDLE_MS, per store and second. The write cells above leave
+ * heartbeats out (they cost per second, not per write); this is their share.
+ */
+const IDLE_STORES = Number(process.env.FANOUT_IDLE_STORES ?? 16)
+const IDLE_MS = 5000
+interface Idle { transport: 'pubsub' | 'tracking', stores: number, redisCpuUsPerStoreSecond: number, commandsPerStoreSecond: Record<string, number> }
+async function idleCost (transport: 'pubsub' | 'tracking'): Promise<Idle> {
+  const server = await startRedis({ private: true })
+  const stores: Array<{ store: TieredStore, repository: RedisRepository }> = []
+  try {
+    for (let i = 0; i < IDLE_STORES; i++) {
+      const repository = new RedisRepository({ url: server.url })
+      const store = new TieredStore({ repository, secret: 'a-bench-secret-that-is-at-least-32-bytes-long', coherence: { transport } })
+      await store.start()
+      stores.push({ store, repository })
+    }
+    await new Promise(resolve => setTimeout(resolve, 1000))
+    const stats0 = commandUsec(server)
+    const cpu0 = cpuSeconds(server)
+    const t0 = performance.now()
+    await new Promise(resolve => setTimeout(resolve, IDLE_MS))
+    const cpu1 = cpuSeconds(server)
+    const seconds = (performance.now() - t0) / 1000
+    const commandsPerStoreSecond: Record<string, number> = {}
+    for (const [name, [calls]] of commandUsec(server)) {
+      const c0 = stats0.get(name)?.[0] ?? 0
+      if (name !== 'info' && calls > c0) commandsPerStoreSecond[name] = round((calls - c0) / IDLE_STORES / seconds, 1)
+    }
+    return { transport, stores: IDLE_STORES, redisCpuUsPerStoreSecond: round((cpu1 - cpu0) * 1e6 / IDLE_STORES / seconds, 1), commandsPerStoreSecond }
+  } finally {
+    for (const { store, repository } of stores) { await store.close(); await repository.close() }
+    await server.stop()
+  }
+}
+progress('fanout: idle fleets (heartbeats)')
+const idle: Idle[] = []
+for (const transport of ['pubsub', 'tracking'] as const) idle.push(await idleCost(transport))
+
 const cell = (d: string, n: number, s: number): Cell | undefined => cells.find(c => c.design === d && c.instances === n && c.heldShare === s)
 const growth = DESIGNS.map(d => HELD.map(s => {
   const one = cell(d.name, 1, s)?.redisCpuUsPerWrite
   const top = cell(d.name, Math.max(...FLEET), s)?.redisCpuUsPerWrite
-  return { design: d.name, heldShare: s, ratioTopToOne: one === undefined || top === undefined ? undefined : round(top / one, 2) }
+  // The same ratio within each round (its N=1 and top cells ran minutes apart at most), and those ratios' spread.
+  const perRound = rounds.map(r => {
+    const at = (n: number): number | undefined => r.find(c => c.design === d.name && c.instances === n && c.heldShare === s)?.redisCpuUsPerWrite
+    const a = at(1)
+    const b = at(Math.max(...FLEET))
+    return a === undefined || b === undefined ? NaN : round(b / a, 2)
+  }).filter(x => !Number.isNaN(x)).sort((a, b) => a - b)
+  return {
+    design: d.name,
+    heldShare: s,
+    ratioTopToOne: one === undefined || top === undefined ? undefined : round(top / one, 2),
+    ratioPerRound: perRound,
+    ratioPerRoundMedian: perRound.length === 0 ? undefined : perRound[perRound.length >> 1]
+  }
 })).flat()
 
-writeResult('fanout', { keys: KEYS, partitions: PARTITIONS, writes: WRITES, rounds: ROUNDS, cells, growth, allRounds: rounds }, `
+writeResult('fanout', { keys: KEYS, partitions: PARTITIONS, writes: WRITES, rounds: ROUNDS, cells, growth, idle, allRounds: rounds }, `
 ### Fan-out: Redis CPU per write as the fleet grows (bench/fanout.ts)
 
 One writer (itself subscribed, as a store instance is), N other subscribing instances, one private redis-server per cell, ${KEYS} keys over ${PARTITIONS} partitions,
@@ -275,6 +331,8 @@ a holder's cost (its socket write, its re-read, and on tracking remembering that
 Redis memory: used_memory once every instance is connected and holds its share, minus before (connections, pub/sub
 subscriptions, the tracking table); tracking items: (key, client) pairs in the tracking table then.
 
-Redis CPU per write at N=${Math.max(...FLEET)} over N=1: ${growth.map(g => `${g.design} ${g.heldShare * 100}% held ${g.ratioTopToOne === undefined ? 'n/a' : `${fmt(g.ratioTopToOne)}x`}`).join(', ')}.
+Idle fleet (${IDLE_STORES} real stores, default heartbeat 50 ms, no traffic, ${IDLE_MS / 1000} s): ${idle.map(i => `${i.transport} ${fmt(i.redisCpuUsPerStoreSecond, 1)} us of Redis per store per second (${Object.entries(i.commandsPerStoreSecond).map(([c, n]) => `${c} ${fmt(n, 1)}/s`).join(', ')})`).join('; ')}.
+
+Redis CPU per write at N=${Math.max(...FLEET)} over N=1 (of the medians; within each round, sorted): ${growth.map(g => `${g.design} ${g.heldShare * 100}% held ${g.ratioTopToOne === undefined ? 'n/a' : `${fmt(g.ratioTopToOne)}x`} (${g.ratioPerRound.map(x => `${fmt(x)}`).join(' / ')})`).join(', ')}.${REFILL ? '' : ' FANOUT_REFILL=0: holders did not read invalidated keys again.'}
 `)
 process.exit(0)
