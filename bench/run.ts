@@ -83,7 +83,9 @@ function load (name: string): Loaded | undefined {
     const data = JSON.parse(readFileSync(file, 'utf8')) as Json
     const mtime = statSync(file).mtimeMs
     const ran = outcomes.find(o => o.name === name)
-    return { data, fresh: ran !== undefined && ran.ok && mtime >= ran.startedAt, date: new Date(mtime).toISOString().slice(0, 16).replace('T', ' ') }
+    // The date the benchmark wrote into its result (a checkout's file times say when it was cloned, not measured).
+    const measured = typeof data.date === 'string' && !Number.isNaN(Date.parse(data.date)) ? Date.parse(data.date) : mtime
+    return { data, fresh: ran !== undefined && ran.ok && mtime >= ran.startedAt, date: new Date(measured).toISOString().slice(0, 16).replace('T', ' ') }
   } catch {
     return undefined
   }
