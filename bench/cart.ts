@@ -20,14 +20,16 @@ import { randomBytes } from 'node:crypto'
 import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
+import fastifyCookie from '@fastify/cookie'
+import { Redis } from 'ioredis'
 import { buildShop, PRODUCTS } from '../examples/checkout/app.js'
 import { startRedis, type RedisHandle } from '../scripts/redis-server.js'
-import { commandDelta, commandStats, countRoundTrips, median, peerSession, progress, registerPeerSession, round, roundTripCounter, writeResult, serveUntilStopped, spawnServer, stopServer } from './lib.js'
+import { baselineFile, commandDelta, commandStats, countRoundTrips, median, peerSession, progress, redisCpuUs, registerPeerSession, round, roundTripCounter, writeResult, serveUntilStopped, spawnServer, stopServer } from './lib.js'
 
-type Kind = 'bare' | 'handoff' | 'fsession-redis' | 'secure-session'
+type Kind = 'bare' | 'floor' | 'handoff' | 'handoff-baseline' | 'fsession-redis' | 'secure-session'
 type Case = 'add' | 'add-user' | 'checkout'
 
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const DURATION_S = Number(process.env.BENCH_DURATION ?? 4)
 const WARMUP_S = Number(process.env.BENCH_WARMUP ?? 1)
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 10)
@@ -38,17 +40,26 @@ const BARE_CHECKOUT_S = 2
 const SECRET = 'fastify-handoff bench secret, at least 32 bytes long'
 const SELF = fileURLToPath(import.meta.url)
 
-/** Which server runs which case, in the order of a round. The bare server is every case's ratio base. */
+/** The handoff server of an older checkout (BENCH_BASELINE), run next to this one for a before/after from one run. */
+const BASELINE = baselineFile('cart.ts')
+/**
+ * Which server runs which case, in the order of a round. The bare server is every case's ratio base; the floor (the
+ * cookie parsed and one ioredis SET of the cart's JSON per add, nothing else) is the base of the CPU ratio.
+ */
 const PLAN: Array<{ kind: Kind, case: Case }> = [
   { kind: 'bare', case: 'add' },
+  { kind: 'floor', case: 'add' },
   { kind: 'handoff', case: 'add' },
+  ...(BASELINE === undefined ? [] : [{ kind: 'handoff-baseline' as const, case: 'add' as const }]),
   { kind: 'handoff', case: 'add-user' },
   { kind: 'fsession-redis', case: 'add' },
   { kind: 'secure-session', case: 'add' },
   { kind: 'bare', case: 'checkout' },
-  { kind: 'handoff', case: 'checkout' }
+  { kind: 'handoff', case: 'checkout' },
+  ...(BASELINE === undefined ? [] : [{ kind: 'handoff-baseline' as const, case: 'checkout' as const }])
 ]
-const KINDS: Kind[] = ['bare', 'handoff', 'fsession-redis', 'secure-session']
+const KINDS: Kind[] = ['bare', 'floor', 'handoff', ...(BASELINE === undefined ? [] : ['handoff-baseline' as const]), 'fsession-redis', 'secure-session']
+const isHandoff = (kind: Kind): boolean => kind === 'handoff' || kind === 'handoff-baseline'
 
 const ITEM_SCHEMA = {
   body: {
@@ -115,7 +126,32 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
       if (typeof key !== 'string') return await reply.code(400).send({ error: 'the Idempotency-Key header is required' })
       return { orderId: `ord_${key.slice(-24)}`, status: 'placed', total: 5700, currency: 'EUR', instance: 'bench' }
     })
-  } else {
+  } else if (kind === 'floor') {
+    // Issue 17's floor for a cart add: the cookie parsed and one ioredis SET of the cart's JSON, nothing else (the cart
+    // is kept in this process, so no read; no compare-and-set, no sealing, no signed cookie).
+    app = Fastify({ logger: false, bodyLimit: 16 * 1024 })
+    await app.register(fastifyCookie)
+    // The same client settings as the store's RedisRepository (no auto-pipelining, no offline queue).
+    const client = new Redis(redisUrl, { enableAutoPipelining: false, enableOfflineQueue: false, maxRetriesPerRequest: 0 })
+    client.on('error', () => {})
+    await new Promise(resolve => client.once('ready', resolve))
+    close = async () => { await client.quit() }
+    const carts = new Map<string, PeerCart>()
+    app.post<{ Body: { sku: string, qty?: number } }>('/api/cart/items', { schema: ITEM_SCHEMA }, async (req, reply) => {
+      const product = PRODUCTS.find(p => p.sku === req.body.sku)
+      if (product === undefined) return await reply.code(404).send({ error: `no product ${req.body.sku}` })
+      let id = req.cookies.cart
+      if (id === undefined) {
+        id = randomBytes(16).toString('base64url')
+        reply.setCookie('cart', id, { path: '/', httpOnly: true, sameSite: 'lax' })
+      }
+      const cart = addItem(carts.get(id) ?? { items: [], version: 0 }, product, req.body.qty ?? 1)
+      carts.set(id, cart)
+      await client.set(`floor:cart:${id}`, JSON.stringify(cart), 'PX', 1_800_000)
+      roundTripCounter.count++
+      return cartView(cart.items, cart.version)
+    })
+  } else if (kind === 'fsession-redis' || kind === 'secure-session') {
     app = Fastify({ logger: false, bodyLimit: 16 * 1024 })
     close = await registerPeerSession(app, kind, redisUrl, SECRET)
     app.post<{ Body: { user: string } }>('/bench/login', async (req) => {
@@ -131,6 +167,8 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
       s.set('cart', cart)
       return cartView(cart.items, cart.version)
     })
+  } else {
+    throw new Error(`${kind} runs from the baseline checkout's own bench file`)
   }
   app.get('/__cpu', { config: { handoffSession: false } }, async () => ({ ...process.cpuUsage(), roundTrips: roundTripCounter.count, orders: orders() }))
   return { app, close }
@@ -192,7 +230,7 @@ function storeCookies (jar: Jar, setCookie: string | string[] | undefined): void
 interface Server { kind: Kind, child: ChildProcess, base: string }
 
 async function startServer (kind: Kind, redisUrl: string): Promise<Server> {
-  return { kind, ...await spawnServer(SELF, kind, redisUrl) }
+  return { kind, ...await (kind === 'handoff-baseline' ? spawnServer(BASELINE as string, 'handoff', redisUrl) : spawnServer(SELF, kind, redisUrl)) }
 }
 
 /** One API call with the jar's cookies; the answer's cookies go back into the jar. Non-2xx throws. */
@@ -247,6 +285,8 @@ interface Run {
   /** First non-2xx answers, to say what went wrong. */
   failures: string[]
   cpuUsPerReq: number
+  /** redis-server's CPU per request (all servers share it; the idle ones add their heartbeats). */
+  redisCpuUsPerReq: number
   roundTripsPerReq: number
   commandsPerReq: number
   byCommand: Record<string, number>
@@ -314,13 +354,15 @@ function checkoutRequest (jars: Jar[], failures: string[], timing?: { last: numb
 async function runOnce (s: Server, c: Case, redis: RedisHandle): Promise<Run> {
   const url = s.base
   const failures: string[] = []
-  const measure = async (run: () => Promise<AutocannonResult>): Promise<{ r: AutocannonResult, p0: Awaited<ReturnType<typeof probe>>, p1: Awaited<ReturnType<typeof probe>>, before: Map<string, number>, after: Map<string, number> }> => {
+  const measure = async (run: () => Promise<AutocannonResult>): Promise<{ r: AutocannonResult, p0: Awaited<ReturnType<typeof probe>>, p1: Awaited<ReturnType<typeof probe>>, before: Map<string, number>, after: Map<string, number>, redisCpuUs: number }> => {
     const before = commandStats(redis)
     const p0 = await probe(s)
+    const rc0 = redisCpuUs(redis)
     const r = await run()
+    const rc1 = redisCpuUs(redis)
     const p1 = await probe(s)
     const after = commandStats(redis)
-    return { r, p0, p1, before, after }
+    return { r, p0, p1, before, after, redisCpuUs: rc1 - rc0 }
   }
   let m: Awaited<ReturnType<typeof measure>>
   if (c === 'checkout') {
@@ -353,7 +395,7 @@ async function runOnce (s: Server, c: Case, redis: RedisHandle): Promise<Run> {
   const per: Record<string, number> = {}
   for (const [k, v] of Object.entries(data)) per[k] = round(v / requests, 4)
   // The peers use plain commands (no scripts): for them every command is a round trip.
-  const trips = s.kind === 'handoff' ? m.p1.roundTrips - m.p0.roundTrips : total
+  const trips = isHandoff(s.kind) || s.kind === 'floor' ? m.p1.roundTrips - m.p0.roundTrips : total
   return {
     rps: requests / result.duration,
     requests,
@@ -364,6 +406,7 @@ async function runOnce (s: Server, c: Case, redis: RedisHandle): Promise<Run> {
     failures,
     // includes the two /__cpu requests, negligible
     cpuUsPerReq: round((m.p1.cpu - m.p0.cpu) / requests, 2),
+    redisCpuUsPerReq: round(m.redisCpuUs / requests, 2),
     roundTripsPerReq: round(trips / requests, 4),
     commandsPerReq: round(total / requests, 4),
     byCommand: per,
@@ -379,6 +422,10 @@ export interface CartRow {
   ratiosPerRound: number[]
   requestsPerRound: number[]
   cpuUsPerReq: number
+  redisCpuUsPerReq: number
+  /** Server + Redis CPU per request over the floor's in the same round (cart adds only), median; per round. */
+  cpuRatioToFloor: number | null
+  cpuRatiosToFloorPerRound: number[]
   p50Ms: number
   p99Ms: number
   redisRoundTripsPerReq: number
@@ -400,15 +447,18 @@ async function drive (): Promise<void> {
       servers.set(kind, await startServer(kind, redis.url))
     }
     // Checkout's first round should not pay for the JIT alone: a few checkouts before round 1.
-    const handoff = servers.get('handoff') as Server
-    progress('cart: warming up checkout')
-    const warm = await prepareCarts(handoff, 200, { signedIn: false, checkout: true })
-    await autocannon({ url: handoff.base, connections: CONNECTIONS, amount: warm.length, requests: [checkoutRequest(warm, [])] })
+    for (const handoff of [...servers.values()].filter(x => isHandoff(x.kind))) {
+      progress(`cart: warming up checkout (${handoff.kind})`)
+      const warm = await prepareCarts(handoff, 200, { signedIn: false, checkout: true })
+      await autocannon({ url: handoff.base, connections: CONNECTIONS, amount: warm.length, requests: [checkoutRequest(warm, [])] })
+    }
 
     const runs = new Map<string, Run[]>()
     const ratios = new Map<string, number[]>()
+    const floorRatios = new Map<string, number[]>()
     for (let r = 0; r < ROUNDS; r++) {
       const bare = new Map<Case, number>()
+      let floorCpu = NaN
       for (const { kind, case: c } of PLAN) {
         const id = `${kind}/${c}`
         progress(`cart: round ${r + 1}/${ROUNDS} ${id}`)
@@ -417,8 +467,12 @@ async function drive (): Promise<void> {
         if (kind === 'bare') bare.set(c === 'checkout' ? 'checkout' : 'add', run.rps)
         const base = bare.get(c === 'checkout' ? 'checkout' : 'add') as number
         ratios.set(id, [...(ratios.get(id) ?? []), run.rps / base])
+        // Server + Redis CPU over the floor's (an anonymous add) in the same round; the floor runs right after bare.
+        if (kind === 'floor') floorCpu = run.cpuUsPerReq + run.redisCpuUsPerReq
+        const toFloor = c !== 'checkout' && kind !== 'bare' ? (run.cpuUsPerReq + run.redisCpuUsPerReq) / floorCpu : undefined
+        if (toFloor !== undefined) floorRatios.set(id, [...(floorRatios.get(id) ?? []), toFloor])
         process.stderr.write(`\r\x1b[Kround ${r + 1} ${id.padEnd(24)} ${Math.round(run.rps).toString().padStart(6)} req/s  ${(run.rps / base).toFixed(2)}x bare  ` +
-          `${run.cpuUsPerReq} us CPU/req  ${run.roundTripsPerReq} round trips/req  p50 ${run.p50} p99 ${run.p99} ms` +
+          `${run.cpuUsPerReq} + ${run.redisCpuUsPerReq} us CPU/req (server + Redis)${toFloor === undefined ? '' : `, ${toFloor.toFixed(2)}x floor`}  ${run.roundTripsPerReq} round trips/req  p50 ${run.p50} p99 ${run.p99} ms` +
           `${run.errors + run.non2xx > 0 ? `  errors ${run.errors} non2xx ${run.non2xx} ${run.failures.join(' | ')}` : ''}\n`)
       }
     }
@@ -433,6 +487,9 @@ async function drive (): Promise<void> {
         ratiosPerRound: (ratios.get(id) ?? []).map(x => round(x, 3)),
         requestsPerRound: rs.map(x => x.requests),
         cpuUsPerReq: round(median(rs.map(x => x.cpuUsPerReq)), 2),
+        redisCpuUsPerReq: round(median(rs.map(x => x.redisCpuUsPerReq)), 2),
+        cpuRatioToFloor: floorRatios.has(id) ? round(median(floorRatios.get(id) ?? []), 3) : null,
+        cpuRatiosToFloorPerRound: (floorRatios.get(id) ?? []).map(x => round(x, 3)),
         p50Ms: median(rs.map(x => x.p50)),
         p99Ms: median(rs.map(x => x.p99)),
         redisRoundTripsPerReq: round(median(rs.map(x => x.roundTripsPerReq)), 4),
@@ -467,6 +524,8 @@ async function drive (): Promise<void> {
 
 const LABEL: Record<Kind, string> = {
   bare: 'bare Fastify (same JSON work, no state)',
+  floor: 'floor: bare Fastify + @fastify/cookie + one ioredis SET of the cart\'s JSON per add',
+  'handoff-baseline': `fastify-handoff, baseline (${process.env.BENCH_BASELINE_LABEL ?? 'older checkout'})`,
   handoff: 'fastify-handoff (example shop: store, auth-session, cart, metrics)',
   'fsession-redis': '@fastify/session + connect-redis, cart in the session',
   'secure-session': '@fastify/secure-session, cart in the cookie'
@@ -484,13 +543,13 @@ function markdown (r: { date: string, node: string, cpus: string, redis: string,
     `before the run (bare: ${s.bareCheckoutS as number} s). Runs interleaved, median of ${s.rounds as number} rounds. Load average (1/5/15 min) ` +
     `before: ${r.loadAverage.before.join(' / ')}, after: ${r.loadAverage.after.join(' / ')} (2 cores, shared machine).`,
     '',
-    '| case | server | req/s | x bare (per round) | server CPU us/req | p50 / p99 ms | Redis round trips/req | Redis commands/req (commandstats, incl. inside Lua) |',
-    '|---|---|---:|---:|---:|---:|---:|---|'
+    '| case | server | req/s | x bare (per round) | server CPU us/req | Redis CPU us/req | server + Redis CPU x floor (per round) | p50 / p99 ms | Redis round trips/req | Redis commands/req (commandstats, incl. inside Lua) |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---|'
   ]
   for (const row of r.rows) {
     const by = Object.entries(row.redisByCommand).map(([k, v]) => `${k} ${v}`).join(', ')
     lines.push(`| ${CASE_LABEL[row.case]} | ${LABEL[row.kind]} | ${row.rps} | ${row.ratioToBare.toFixed(2)} (${row.ratiosPerRound.map(x => x.toFixed(2)).join(' / ')}) | ` +
-      `${row.cpuUsPerReq} | ${row.p50Ms} / ${row.p99Ms} | ${row.redisRoundTripsPerReq} | ${row.redisCommandsPerReq}${by === '' ? '' : ` (${by})`} |` +
+      `${row.cpuUsPerReq} | ${row.redisCpuUsPerReq} | ${row.cpuRatioToFloor === null ? '-' : `${row.cpuRatioToFloor.toFixed(2)} (${row.cpuRatiosToFloorPerRound.map(x => x.toFixed(2)).join(' / ')})`} | ${row.p50Ms} / ${row.p99Ms} | ${row.redisRoundTripsPerReq} | ${row.redisCommandsPerReq}${by === '' ? '' : ` (${by})`} |` +
       (row.errors > 0 ? ` **${row.errors} errors**: ${row.failures.join('; ').replace(/\|/g, '/')}` : ''))
   }
   const placed = r.rows.find(x => x.kind === 'handoff' && x.case === 'checkout')?.ordersPlaced ?? 0
@@ -500,7 +559,12 @@ function markdown (r: { date: string, node: string, cpus: string, redis: string,
     'checkout uses the shop\'s routes with a provider that answers at once (the example\'s FakeProvider writes each ' +
     `charge to the same Redis); ${placed} orders placed over the rounds. Round trips: for fastify-handoff, Repository calls ` +
     'counted in the server (a Lua script is one); for connect-redis every command. Commands: INFO commandstats delta, ' +
-    'INFO and the subscriber heartbeat PING left out. Latency in whole milliseconds (autocannon).',
+    'INFO and the subscriber heartbeat PING left out. CPU: the server process\'s (process.cpuUsage) and redis-server\'s ' +
+    '(INFO cpu; every server shares it, so the idle ones\' heartbeats are in every row) per request; "x floor" is ' +
+    'server + Redis over the floor\'s in the same round (the floor keeps the cart in its process and SETs its JSON: ' +
+    'no read, no compare-and-set, no sealing, no signed cookie). Targets (issue 17): cart add <= 2x the floor\'s CPU ' +
+    'and ahead of connect-redis by a clear margin in req/s; a first checkout in 3 Redis round trips. ' +
+    'Latency in whole milliseconds (autocannon).',
     '', `Whole run: ${r.elapsedS} s.`, '')
   return lines.join('\n')
 }

@@ -72,6 +72,28 @@ export function commandDelta (before: Map<string, number>, after: Map<string, nu
   return { data, ping }
 }
 
+/**
+ * redis-server's own CPU time so far (used_cpu_sys + used_cpu_user of INFO cpu, all its threads), in microseconds: the
+ * delta over a run divided by its requests is the Redis side of a request's cost. Every server of a benchmark shares
+ * the one private redis-server, so the idle ones add their heartbeats (a few PINGs per second each) to the figure.
+ */
+export function redisCpuUs (redis: { cli: (...args: string[]) => string }): number {
+  const info = redis.cli('INFO', 'cpu')
+  const sys = Number(/used_cpu_sys:([\d.]+)/.exec(info)?.[1] ?? NaN)
+  const user = Number(/used_cpu_user:([\d.]+)/.exec(info)?.[1] ?? NaN)
+  return (sys + user) * 1e6
+}
+
+/**
+ * The benchmark file of an older checkout to run next to this one (BENCH_BASELINE=<directory of that checkout, with
+ * node_modules>): the same server kind from the old code, measured in the same run, so a before/after table comes
+ * from one run instead of two runs on a noisy machine.
+ */
+export function baselineFile (name: string): string | undefined {
+  const dir = process.env.BENCH_BASELINE
+  return dir === undefined || dir === '' ? undefined : `${dir.replace(/\/$/, '')}/bench/${name}`
+}
+
 /** What the peers' node-redis client needs to offer the benchmarks. */
 export interface RedisLike {
   on: (event: string, fn: (...args: unknown[]) => void) => void

@@ -22,7 +22,7 @@ import { handoffStore } from '../plugins/store.js'
 import { authSession } from '../plugins/auth-session.js'
 import { KeyRing, Sealer } from '../lib/seal.js'
 import { startRedis, type RedisHandle } from '../scripts/redis-server.js'
-import { commandDelta, commandStats, countRoundTrips, median, peerSession, registerPeerSession, round, roundTripCounter, serveUntilStopped, spawnServer, stopServer } from './lib.js'
+import { baselineFile, commandDelta, commandStats, countRoundTrips, median, peerSession, redisCpuUs, registerPeerSession, round, roundTripCounter, serveUntilStopped, spawnServer, stopServer } from './lib.js'
 
 declare module '../plugins/auth-session.js' {
   interface SessionData {
@@ -30,8 +30,8 @@ declare module '../plugins/auth-session.js' {
   }
 }
 
-type Kind = 'bare' | 'floor' | 'floor-sealed' | 'handoff' | 'fsession-redis' | 'secure-session' | 'handoff-embedded'
-type Case = 'read' | 'write'
+type Kind = 'bare' | 'floor' | 'floor-sealed' | 'handoff' | 'handoff-baseline' | 'fsession-redis' | 'secure-session' | 'handoff-embedded'
+type Case = 'read' | 'write' | 'write-fixed'
 
 /** autocannon ships no types; the part used here. */
 interface AutocannonClient { setHeaders: (headers: Record<string, string>) => void }
@@ -47,16 +47,28 @@ const autocannon = requireCjs('autocannon') as (opts: {
   url: string
   connections: number
   duration: number
+  overallRate?: number
   setupClient?: (client: AutocannonClient) => void
 }) => Promise<AutocannonResult>
 
 // handoff-embedded: the same plugin on the in-process repository (no Redis), to separate the plugin's and the store's
 // own CPU from the cost of talking to Redis. For reference only; it cannot be shared between instances.
-// floor: bare Fastify plus @fastify/cookie and exactly one ioredis round trip (a SET) per write, nothing else: what
-// the target's "one round trip" costs on its own on this machine, the ceiling for any server-side session store.
+// floor: bare Fastify plus @fastify/cookie (the incoming cookie parsed) and exactly one ioredis SET of the session's
+// JSON per write, nothing else: what the target's "one round trip" costs on its own on this machine, the ceiling for
+// any server-side session store (issue 17's floor).
 // floor-sealed: the floor plus what a sealed session with a version cookie must do per write (seal, sign), no more.
-const KINDS: Kind[] = ['bare', 'floor', 'floor-sealed', 'handoff', 'fsession-redis', 'secure-session', 'handoff-embedded']
-const CASES: Case[] = ['read', 'write']
+// handoff-baseline: the handoff server of an older checkout (BENCH_BASELINE), for a before/after from one run.
+const BASELINE = baselineFile('session.ts')
+const ALL_KINDS: Kind[] = ['bare', 'floor', 'floor-sealed', 'handoff', ...(BASELINE === undefined ? [] : ['handoff-baseline' as const]), 'fsession-redis', 'secure-session', 'handoff-embedded']
+// BENCH_KINDS=handoff,fsession-redis runs those only (bare and the floor always run: every ratio needs them).
+const KINDS: Kind[] = process.env.BENCH_KINDS === undefined
+  ? ALL_KINDS
+  : ALL_KINDS.filter(k => k === 'bare' || k === 'floor' || (process.env.BENCH_KINDS ?? '').split(',').includes(k))
+// write-fixed: the write route at a fixed offered load (BENCH_FIXED_RATE req/s, below what every server reaches), so
+// CPU per request compares the same work at the same rate: in the closed loop a faster server batches more per
+// system call and pays less per request for it.
+const CASES: Case[] = (process.env.BENCH_CASES?.split(',') as Case[] | undefined) ?? ['read', 'write', 'write-fixed']
+const FIXED_RATE = Number(process.env.BENCH_FIXED_RATE ?? 1500)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const DURATION_S = Number(process.env.BENCH_DURATION ?? 4)
 const WARMUP_S = Number(process.env.BENCH_WARMUP ?? 1)
@@ -94,10 +106,12 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
     app.get('/read', async () => ({ n: 1 }))
     if (kind === 'floor') {
       let n = 0
-      app.get('/write', async () => {
-        await client.set('floor:n', String(++n))
+      app.get('/write', async (request) => {
+        const id = (request.cookies['handoff.sid'] ?? '').slice(0, 32) || sid
+        const data = { n: ++n }
+        await client.set(`floor:${id}`, JSON.stringify(data), 'PX', 1_800_000)
         roundTripCounter.count++
-        return { n }
+        return data
       })
     } else {
       // What a sealed server-side session with a version cookie cannot avoid per write, and nothing more: JSON of
@@ -123,7 +137,7 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
     app.get('/login', async (request) => { request.session.set('n', 0); return { n: 0 } })
     app.get('/read', async (request) => ({ n: request.session.get('n') }))
     app.get('/write', async (request) => ({ n: request.session.increment('n') }))
-  } else {
+  } else if (kind === 'fsession-redis' || kind === 'secure-session') {
     close = await registerPeerSession(app, kind, redisUrl, SECRET)
     app.get('/login', async (request) => { peerSession(request).set('n', 0); return { n: 0 } })
     app.get('/read', async (request) => ({ n: peerSession(request).get('n') }))
@@ -133,6 +147,8 @@ async function buildServer (kind: Kind, redisUrl: string): Promise<{ app: Fastif
       s.set('n', n)
       return { n }
     })
+  } else {
+    throw new Error(`${kind} runs from the baseline checkout's own bench file`)
   }
   app.get('/__cpu', async () => ({ ...process.cpuUsage(), roundTrips: roundTripCounter.count }))
   return { app, close }
@@ -149,7 +165,7 @@ async function serve (kind: Kind, redisUrl: string): Promise<void> {
 interface Server { kind: Kind, child: ChildProcess, base: string, cookies: string[] }
 
 async function startServer (kind: Kind, redisUrl: string): Promise<Server> {
-  const { child, base } = await spawnServer(SELF, kind, redisUrl)
+  const { child, base } = kind === 'handoff-baseline' ? await spawnServer(BASELINE as string, 'handoff', redisUrl) : await spawnServer(SELF, kind, redisUrl)
   // One session per connection, as with that many users: a single shared session would measure contention on one
   // key instead (a separate question, answered by the concurrency test). The floors hand out one fixed cookie: a
   // plain SET does not contend.
@@ -175,6 +191,8 @@ interface Run {
   errors: number
   non2xx: number
   cpuUsPerReq: number
+  /** redis-server's CPU per request (all servers share it; the idle ones add their heartbeats). */
+  redisCpuUsPerReq: number
   /** Top-level Redis commands per request (a Lua script once). */
   roundTripsPerReq: number
   /** Commands per request as INFO commandstats counts them (inside Lua scripts too). */
@@ -184,17 +202,20 @@ interface Run {
 }
 
 async function runOnce (s: Server, c: Case, redis: RedisHandle): Promise<Run> {
-  const url = `${s.base}/${c}`
+  const url = `${s.base}/${c === 'write-fixed' ? 'write' : c}`
+  const rate = c === 'write-fixed' ? { overallRate: FIXED_RATE } : {}
   let next = 0
   const setupClient = (client: AutocannonClient): void => {
     const cookie = s.cookies[next++ % Math.max(1, s.cookies.length)]
     if (cookie !== undefined && cookie !== '') client.setHeaders({ cookie })
   }
-  if (WARMUP_S > 0) await autocannon({ url, setupClient, connections: CONNECTIONS, duration: WARMUP_S })
+  if (WARMUP_S > 0) await autocannon({ url, setupClient, connections: CONNECTIONS, duration: WARMUP_S, ...rate })
   const before = commandStats(redis)
   const p0 = await probe(s)
+  const rc0 = redisCpuUs(redis)
   next = 0
-  const r = await autocannon({ url, setupClient, connections: CONNECTIONS, duration: DURATION_S })
+  const r = await autocannon({ url, setupClient, connections: CONNECTIONS, duration: DURATION_S, ...rate })
+  const rc1 = redisCpuUs(redis)
   const p1 = await probe(s)
   const after = commandStats(redis)
   const requests = r.requests.total
@@ -203,7 +224,7 @@ async function runOnce (s: Server, c: Case, redis: RedisHandle): Promise<Run> {
   const per: Record<string, number> = {}
   for (const [k, v] of Object.entries(data)) per[k] = round(v / requests, 4)
   // The peers use plain commands (no scripts): for them every command is a round trip.
-  const roundTrips = s.kind === 'handoff' || s.kind.startsWith('floor') ? p1.roundTrips - p0.roundTrips : s.kind === 'handoff-embedded' ? 0 : total
+  const roundTrips = s.kind.startsWith('handoff-') ? (s.kind === 'handoff-embedded' ? 0 : p1.roundTrips - p0.roundTrips) : s.kind === 'handoff' || s.kind.startsWith('floor') ? p1.roundTrips - p0.roundTrips : s.kind === 'handoff-embedded' ? 0 : total
   return {
     rps: r.requests.average,
     p99: r.latency.p99,
@@ -211,6 +232,7 @@ async function runOnce (s: Server, c: Case, redis: RedisHandle): Promise<Run> {
     non2xx: r.non2xx,
     // includes the one /__cpu request, negligible
     cpuUsPerReq: round((p1.cpu - p0.cpu) / requests, 2),
+    redisCpuUsPerReq: round((rc1 - rc0) / requests, 2),
     roundTripsPerReq: round(roundTrips / requests, 4),
     commandsPerReq: round(total / requests, 4),
     byCommand: per,
@@ -229,19 +251,25 @@ async function drive (): Promise<void> {
     const runs = new Map<string, Run[]>()
     const ratios = new Map<string, number[]>()
     const cpuRatios = new Map<string, number[]>()
+    const floorRatios = new Map<string, number[]>()
     for (let round = 0; round < ROUNDS; round++) {
       for (const c of CASES) {
         let bare = 0
         let bareCpu = 0
+        let floorCpu = 0
         for (const s of servers) {
           const r = await runOnce(s, c, redis)
           const id = `${s.kind}/${c}`
           runs.set(id, [...(runs.get(id) ?? []), r])
           if (s.kind === 'bare') { bare = r.rps; bareCpu = r.cpuUsPerReq }
+          // Server + Redis CPU per request over the floor's, in the same round (bare runs first, then the floor).
+          if (s.kind === 'floor') floorCpu = r.cpuUsPerReq + r.redisCpuUsPerReq
           ratios.set(id, [...(ratios.get(id) ?? []), r.rps / bare])
           cpuRatios.set(id, [...(cpuRatios.get(id) ?? []), bareCpu / r.cpuUsPerReq])
+          if (s.kind !== 'bare') floorRatios.set(id, [...(floorRatios.get(id) ?? []), (r.cpuUsPerReq + r.redisCpuUsPerReq) / floorCpu])
           process.stderr.write(`round ${round + 1} ${id.padEnd(22)} ${Math.round(r.rps).toString().padStart(6)} req/s  ${(r.rps / bare).toFixed(2)}x bare  ` +
-            `${r.cpuUsPerReq} us CPU/req  ${r.roundTripsPerReq} Redis round trips/req  p99 ${r.p99} ms${r.errors + r.non2xx > 0 ? `  errors ${r.errors} non2xx ${r.non2xx}` : ''}\n`)
+            `${r.cpuUsPerReq} + ${r.redisCpuUsPerReq} us CPU/req (server + Redis), ${s.kind === 'bare' ? '-' : ((r.cpuUsPerReq + r.redisCpuUsPerReq) / floorCpu).toFixed(2)}x floor  ` +
+            `${r.roundTripsPerReq} Redis round trips/req  p99 ${r.p99} ms${r.errors + r.non2xx > 0 ? `  errors ${r.errors} non2xx ${r.non2xx}` : ''}\n`)
         }
       }
     }
@@ -261,6 +289,9 @@ async function drive (): Promise<void> {
           // does not depend on how much CPU the load generator and the other processes got), not the target metric.
           cpuRatioToBare: round(median(cpuRatios.get(id) ?? []), 3),
           cpuUsPerReq: round(median(rs.map(r => r.cpuUsPerReq)), 2),
+          redisCpuUsPerReq: round(median(rs.map(r => r.redisCpuUsPerReq)), 2),
+          cpuRatioToFloor: kind === 'bare' ? null : round(median(floorRatios.get(id) ?? []), 3),
+          cpuRatiosToFloorPerRound: (floorRatios.get(id) ?? []).map(x => round(x, 3)),
           p99Ms: median(rs.map(r => r.p99)),
           redisRoundTripsPerReq: round(median(rs.map(r => r.roundTripsPerReq)), 4),
           redisCommandsPerReq: round(median(rs.map(r => r.commandsPerReq)), 4),
@@ -275,9 +306,9 @@ async function drive (): Promise<void> {
       node: process.version,
       cpus: `${cpus().length} x ${cpus()[0]?.model ?? '?'}`,
       redis: redis.cli('INFO', 'server').match(/redis_version:(\S+)/)?.[1] ?? '?',
-      settings: { rounds: ROUNDS, durationS: DURATION_S, warmupS: WARMUP_S, connections: CONNECTIONS, pipelining: 1 },
+      settings: { rounds: ROUNDS, durationS: DURATION_S, warmupS: WARMUP_S, connections: CONNECTIONS, pipelining: 1, fixedRate: FIXED_RATE },
       loadAverage: { before: loadBefore, after: loadavg().map(x => round(x, 2)) },
-      targets: { read: '>= 0.85x bare, 0 Redis commands', write: '>= 0.45x bare, 1 round trip' },
+      targets: { read: '>= 0.85x bare, 0 Redis commands', write: 'server + Redis CPU per request <= 1.3x the floor, req/s ahead of @fastify/session + connect-redis in every round, 1 round trip' },
       rows,
       elapsedS: Math.round((Date.now() - started) / 1000)
     }
@@ -297,6 +328,7 @@ function markdown (r: { date: string, node: string, cpus: string, redis: string,
     floor: 'floor: bare Fastify + @fastify/cookie + one ioredis SET per write',
     'floor-sealed': 'floor + what a sealed session must do per write (JSON, AES-GCM seal, SET, re-signed cookie; incoming cookie not checked)',
     handoff: 'fastify-handoff auth-session',
+    'handoff-baseline': `fastify-handoff auth-session, baseline (${process.env.BENCH_BASELINE_LABEL ?? 'older checkout'})`,
     'fsession-redis': '@fastify/session + connect-redis (rolling: false)',
     'secure-session': '@fastify/secure-session (cookie only)',
     'handoff-embedded': 'fastify-handoff, embedded repository (no Redis; reference)'
@@ -309,21 +341,25 @@ function markdown (r: { date: string, node: string, cpus: string, redis: string,
     'Servers in their own processes; autocannon in the driver process. ' +
     `Load average (1/5/15 min) before: ${r.loadAverage.before.join(' / ')}, after: ${r.loadAverage.after.join(' / ')} (2 cores, shared machine).`,
     '',
-    '| case | server | req/s | x bare (per round) | server CPU us/req | x bare by CPU/req | p99 ms | Redis round trips/req | Redis commands/req (commandstats, incl. inside Lua) |',
-    '|---|---|---:|---:|---:|---:|---:|---:|---|'
+    '| case | server | req/s | x bare (per round) | server CPU us/req | Redis CPU us/req | server + Redis CPU x floor (per round) | p99 ms | Redis round trips/req | Redis commands/req (commandstats, incl. inside Lua) |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---|'
   ]
   for (const row of r.rows) {
     const by = Object.entries(row.redisByCommand as Record<string, number>).map(([k, v]) => `${k} ${v}`).join(', ')
-    lines.push(`| ${row.case as string} | ${label[row.kind as string] ?? ''} | ${row.rps as number} | ${(row.ratioToBare as number).toFixed(2)} (${(row.ratiosPerRound as number[]).map(x => x.toFixed(2)).join(' / ')}) | ` +
-      `${row.cpuUsPerReq as number} | ${(row.cpuRatioToBare as number).toFixed(2)} | ${row.p99Ms as number} | ${row.redisRoundTripsPerReq as number} | ${row.redisCommandsPerReq as number}${by === '' ? '' : ` (${by})`} |`)
+    lines.push(`| ${row.case === 'write-fixed' ? `write at ${r.settings.fixedRate as number} req/s offered` : row.case as string} | ${label[row.kind as string] ?? ''} | ${row.rps as number} | ${(row.ratioToBare as number).toFixed(2)} (${(row.ratiosPerRound as number[]).map(x => x.toFixed(2)).join(' / ')}) | ` +
+      `${row.cpuUsPerReq as number} | ${row.redisCpuUsPerReq as number} | ${row.cpuRatioToFloor === null ? '-' : `${(row.cpuRatioToFloor as number).toFixed(2)} (${(row.cpuRatiosToFloorPerRound as number[]).map(x => x.toFixed(2)).join(' / ')})`} | ${row.p99Ms as number} | ${row.redisRoundTripsPerReq as number} | ${row.redisCommandsPerReq as number}${by === '' ? '' : ` (${by})`} |`)
   }
   lines.push('', 'One session per autocannon connection (10 users), so the write case measures the write path, not contention on ' +
     'one key. Round trips: for fastify-handoff, Repository calls counted in the server (a Lua script is one); for ' +
     'connect-redis, every command (it runs no scripts). Commands: INFO commandstats delta over the run, which also ' +
     'counts the commands a Lua script runs; INFO (the measurement) and PING (the store\'s subscriber heartbeat, 20/s ' +
-    'per handoff instance whatever the load, also while other servers are measured) are left out. Targets: read >= ' +
-    '0.85x bare with 0 Redis commands; write >= 0.45x bare with one round trip (req/s ratios; "x bare by CPU/req" is ' +
-    'bare\'s server CPU per request over the server\'s, median of the rounds, for a steadier view of the cost).', '', `Whole run: ${r.elapsedS} s.`, '')
+    'per handoff instance whatever the load, also while other servers are measured) are left out. CPU: the server ' +
+    'process\'s (process.cpuUsage) and redis-server\'s (INFO cpu, all servers share it, so the idle ones\' heartbeats are ' +
+    'in every row) over the run, per request; "x floor" is (server + Redis) over the floor\'s (server + Redis) in the ' +
+    'same round, median of the rounds. CPU per request is measured under the closed loop of 10 connections, so a ' +
+    'server that answers faster also batches more per system call: the floor, at several times the req/s, pays less ' +
+    'per request for its socket work. Targets (issue 17): read >= 0.85x bare with 0 Redis commands; write server + ' +
+    'Redis CPU <= 1.3x the floor, req/s ahead of @fastify/session + connect-redis in every round, one round trip.', '', `Whole run: ${r.elapsedS} s.`, '')
   return lines.join('\n')
 }
 
