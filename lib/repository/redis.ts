@@ -128,6 +128,7 @@ export class RedisRepository implements Repository {
     const base: RedisOptions = {
       // No auto-pipelining: ioredis runs one auto-pipeline per connection at a time, and a pipeline whose callback
       // never came (seen after a freeze or a restart with the offline queue off) held every later command forever.
+      // The commands of one event-loop turn still leave in one socket write: see WriteCoalescer (coalesceWrites).
       enableAutoPipelining: false,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
