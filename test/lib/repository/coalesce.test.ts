@@ -163,3 +163,33 @@ t.test('Sentinel: the commands of one turn leave in one socket write to the prim
   t.equal(writes(), 1)
   t.ok(results.every(r => r.ok))
 })
+
+t.test('close() in the turn that corked commands: every command settles, none hangs', async t => {
+  const repo = await open(server, { commandTimeoutMs: 2000 })
+  await repo.get('warm:{p1}:a')
+  const ops: Array<Promise<unknown>> = []
+  for (let i = 0; i < 10; i++) ops.push(repo.compareAndSet(`closing:{p${i % 4}}:k${i}`, null, Buffer.from('v'), 10_000))
+  const started = performance.now()
+  const closing = repo.close()
+  const settled = await Promise.allSettled(ops)
+  await closing
+  t.ok(performance.now() - started < 1000, 'settled well before the command timeout')
+  // QUIT lets the replies to what was sent before it arrive: the corked commands went out with it, in order.
+  t.ok(settled.every(s => s.status === 'fulfilled' && (s.value as { ok: boolean }).ok), 'answered before the connection closed')
+  await t.rejects(repo.get('closing:{p0}:k0'), { code: 'FST_HANDOFF_CLOSED' })
+})
+
+t.test('Redis frozen (SIGSTOP) under a corked turn: the command timeout still fails those commands, and the node recovers', async t => {
+  const repo = await open(server, { commandTimeoutMs: 300 })
+  t.teardown(async () => { server.resume(); await repo.close() })
+  await repo.get('warm:{p1}:a')
+  server.pause()
+  const started = performance.now()
+  const settled = await Promise.allSettled(Array.from({ length: 10 }, async (_, i) =>
+    await repo.compareAndSet(`frozen:{p${i % 4}}:k${i}`, null, Buffer.from('v'), 10_000)))
+  const took = performance.now() - started
+  t.ok(settled.every(s => s.status === 'rejected'), 'no answer, no acknowledgement')
+  t.ok(took >= 300 && took < 1500, `failed by the command timeout (${Math.round(took)} ms)`)
+  server.resume()
+  t.ok(await waitFor(async () => await repo.get('warm:{p1}:a').then(() => true, () => false), { timeoutMs: 5000 }), 'serves again')
+})
