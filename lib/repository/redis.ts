@@ -5,6 +5,7 @@ import { CorruptEntryError, UnavailableError, ClosedError } from '../errors.js'
 import { channelOf, epochKeyOf, sequenceKeyOf } from '../partitions.js'
 import { entryLabel } from '../seal.js'
 import { GuardsByNode } from './deadline.js'
+import { WriteCoalescer, type CorkableStream } from './coalesce.js'
 import { newEpoch } from './epoch.js'
 import type { CasResult, InvalidationListener, Repository, StoredEntry, Subscription, SubscriptionScope } from './types.js'
 import { RedisSubscriber } from './redis-subscriber.js'
@@ -61,6 +62,12 @@ export interface RedisRepositoryOptions {
   heartbeatIntervalMs?: number
   /** A heartbeat unanswered this long (a path gone silent) drops and re-opens the subscriber connection. Default: 3000. */
   subscriberDeadAfterMs?: number
+  /**
+   * Send the commands issued in one event-loop turn in one socket write per Redis connection (the socket is corked
+   * from the turn's first command to the end of the turn). Saves a write system call per command on the server and a
+   * read per command on Redis under load; adds no wait beyond the current turn. Default: true.
+   */
+  coalesceWrites?: boolean
   /** Called on state changes worth a log line (tripped, recovered). Never given a secret. */
   onEvent?: (event: RepositoryEvent) => void
 }
@@ -108,6 +115,7 @@ export class RedisRepository implements Repository {
   private readonly subscriberOptions: RedisOptions | undefined
   private readonly heartbeatIntervalMs: number | undefined
   private readonly subscriberDeadAfterMs: number | undefined
+  private readonly coalescer: WriteCoalescer | undefined
 
   constructor (opts: RedisRepositoryOptions = {}) {
     this.onEvent = opts.onEvent
@@ -116,9 +124,11 @@ export class RedisRepository implements Repository {
     this.subscriberOptions = opts.subscriberOptions
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs
     this.subscriberDeadAfterMs = opts.subscriberDeadAfterMs
+    this.coalescer = opts.coalesceWrites === false ? undefined : new WriteCoalescer()
     const base: RedisOptions = {
       // No auto-pipelining: ioredis runs one auto-pipeline per connection at a time, and a pipeline whose callback
       // never came (seen after a freeze or a restart with the offline queue off) held every later command forever.
+      // The commands of one event-loop turn still leave in one socket write: see WriteCoalescer (coalesceWrites).
       enableAutoPipelining: false,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
@@ -327,11 +337,27 @@ export class RedisRepository implements Repository {
 
   private async runOn<T> (node: string, key: string, work: () => Promise<T>): Promise<T> {
     if (this.closed) throw new ClosedError('RedisRepository')
+    if (this.coalescer !== undefined) this.coalescer.hold(this.streamOf(node))
     try {
       return await this.guards.of(node).run(work)
     } catch (err) {
       throw mapError(key, err)
     }
+  }
+
+  /**
+   * The socket a command for `node` is written to now, as ioredis picks it (the connection of a Cluster node is the
+   * pool's instance of that slot's primary); undefined when that connection would not write it at once.
+   */
+  private streamOf (node: string): CorkableStream | undefined {
+    let conn: Redis | undefined
+    if (this.client instanceof Cluster) {
+      if (node === ANY_NODE || this.client.status !== 'ready') return undefined
+      conn = (this.client as unknown as ClusterInternals).connectionPool.getInstanceByKey(node)
+    } else {
+      conn = this.client
+    }
+    return conn?.status === 'ready' ? (conn as unknown as { stream?: CorkableStream }).stream : undefined
   }
 
   /** The node a command on `key` goes to, as ioredis routes it: the primary of the key's slot in its slot map. */
@@ -415,6 +441,11 @@ export class RedisRepository implements Repository {
   private assertOpen (): void {
     if (this.closed) throw new ClosedError('RedisRepository')
   }
+}
+
+/** What ioredis's Cluster does not type: its pool of node connections, keyed "host:port" as in its slot map. */
+interface ClusterInternals {
+  connectionPool: { getInstanceByKey: (key: string) => Redis | undefined }
 }
 
 /** The guard of commands that ioredis sends to any node of a Cluster (no key, or a slot not mapped yet). */

@@ -5,6 +5,7 @@ import { TieredStore } from '../../../lib/tiered-store.js'
 import { startCluster, type ClusterHandle } from '../../helpers/cluster.js'
 import { repositoryContract } from './contract.js'
 import { waitFor } from '../../helpers/wait-for.js'
+import { countSocketWrites, streamOf } from '../../helpers/socket-writes.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 
@@ -52,4 +53,17 @@ t.test('cluster: invalidations reach another instance from every shard', async t
   await waitFor(() => b.counters.invalidations >= before + keys.length, { timeoutMs: 5000, intervalMs: 5 })
   t.equal(b.counters.invalidations - before, keys.length, 'one invalidation per write, whichever shard owns it')
   for (const k of keys) t.match(await b.get(k), { version: 2, value: { v: 2 } })
+})
+
+t.test('cluster: the commands of one turn leave in one socket write per primary', async t => {
+  const keys = Array.from({ length: 48 }, (_, i) => `cl-turn:{p${i}}:k`)
+  for (const k of keys) await repo.get(k) // every primary's connection open and the scripts' slots mapped
+  await repo.compareAndSet(keys[0] as string, null, Buffer.from('warm'), 10_000)
+  const client = repo.client as Cluster
+  const primaries = client.nodes('master')
+  const counters = primaries.map(n => countSocketWrites(streamOf(n)))
+  const results = await Promise.all(keys.map(async k => await repo.compareAndSet(k, null, Buffer.from('v'), 10_000)))
+  const writes = counters.map(stop => stop())
+  t.equal(results.filter(r => r.ok).length, keys.length - 1, 'every write done (the warm-up key existed already)')
+  t.same(writes, primaries.map(() => 1), 'one write per primary for the 48 commands of the turn')
 })

@@ -5,6 +5,7 @@ import { TieredStore } from '../../../lib/tiered-store.js'
 import { startRedis, type RedisHandle } from '../../../scripts/redis-server.js'
 import { repositoryContract } from './contract.js'
 import { waitFor } from '../../helpers/wait-for.js'
+import { countSocketWrites, streamOf } from '../../helpers/socket-writes.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 
@@ -105,4 +106,15 @@ t.test('sharded: one node\'s subscriber killed (CLIENT KILL TYPE pubsub) resyncs
   t.equal(s.counters.repositoryReads, reads, 'no read for them')
   for (const k of onKilled) t.match(await s.get(k), { version: 1, source: 'repository' }, 'copies of the resynced node\'s partitions are not trusted')
   t.equal(s.counters.repositoryReads, reads + onKilled.length, 'one read each')
+})
+
+t.test('sharded: the commands of one turn leave in one socket write per node', async t => {
+  const keys = Array.from({ length: 48 }, (_, i) => `sh-turn:{p${i}}:k`)
+  for (const k of keys) await repo.get(k)
+  const conns = repo.nodes.map(n => (n.repository as RedisRepository).client)
+  const counters = conns.map(c => countSocketWrites(streamOf(c)))
+  const results = await Promise.all(keys.map(async k => await repo.compareAndSet(k, null, Buffer.from('v'), 10_000)))
+  const writes = counters.map(stop => stop())
+  t.ok(results.every(r => r.ok))
+  t.same(writes, conns.map(() => 1), 'one write per node for the 48 commands of the turn')
 })
