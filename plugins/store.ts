@@ -34,6 +34,11 @@ export interface HandoffStoreOptions extends Omit<TieredStoreOptions, 'repositor
   /** How long registration waits for Redis before failing with FST_HANDOFF_UNAVAILABLE, ms. Default: 5000. */
   connectTimeoutMs?: number
   /**
+   * Send the Redis commands of one event-loop turn in one socket write per connection (see RedisRepository's
+   * `coalesceWrites`). Adds no wait beyond the current turn. Default: true.
+   */
+  coalesceWrites?: boolean
+  /**
    * `Retry-After` (seconds) added to every 503 answered for a FST_HANDOFF_* error; auth-session uses it too unless
    * given its own `retryAfterSeconds`. Default: 1.
    */
@@ -63,7 +68,7 @@ function isClusterSpec (r: RedisConnection): r is { cluster: ClusterNode[], opti
 }
 
 /** Builds the repository the options describe; `owned` tells whether closing it is ours to do. */
-export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'repository' | 'commandTimeoutMs' | 'connectTimeoutMs'>,
+export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'repository' | 'commandTimeoutMs' | 'connectTimeoutMs' | 'coalesceWrites'>,
   onEvent?: (msg: string, fields: object) => void): { repository: Repository, owned: boolean } {
   if (opts.repository !== undefined) return { repository: opts.repository, owned: false }
   if (opts.redis === undefined) return { repository: new MemoryRepository(), owned: true }
@@ -71,6 +76,7 @@ export function createRepository (opts: Pick<HandoffStoreOptions, 'redis' | 'rep
   const common = {
     commandTimeoutMs: opts.commandTimeoutMs,
     connectTimeoutMs: opts.connectTimeoutMs,
+    coalesceWrites: opts.coalesceWrites,
     // One event per Redis node (a Cluster primary, a shard): only the partitions it serves are affected.
     onEvent: (e: { type: string, reason?: string, node?: string, error?: Error }) => {
       if (e.type === 'unavailable') onEvent?.('fastify-handoff: Redis unavailable', { reason: e.reason, node: e.node })
@@ -120,6 +126,7 @@ export const STORE_OPTIONS_SCHEMA = {
     repository: { type: 'object', required: ['kind'], description: 'a Repository (RedisRepository, MemoryRepository, ShardedRepository)' },
     commandTimeoutMs: integerAtLeast(1),
     connectTimeoutMs: integerAtLeast(1),
+    coalesceWrites: { type: 'boolean' },
     retryAfterSeconds: integerAtLeast(0),
     // TieredStore's own options: their finer rules (powers of two, key prefix characters) are its constructor's.
     prefix: { type: 'string' },
@@ -167,7 +174,7 @@ const storePlugin: FastifyPluginAsync<HandoffStoreOptions> = async (fastify: Fas
   const retryAfterS = opts.retryAfterSeconds ?? 1
   const retryAfter = String(retryAfterS)
   const { repository, owned } = createRepository(opts, (msg, fields) => fastify.log.warn(fields, msg))
-  const { redis: _r, repository: _repo, commandTimeoutMs: _t, connectTimeoutMs: _c, retryAfterSeconds: _ra, ...storeOpts } = opts
+  const { redis: _r, repository: _repo, commandTimeoutMs: _t, connectTimeoutMs: _c, coalesceWrites: _cw, retryAfterSeconds: _ra, ...storeOpts } = opts
   let store: TieredStore
   try {
     store = new TieredStore({ ...storeOpts, secret: keyRing, repository, logger: fastify.log })

@@ -3,6 +3,7 @@ import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import { handoffStore } from '../../plugins/store.js'
 import { startRedis } from '../../scripts/redis-server.js'
+import { countSocketWrites, streamOf } from '../helpers/socket-writes.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 
@@ -60,4 +61,22 @@ t.test('Redis by URL: connections are closed on fastify.close(); a client passed
   await app2.close()
   t.equal(await mine.ping(), 'PONG', 'the caller\'s client is still usable')
   mine.disconnect()
+})
+
+t.test('coalesceWrites reaches the repository: one socket write per turn by default, one per command when false', async t => {
+  await t.rejects(async () => { const app = Fastify(); await app.register(handoffStore, { secret: SECRET, coalesceWrites: 'no' as never }); await app.ready() },
+    { code: 'FST_HANDOFF_INVALID_OPTION', message: /coalesceWrites/ })
+  const server = await startRedis({ private: true })
+  t.teardown(async () => { await server.stop() })
+  for (const [coalesceWrites, expected] of [[undefined, 1], [false, 12]] as const) {
+    const app = Fastify()
+    await app.register(handoffStore, { secret: SECRET, redis: server.url, ...(coalesceWrites === undefined ? {} : { coalesceWrites }) })
+    await app.ready()
+    const repository = app.handoff.repository
+    await repository.get('warm:{p1}:x')
+    const writes = countSocketWrites(streamOf((repository as unknown as { client: unknown }).client))
+    await Promise.all(Array.from({ length: 12 }, async (_, i) => await repository.get(`coalesce-option:{p${i}}:k`)))
+    t.equal(writes(), expected, `coalesceWrites ${String(coalesceWrites)}: ${expected} socket write(s) for 12 commands issued in one turn`)
+    await app.close()
+  }
 })
