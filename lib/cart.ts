@@ -59,6 +59,11 @@ export interface CheckoutRecord {
   startedAt: number
   chargeId?: string
   reason?: string
+  /**
+   * Started on a pristine cart without looking for an order of this key first (see lib/checkout.ts, firstCheckout):
+   * an order of this key with another digest was then not placed from this cart, which is not emptied for it.
+   */
+  lookupSkipped?: boolean
 }
 
 /** One link of the kept chain: the change number and the first 32 hex digits (128 bits) of the digest after it. */
@@ -81,6 +86,11 @@ export interface StoredCart {
    * user's cart instead of a cart nobody reads any more.
    */
   movedTo?: string
+  /**
+   * Set on a guest cart created in the request that minted its guest id, and dropped by the first checkout that
+   * freezes it: no order, checkout record or lost-checkout mark can exist under this owner name yet.
+   */
+  pristine?: true
   createdAt: number
   updatedAt: number
 }
