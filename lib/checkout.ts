@@ -945,8 +945,9 @@ export class Carts<R> {
       const c = cur?.checkout
       if (cur === undefined || c?.orderId !== order.orderId || c.state !== 'checking_out') return undefined
       // Frozen without an order lookup, for an order placed from another cart (firstCheckout): nothing of this cart
-      // was charged, it is opened again instead of emptied.
-      if (c.lookupSkipped === true && c.digest !== order.digest) return { ...cur, checkout: undefined }
+      // was charged, it is opened again instead of emptied. Not for an order recovered from the provider's charge:
+      // it has no digest to tell (''), and the charge was made under this freeze's order id.
+      if (c.lookupSkipped === true && order.recovered !== true && c.digest !== order.digest) return { ...cur, checkout: undefined }
       const emptied = applyChange({ ...cur, checkout: undefined }, { op: 'clear' }, CHAIN_KEY, this.cfg.limits, now)
       return { ...emptied, checkout: { ...c, state: 'placed', chargeId: order.chargeId } }
     }, { ttlMs: this.cfg.cartTtlMs })

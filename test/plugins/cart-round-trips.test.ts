@@ -240,3 +240,29 @@ t.test('a pristine cart\'s first checkout racing with a retry of the same key el
   t.same(cart.items, [], 'the cart was emptied by the order')
   t.match(cart.checkout, { state: 'placed', orderId: x.json().orderId })
 })
+
+t.test('a first checkout charged with its reply lost, then its record and session lost: the order recovered from the provider empties the cart', async t => {
+  // The order recovered through provider.lookup knows no digest (''): it cannot tell "placed from another cart",
+  // and it was charged under this very freeze's order id. Its items must not be left in an open cart to be paid again.
+  const provider = new RecordingProvider(true)
+  const { app } = await shop(t, provider)
+  const b = new Browser(app)
+  await readyToPay(t, b, 'RECOVERED')
+  provider.afterCharge = async () => { throw new Error('reply lost') }
+  const first = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'recovered-key-1' })
+  t.equal(first.statusCode, 503, 'charged, the reply lost')
+  const [orderId] = [...provider.charges.keys()] as [string]
+  const name = guestName(b)
+  t.match((await cartsOf(app).get(name))?.value.checkout, { state: 'checking_out', orderId, lookupSkipped: true }, 'frozen by the first checkout')
+  // The record's node lost it, and the session went with it: only the anchor cookie names the cart.
+  await app.handoff.store.collection('checkout', { parse: v => v }).delete(orderId)
+  app.handoff.store.clearLocal()
+  b.jar.delete('handoff.sid')
+  const retry = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'recovered-key-1' })
+  t.match(retry.json(), { status: 'placed', orderId, total: 2000 }, 'the charge recovered as the order')
+  t.equal(provider.charges.size, 1, 'one charge')
+  t.equal(app.handoffCart.metrics.ordersRecovered, 1)
+  const cart = (await cartsOf(app).get(name))?.value as StoredCart
+  t.same(cart.items, [], 'the charged items are not left in an open cart')
+  t.match(cart.checkout, { state: 'placed', orderId })
+})
