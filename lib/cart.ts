@@ -91,6 +91,13 @@ export interface StoredCart {
    * freezes it: no order, checkout record or lost-checkout mark can exist under this owner name yet.
    */
   pristine?: true
+  /**
+   * Set on a guest cart created in the request that minted its guest id while the client's anchor cookie named
+   * another guest's cart with changes (the session was lost, e.g. with Redis's data): `guest` is that guest's id,
+   * whose checkout the client may still be retrying with its Idempotency-Key (see lib/checkout.ts, earlierGuest).
+   * `key`: the one key whose possible loss this cart reports when the provider has no lookup (set once).
+   */
+  previous?: { guest: string, key?: string }
   createdAt: number
   updatedAt: number
 }

@@ -162,6 +162,8 @@ export function parseCart (v: unknown): StoredCart {
   if (c.payment !== undefined) { checkPayment(c.payment); need(isStr((c.payment as Record<string, unknown>).token), 'payment without token') }
   if (c.movedTo !== undefined) need(isStr(c.movedTo) && NAME.test(c.movedTo), 'malformed movedTo')
   need(c.pristine === undefined || c.pristine === true, 'malformed pristine')
+  const prev = c.previous
+  if (prev !== undefined) need(isObj(prev) && isStr(prev.guest) && GUEST_ID.test(prev.guest) && (prev.key === undefined || isStr(prev.key)), 'malformed previous')
   if (c.merged !== undefined) need(isObj(c.merged), 'malformed merged')
   const r = c.checkout
   if (r !== undefined) {
@@ -437,8 +439,14 @@ export class Carts<R> {
 
   async change (rq: CartRequest<R>, change: CartChange): Promise<CartView> {
     const known = this.owner(rq, false)
-    // A guest id minted now names nothing yet: the cart created under it starts pristine (see firstCheckout).
+    // A guest id minted now names nothing yet: the cart created under it starts pristine (see firstCheckout). Unless
+    // the anchor names another guest's cart with changes: the session was lost, and a checkout of that cart may be
+    // retried from this one (see earlierGuest). That cart is remembered instead, and this one is not pristine.
     const minted = known === undefined
+    const anchored = minted ? this.anchorOwner(rq) : undefined
+    const previous = anchored?.kind === 'guest' && GUEST_ID.test(anchored.name) && (this.readAnchor(rq, anchored)?.seq ?? 0) > 0
+      ? { guest: anchored.name }
+      : undefined
     let owner = known ?? this.owner(rq, true) as OwnerRef
     if (owner.kind === 'user') {
       await this.load(owner) // moves a cart kept under a name from before stable names (before the merge creates one)
@@ -452,7 +460,7 @@ export class Carts<R> {
         if (cur?.movedTo !== undefined) throw new Forward(cur.movedTo)
         // Deleted (by a version without forwarding marks): recreating it would acknowledge a change nobody sees.
         if (cur === undefined && info.deleted && owner.kind === 'guest') throw new CartMovedError()
-        const base = cur ?? (minted ? { ...emptyCart(now), pristine: true as const } : emptyCart(now))
+        const base = cur ?? (!minted ? emptyCart(now) : previous !== undefined ? { ...emptyCart(now), previous } : { ...emptyCart(now), pristine: true as const })
         return applyChange(base, change, CHAIN_KEY, this.cfg.limits, now)
       }, { ttlMs: this.cfg.cartTtlMs })
     } catch (err) {
@@ -609,6 +617,11 @@ export class Carts<R> {
       // A guest checkout of this key (a guest merged into this cart, or the one the anchor names) may have charged
       // with its reply lost and its cart rolled back: resume it under its own order id, never charge again.
       const earlier = await this.guestCheckout(rq, cart, idempotencyKey)
+      if (earlier !== undefined) return earlier
+    }
+    if (owner.kind === 'guest' && cart?.previous !== undefined && cart.checkout?.idempotencyKey !== idempotencyKey) {
+      // This guest id was minted after the session was lost: the key may be a retry of the earlier guest's checkout.
+      const earlier = await this.earlierGuest(rq, owner, cart.previous, idempotencyKey)
       if (earlier !== undefined) return earlier
     }
     if (cart?.checkout?.idempotencyKey !== idempotencyKey) {
@@ -780,17 +793,52 @@ export class Carts<R> {
     if (anchored?.kind === 'guest') guests.add(anchored.name)
     for (const name of guests) {
       if (!GUEST_ID.test(name)) continue
-      const guest: OwnerRef = { kind: 'guest', name }
-      const orderId = orderIdFor(name, idempotencyKey)
-      const order = (await this.orders.get(orderId))?.value
-      if (order !== undefined && order.idempotencyKey === idempotencyKey) return await this.finish(rq, guest, order)
-      const entry = (await this.checkouts.get(orderId))?.value
-      if (entry !== undefined && entry.idempotencyKey === idempotencyKey) {
-        this.metrics.checkoutsResumed++
-        return await this.charge(rq, guest, entry, false)
-      }
+      const found = await this.resumeUnder(rq, { kind: 'guest', name }, idempotencyKey)
+      if (found !== undefined) return found
     }
     return undefined
+  }
+
+  /** The order, else the durable checkout entry, this key left under another owner's order id: finished or resumed. */
+  private async resumeUnder (rq: CartRequest<R>, other: OwnerRef, idempotencyKey: string): Promise<CheckoutResult | undefined> {
+    const orderId = orderIdFor(other.name, idempotencyKey)
+    const order = (await this.orders.get(orderId))?.value
+    if (order !== undefined && order.idempotencyKey === idempotencyKey) return await this.finish(rq, other, order)
+    const entry = (await this.checkouts.get(orderId))?.value
+    if (entry !== undefined && entry.idempotencyKey === idempotencyKey) {
+      this.metrics.checkoutsResumed++
+      return await this.charge(rq, other, entry, false)
+    }
+    return undefined
+  }
+
+  /**
+   * A checkout of this key on the cart of the guest this cart's guest id replaced (`previous`: the session was lost
+   * and the client's next change minted a new id, moving the anchor here). Its order id is the earlier guest's, so
+   * without this a retry would charge again under this guest's. Finished or resumed when its order or durable record
+   * is there; when the earlier cart is there too with no trace of this key, the key never checked it out (its record
+   * would be there: written before any charge). Else the store lost it: recovered through provider.lookup (no charge
+   * under the earlier order id: a new checkout here), or, without lookup, reported once through onCheckoutLost and
+   * answered 409. Which key was the retry cannot be known then: the first key checked out here is reported (and stays
+   * 409), any later key is a new checkout. undefined: go on with this cart.
+   */
+  private async earlierGuest (rq: CartRequest<R>, owner: OwnerRef, previous: NonNullable<StoredCart['previous']>, idempotencyKey: string): Promise<CheckoutResult | undefined> {
+    const guest: OwnerRef = { kind: 'guest', name: previous.guest }
+    const found = await this.resumeUnder(rq, guest, idempotencyKey)
+    if (found !== undefined) return found
+    const was = (await this.carts.get(guest.name))?.value
+    if (was !== undefined && was.checkout?.idempotencyKey !== idempotencyKey) return undefined
+    // With lookup no evidence is needed: the provider answers (no charge: undefined, a new checkout here).
+    let reported = previous.key
+    const noLookup = this.cfg.provider?.lookup === undefined
+    if (noLookup && reported === undefined) {
+      // The key to report, set once (compare-and-set) before the report: a retry after a crash reports it then.
+      const r = await this.carts.update(owner.name, cur => cur?.previous === undefined || cur.previous.key !== undefined
+        ? undefined
+        : { ...cur, previous: { ...cur.previous, key: idempotencyKey } }, { ttlMs: this.cfg.cartTtlMs })
+      reported = r.value?.previous?.key
+    }
+    return await this.recover(rq, guest, idempotencyKey, orderIdFor(guest.name, idempotencyKey), noLookup && reported === idempotencyKey)
   }
 
   /** An order placed for this owner and key: under its stable id, or an id from before stable names. */
