@@ -59,6 +59,11 @@ export interface CheckoutRecord {
   startedAt: number
   chargeId?: string
   reason?: string
+  /**
+   * Started on a pristine cart without looking for an order of this key first (see lib/checkout.ts, firstCheckout):
+   * an order of this key with another digest was then not placed from this cart, which is not emptied for it.
+   */
+  lookupSkipped?: boolean
 }
 
 /** One link of the kept chain: the change number and the first 32 hex digits (128 bits) of the digest after it. */
@@ -81,6 +86,18 @@ export interface StoredCart {
    * user's cart instead of a cart nobody reads any more.
    */
   movedTo?: string
+  /**
+   * Set on a guest cart created in the request that minted its guest id, and dropped by the first checkout that
+   * freezes it: no order, checkout record or lost-checkout mark can exist under this owner name yet.
+   */
+  pristine?: true
+  /**
+   * Set on a guest cart created in the request that minted its guest id while the client's anchor cookie named
+   * another guest's cart with changes (the session was lost, e.g. with Redis's data): `guest` is that guest's id,
+   * whose checkout the client may still be retrying with its Idempotency-Key (see lib/checkout.ts, earlierGuest).
+   * `key`: the one key whose possible loss this cart reports when the provider has no lookup (set once).
+   */
+  previous?: { guest: string, key?: string }
   createdAt: number
   updatedAt: number
 }

@@ -161,6 +161,9 @@ export function parseCart (v: unknown): StoredCart {
   for (const l of c.chain as unknown[]) need(isObj(l) && isInt(l.seq) && isStr(l.digest), 'malformed chain link')
   if (c.payment !== undefined) { checkPayment(c.payment); need(isStr((c.payment as Record<string, unknown>).token), 'payment without token') }
   if (c.movedTo !== undefined) need(isStr(c.movedTo) && NAME.test(c.movedTo), 'malformed movedTo')
+  need(c.pristine === undefined || c.pristine === true, 'malformed pristine')
+  const prev = c.previous
+  if (prev !== undefined) need(isObj(prev) && isStr(prev.guest) && GUEST_ID.test(prev.guest) && (prev.key === undefined || isStr(prev.key)), 'malformed previous')
   if (c.merged !== undefined) need(isObj(c.merged), 'malformed merged')
   const r = c.checkout
   if (r !== undefined) {
@@ -337,6 +340,24 @@ function view (cart: StoredCart, source: CartView['source'] = 'repository', revi
   }
 }
 
+/** Thrown inside firstCheckout's mutator: the cart is not an open, ready, pristine one; the full checkout path decides. */
+class NotFirst extends Error { constructor () { super('not a first checkout') } }
+
+/** The checkout record of a cart frozen now: amount and currency of its items, its digest. */
+function frozenRecord (cart: StoredCart, idempotencyKey: string, orderId: string, lookupSkipped: boolean): CheckoutRecord {
+  const { total, currency } = cartTotal(cart)
+  return {
+    state: 'checking_out',
+    idempotencyKey,
+    orderId,
+    amount: total,
+    currency: currency as string,
+    digest: cart.digest,
+    startedAt: Date.now(),
+    ...(lookupSkipped ? { lookupSkipped: true } : {})
+  }
+}
+
 /** Thrown inside a mutator: the guest cart was merged into `to` at sign-in, the change goes there. */
 class Forward extends Error { constructor (readonly to: string) { super('forwarded') } }
 
@@ -417,7 +438,16 @@ export class Carts<R> {
   }
 
   async change (rq: CartRequest<R>, change: CartChange): Promise<CartView> {
-    let owner = this.owner(rq, true) as OwnerRef
+    const known = this.owner(rq, false)
+    // A guest id minted now names nothing yet: the cart created under it starts pristine (see firstCheckout). Unless
+    // the anchor names another guest's cart with changes: the session was lost, and a checkout of that cart may be
+    // retried from this one (see earlierGuest). That cart is remembered instead, and this one is not pristine.
+    const minted = known === undefined
+    const anchored = minted ? this.anchorOwner(rq) : undefined
+    const previous = anchored?.kind === 'guest' && GUEST_ID.test(anchored.name) && (this.readAnchor(rq, anchored)?.seq ?? 0) > 0
+      ? { guest: anchored.name }
+      : undefined
+    let owner = known ?? this.owner(rq, true) as OwnerRef
     if (owner.kind === 'user') {
       await this.load(owner) // moves a cart kept under a name from before stable names (before the merge creates one)
       await this.mergeGuest(rq, owner)
@@ -430,7 +460,8 @@ export class Carts<R> {
         if (cur?.movedTo !== undefined) throw new Forward(cur.movedTo)
         // Deleted (by a version without forwarding marks): recreating it would acknowledge a change nobody sees.
         if (cur === undefined && info.deleted && owner.kind === 'guest') throw new CartMovedError()
-        return applyChange(cur ?? emptyCart(now), change, CHAIN_KEY, this.cfg.limits, now)
+        const base = cur ?? (!minted ? emptyCart(now) : previous !== undefined ? { ...emptyCart(now), previous } : { ...emptyCart(now), pristine: true as const })
+        return applyChange(base, change, CHAIN_KEY, this.cfg.limits, now)
       }, { ttlMs: this.cfg.cartTtlMs })
     } catch (err) {
       if (!(err instanceof Forward)) throw err
@@ -559,12 +590,20 @@ export class Carts<R> {
       else { await this.load(owner); await this.mergeGuest(rq, owner) } // the legacy move before the merge, as in get
     }
 
+    const orderId = orderIdFor(owner.name, idempotencyKey)
+    // A guest's cart is read first: when it is pristine, its first checkout needs no order lookup (firstCheckout).
+    let early = owner.kind === 'guest' && !fromAnchor ? { found: await this.load(owner) } : undefined
+    if (early?.found?.value.pristine === true) {
+      const first = await this.firstCheckout(rq, owner, idempotencyKey, orderId)
+      if (first !== undefined) return first
+      early = undefined // it was not pristine after all, or it changed: read it again below
+    }
+
     // Placed already (this key, any instance, any time within orderTtlMs): the same order again.
     const placed = await this.findOrder(owner, idempotencyKey)
     if (placed !== undefined) return await this.finish(rq, owner, placed)
 
-    const orderId = orderIdFor(owner.name, idempotencyKey)
-    const found = await this.load(owner)
+    const found = early !== undefined ? early.found : await this.load(owner)
     const cart = found?.value
     const anchor = this.readAnchor(rq, owner)
     if (fromAnchor) {
@@ -578,6 +617,11 @@ export class Carts<R> {
       // A guest checkout of this key (a guest merged into this cart, or the one the anchor names) may have charged
       // with its reply lost and its cart rolled back: resume it under its own order id, never charge again.
       const earlier = await this.guestCheckout(rq, cart, idempotencyKey)
+      if (earlier !== undefined) return earlier
+    }
+    if (owner.kind === 'guest' && cart?.previous !== undefined && cart.checkout?.idempotencyKey !== idempotencyKey) {
+      // This guest id was minted after the session was lost: the key may be a retry of the earlier guest's checkout.
+      const earlier = await this.earlierGuest(rq, owner, cart.previous, idempotencyKey)
       if (earlier !== undefined) return earlier
     }
     if (cart?.checkout?.idempotencyKey !== idempotencyKey) {
@@ -607,11 +651,7 @@ export class Carts<R> {
       }
       assertCheckoutReady(cur)
       verifyAnchor(cur, anchor)
-      const { total, currency } = cartTotal(cur)
-      const record: CheckoutRecord = {
-        state: 'checking_out', idempotencyKey, orderId, amount: total, currency: currency as string, digest: cur.digest, startedAt: Date.now()
-      }
-      return { ...cur, checkout: record }
+      return { ...cur, checkout: frozenRecord(cur, idempotencyKey, orderId, false) }
     }, { ttlMs: this.cfg.cartTtlMs }).catch((err: unknown) => {
       // Counted here, not in mutate: mutate may run more than once.
       if (isHandoffError(err, 'FST_HANDOFF_CART_HISTORY')) this.metrics.historyRejected++
@@ -633,35 +673,117 @@ export class Carts<R> {
     }
     if (record.state === 'placed') return { orderId: record.orderId, status: 'placed', total: record.amount, currency: record.currency }
 
-    // 2. the durable record, before any money moves (with the orders' durability).
+    const { frozen } = await this.writeRecord(owner, idempotencyKey, now, record)
+    return await this.chargeRecord(rq, owner, record, frozen)
+  }
+
+  /**
+   * The first checkout of a pristine guest cart: no order lookup before the cart is frozen, so four repository calls
+   * (freeze the cart, the durable record, the order, the cart placed) instead of those plus one order read per key
+   * of the ring (the stable order id and each id from before stable names).
+   *
+   * Why the lookup can go: it answers "was an order placed for this owner and key already?", and for a pristine cart
+   * the answer is no without asking. `pristine` is set only on a cart created in the request that minted its guest
+   * id (192 random bits: nothing was ever stored under that name, no order under its stable id nor under any id from
+   * before stable names, no checkout record, no lost-checkout mark), and this compare-and-set drops it in the same
+   * write that freezes the cart for the first checkout. Every order, checkout record and lost mark of an owner comes
+   * after such a freeze of that owner's cart (placed orders: freeze, record, charge, order; recovered orders and lost
+   * marks only when the cart has no trace of the key, after the freeze of a cart that is then gone). A cart recreated
+   * later under the same guest id (expired, lost with Redis's data) is created by a request that did not mint the id:
+   * it is not pristine and takes the full path. The decision is made inside the compare-and-set, on the stored cart:
+   * a stale local copy that still says pristine is refused and re-decided (see TieredStore.update).
+   *
+   * What could still make the flag lie: a write that cleared it lost while a later record or order survived (Redis
+   * Cluster: the cart and the order id live in different slots, so a failover of the cart's shard can roll the freeze
+   * back while the order's shard kept the record waited for by orderDurability), or an older instance that froze the
+   * cart without knowing the flag. Then the record of this key is already there: its create-if-absent below returns
+   * it instead of writing (the reply that refuses the write answers the question, no read), the freeze is taken back
+   * and the full path decides, order lookup first, exactly as before. Should this instance stop in between, the
+   * record stays marked `lookupSkipped`, and markPlaced does not empty the cart for an order placed from another
+   * digest.
+   *
+   * undefined: the full path decides (the cart was not pristine, not ready, or anything else the full path answers).
+   */
+  private async firstCheckout (rq: CartRequest<R>, owner: OwnerRef, idempotencyKey: string, orderId: string): Promise<CheckoutResult | undefined> {
+    const anchor = this.readAnchor(rq, owner)
+    let started: UpdateResult<StoredCart>
+    try {
+      started = await this.carts.update(owner.name, (cur): StoredCart => {
+        // Anything but an open, ready, pristine cart whose history verifies is left to the full path (refusals too:
+        // it gives them the same answers as before).
+        if (cur?.pristine !== true || cur.checkout !== undefined || cur.movedTo !== undefined) throw new NotFirst()
+        try {
+          assertCheckoutReady(cur)
+          verifyAnchor(cur, anchor)
+        } catch {
+          throw new NotFirst()
+        }
+        const next: StoredCart = { ...cur, checkout: frozenRecord(cur, idempotencyKey, orderId, true) }
+        delete next.pristine
+        return next
+      }, { ttlMs: this.cfg.cartTtlMs })
+    } catch (err) {
+      if (err instanceof NotFirst) return undefined
+      throw err
+    }
+    const now = started.value as StoredCart
+    const record = now.checkout as CheckoutRecord
+    const { frozen, existed } = await this.writeRecord(owner, idempotencyKey, now, record)
+    // A record of this very freeze (same start, same digest) was written by a retry of this key racing with this
+    // request (it found the cart frozen and resumed it): that is no lie, go on as it does.
+    if (existed && (frozen.startedAt !== record.startedAt || frozen.digest !== record.digest)) {
+      // The flag lied (see above): this key left a record before. Taken back, the full path looks for the order first.
+      await this.release(owner, record)
+      return undefined
+    }
+    this.metrics.checkoutsStarted++
+    return await this.chargeRecord(rq, owner, record, frozen)
+  }
+
+  /**
+   * 2. The durable record, before any money moves (with the orders' durability): created from the frozen cart, or
+   * the one found (a retry). `existed`: one was there already (the refused create-if-absent returned it).
+   */
+  private async writeRecord (owner: OwnerRef, idempotencyKey: string, cart: StoredCart, record: CheckoutRecord): Promise<{ frozen: CheckoutEntry, existed: boolean }> {
     const entry: CheckoutEntry = {
       orderId: record.orderId,
       idempotencyKey,
       owner: owner.name,
       amount: record.amount,
       currency: record.currency,
-      items: now.items,
-      details: now.details,
-      payment: now.payment as PaymentMethod,
+      items: cart.items,
+      details: cart.details,
+      payment: cart.payment as PaymentMethod,
       digest: record.digest,
       startedAt: record.startedAt
     }
+    let existed = false
     // Found (a retry): with orderDurability it is written again, so that the replicas confirm it before money moves.
-    const kept = await this.checkouts.update(entry.orderId, cur => cur === undefined ? entry : this.rewrite(cur), { ttlMs: this.cfg.orderTtlMs, ...this.durable })
-    const frozen = kept.value ?? entry
-    const differs = frozen.digest !== entry.digest || frozen.amount !== entry.amount || frozen.currency !== entry.currency
+    const kept = await this.checkouts.update(entry.orderId, cur => { existed = cur !== undefined; return cur === undefined ? entry : this.rewrite(cur) },
+      { ttlMs: this.cfg.orderTtlMs, ...this.durable })
+    return { frozen: kept.value ?? entry, existed }
+  }
+
+  /** Charges what the durable record froze, unless it froze another cart that was declined. */
+  private async chargeRecord (rq: CartRequest<R>, owner: OwnerRef, record: CheckoutRecord, frozen: CheckoutEntry): Promise<CheckoutResult> {
+    const differs = frozen.digest !== record.digest || frozen.amount !== record.amount || frozen.currency !== record.currency
     if (differs && frozen.declined !== undefined) {
       // This key froze another cart, which was declined (the key reused after a decline): charging that one would
       // bill what is not in the cart. The record this request put in the cart is taken back, so the cart stays open
       // for a new key. (Not declined: that charge may have been taken, it is resumed as before, never charged twice.)
-      await this.carts.update(owner.name, cur => {
-        const c = cur?.checkout
-        if (cur === undefined || c?.orderId !== record.orderId || c.state !== 'checking_out' || c.digest !== record.digest) return undefined
-        return { ...cur, checkout: undefined }
-      }, { ttlMs: this.cfg.cartTtlMs })
+      await this.release(owner, record)
       throw new IdempotencyKeyReusedError()
     }
     return await this.charge(rq, owner, frozen, true)
+  }
+
+  /** Takes back the record this request put in the cart (while it is still there, unchanged): the cart is open again. */
+  private async release (owner: OwnerRef, record: CheckoutRecord): Promise<void> {
+    await this.carts.update(owner.name, cur => {
+      const c = cur?.checkout
+      if (cur === undefined || c?.orderId !== record.orderId || c.state !== 'checking_out' || c.digest !== record.digest) return undefined
+      return { ...cur, checkout: undefined }
+    }, { ttlMs: this.cfg.cartTtlMs })
   }
 
   /** The order or durable checkout entry this key left under a guest this user's cart merged, or the anchor names. */
@@ -671,17 +793,52 @@ export class Carts<R> {
     if (anchored?.kind === 'guest') guests.add(anchored.name)
     for (const name of guests) {
       if (!GUEST_ID.test(name)) continue
-      const guest: OwnerRef = { kind: 'guest', name }
-      const orderId = orderIdFor(name, idempotencyKey)
-      const order = (await this.orders.get(orderId))?.value
-      if (order !== undefined && order.idempotencyKey === idempotencyKey) return await this.finish(rq, guest, order)
-      const entry = (await this.checkouts.get(orderId))?.value
-      if (entry !== undefined && entry.idempotencyKey === idempotencyKey) {
-        this.metrics.checkoutsResumed++
-        return await this.charge(rq, guest, entry, false)
-      }
+      const found = await this.resumeUnder(rq, { kind: 'guest', name }, idempotencyKey)
+      if (found !== undefined) return found
     }
     return undefined
+  }
+
+  /** The order, else the durable checkout entry, this key left under another owner's order id: finished or resumed. */
+  private async resumeUnder (rq: CartRequest<R>, other: OwnerRef, idempotencyKey: string): Promise<CheckoutResult | undefined> {
+    const orderId = orderIdFor(other.name, idempotencyKey)
+    const order = (await this.orders.get(orderId))?.value
+    if (order !== undefined && order.idempotencyKey === idempotencyKey) return await this.finish(rq, other, order)
+    const entry = (await this.checkouts.get(orderId))?.value
+    if (entry !== undefined && entry.idempotencyKey === idempotencyKey) {
+      this.metrics.checkoutsResumed++
+      return await this.charge(rq, other, entry, false)
+    }
+    return undefined
+  }
+
+  /**
+   * A checkout of this key on the cart of the guest this cart's guest id replaced (`previous`: the session was lost
+   * and the client's next change minted a new id, moving the anchor here). Its order id is the earlier guest's, so
+   * without this a retry would charge again under this guest's. Finished or resumed when its order or durable record
+   * is there; when the earlier cart is there too with no trace of this key, the key never checked it out (its record
+   * would be there: written before any charge). Else the store lost it: recovered through provider.lookup (no charge
+   * under the earlier order id: a new checkout here), or, without lookup, reported once through onCheckoutLost and
+   * answered 409. Which key was the retry cannot be known then: the first key checked out here is reported (and stays
+   * 409), any later key is a new checkout. undefined: go on with this cart.
+   */
+  private async earlierGuest (rq: CartRequest<R>, owner: OwnerRef, previous: NonNullable<StoredCart['previous']>, idempotencyKey: string): Promise<CheckoutResult | undefined> {
+    const guest: OwnerRef = { kind: 'guest', name: previous.guest }
+    const found = await this.resumeUnder(rq, guest, idempotencyKey)
+    if (found !== undefined) return found
+    const was = (await this.carts.get(guest.name))?.value
+    if (was !== undefined && was.checkout?.idempotencyKey !== idempotencyKey) return undefined
+    // With lookup no evidence is needed: the provider answers (no charge: undefined, a new checkout here).
+    let reported = previous.key
+    const noLookup = this.cfg.provider?.lookup === undefined
+    if (noLookup && reported === undefined) {
+      // The key to report, set once (compare-and-set) before the report: a retry after a crash reports it then.
+      const r = await this.carts.update(owner.name, cur => cur?.previous === undefined || cur.previous.key !== undefined
+        ? undefined
+        : { ...cur, previous: { ...cur.previous, key: idempotencyKey } }, { ttlMs: this.cfg.cartTtlMs })
+      reported = r.value?.previous?.key
+    }
+    return await this.recover(rq, guest, idempotencyKey, orderIdFor(guest.name, idempotencyKey), noLookup && reported === idempotencyKey)
   }
 
   /** An order placed for this owner and key: under its stable id, or an id from before stable names. */
@@ -835,6 +992,10 @@ export class Carts<R> {
     const r = await this.carts.update(owner.name, cur => {
       const c = cur?.checkout
       if (cur === undefined || c?.orderId !== order.orderId || c.state !== 'checking_out') return undefined
+      // Frozen without an order lookup, for an order placed from another cart (firstCheckout): nothing of this cart
+      // was charged, it is opened again instead of emptied. Not for an order recovered from the provider's charge:
+      // it has no digest to tell (''), and the charge was made under this freeze's order id.
+      if (c.lookupSkipped === true && order.recovered !== true && c.digest !== order.digest) return { ...cur, checkout: undefined }
       const emptied = applyChange({ ...cur, checkout: undefined }, { op: 'clear' }, CHAIN_KEY, this.cfg.limits, now)
       return { ...emptied, checkout: { ...c, state: 'placed', chargeId: order.chargeId } }
     }, { ttlMs: this.cfg.cartTtlMs })

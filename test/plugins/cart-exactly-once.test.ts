@@ -398,3 +398,95 @@ t.test('migration: when a racer creates the cart under the stable name first, th
   t.same((await store.get(oldKey) as { value: { items: Array<{ sku: string }> } } | undefined)?.value.items.map(i => i.sku), ['OLD'], 'the old cart was not moved, so it is kept')
   t.equal(app.handoffCart.metrics.legacyMoved, 0, 'nothing counted as moved')
 })
+
+/**
+ * The session is lost with the data, so the client's next add mints a new guest id and moves the anchor cookie to it:
+ * the retry of the same Idempotency-Key then comes from a new cart under a new owner, whose order id differs.
+ */
+async function wipeThenRefill (t: Test, lookup: boolean): Promise<{ app: FastifyInstance, b: Browser, provider: RecordingProvider, lost: LostCheckout[], answers: InjectResult[], answer: InjectResult }> {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const provider = new RecordingProvider(lookup)
+  const lost: LostCheckout[] = []
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await readyToPay(b, 'WIPED')
+  await chargeThenWipe(t, own, app, b, provider, 'refill-key')
+  // The first write after the reconnect may still find the store unavailable: the client adds again.
+  await waitFor(async () => (await b.call('POST', '/items', { sku: 'AFTER', qty: 2 })).statusCode === 200, { timeoutMs: 10_000, intervalMs: 50 })
+  t.equal((await b.call('PUT', '/details')).statusCode, 200)
+  t.equal((await b.call('PUT', '/payment')).statusCode, 200)
+  t.match((await b.call('GET', '/cart')).json(), { items: [{ sku: 'AFTER' }], reviewNeeded: false }, 'a new cart under a new guest id')
+  const answers: InjectResult[] = []
+  const answer = await retryCheckout(b, 'refill-key', answers)
+  return { app, b, provider, lost, answers, answer }
+}
+
+t.test('Redis restarted empty after a guest\'s charge, an item added, the same key retried: with lookup the first charge is the order', async t => {
+  const { b, provider, answer } = await wipeThenRefill(t, true)
+  const [chargeKey] = [...provider.charges.keys()]
+  t.match(answer.json(), { status: 'placed', orderId: chargeKey, total: 2000 }, 'the first charge, recovered under the earlier guest\'s order id')
+  t.equal(provider.charges.size, 1, 'not charged again')
+  t.equal((await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'refill-key' })).json().orderId, chargeKey, 'the same order again')
+  t.match((await b.call('GET', '/cart')).json(), { items: [{ sku: 'AFTER' }] }, 'the new cart stays open')
+  const next = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'refill-key-2' })
+  t.match(next.json(), { status: 'placed', total: 2000 }, 'a new key checks out the new cart')
+  t.equal(provider.charges.size, 2)
+})
+
+t.test('Redis restarted empty after a guest\'s charge, an item added, the same key retried: without lookup the loss is reported', async t => {
+  const { b, provider, lost, answers, answer } = await wipeThenRefill(t, false)
+  t.equal(answer.statusCode, 409)
+  t.match(answer.json(), { code: 'FST_HANDOFF_CHECKOUT_LOST', message: /payment may have been taken/ })
+  const [chargeKey] = [...provider.charges.keys()]
+  t.match(lost, [{ idempotencyKey: 'refill-key', providerKey: chargeKey, owner: { kind: 'guest' } }], 'the application was told which charge to reconcile')
+  answers.push(await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'refill-key' }))
+  t.equal(answers.at(-1)?.json().code, 'FST_HANDOFF_CHECKOUT_LOST', 'the next retry says the same')
+  t.equal(lost.length, 1, 'reported once')
+  t.equal(provider.charges.size, 1, 'exactly one charge: no retry charged again')
+  t.equal(provider.calls, 1)
+  const next = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'refill-key-2' })
+  t.match(next.json(), { status: 'placed', total: 2000 }, 'a new key checks out the new cart')
+  t.equal(lost.length, 1, 'a new key reports nothing')
+})
+
+t.test('only the session lost after a guest\'s charge, an item added, the same key retried: resumed from the earlier guest\'s record', async t => {
+  const provider = new RecordingProvider(false)
+  const lost: LostCheckout[] = []
+  const app = await startShop({ redisUrl: redis.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await readyToPay(b, 'FIRST')
+  provider.afterCharge = async () => { throw new Error('the reply is lost') }
+  t.equal((await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'session-key' })).statusCode, 503, 'charged, the reply lost')
+  const [chargeKey] = [...provider.charges.keys()]
+  // The session expires (or is dropped): the carts, the checkout record and the anchor cookie stay.
+  const sid = b.jar.get('handoff.sid')
+  b.jar.delete('handoff.sid')
+  await readyToPay(b, 'AFTER')
+  t.not(b.jar.get('handoff.sid'), sid, 'a new session')
+  const retry = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'session-key' })
+  t.match(retry.json(), { status: 'placed', orderId: chargeKey, total: 2000 }, 'the earlier guest\'s checkout resumed')
+  t.equal(provider.charges.size, 1, 'not charged again')
+  t.match((await b.call('GET', '/cart')).json(), { items: [{ sku: 'AFTER' }] }, 'the new cart stays open')
+  const next = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'session-key-2' })
+  t.match(next.json(), { status: 'placed', total: 2000 }, 'a new key checks out the new cart')
+  t.equal(provider.charges.size, 2)
+  t.same(lost, [], 'nothing was lost: nothing reported')
+})
+
+t.test('only the session lost, the earlier guest cart still there: a new cart\'s new key is no retry, nothing reported', async t => {
+  const provider = new RecordingProvider(false)
+  const lost: LostCheckout[] = []
+  const app = await startShop({ redisUrl: redis.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await readyToPay(b, 'LEFT')
+  b.jar.delete('handoff.sid')
+  await readyToPay(b, 'AFTER')
+  const first = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'kept-key-1' })
+  t.match(first.json(), { status: 'placed', total: 2000 }, 'checked out at once')
+  t.same(lost, [], 'nothing reported')
+  t.equal(provider.charges.size, 1)
+})
