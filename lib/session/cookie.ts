@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { Signer } from '@fastify/cookie'
+import { SignedValues } from '../signed-values.js'
 
 const ID_BYTES = 24
 const ID_LENGTH = 32 // base64url of 24 bytes
@@ -10,7 +11,8 @@ const MAX_COOKIE_LENGTH = 128
 /**
  * Verified cookies remembered per instance. The HMAC check is the largest cost of a warm read (about 2 us of a
  * request's 12); a cookie that verified once verifies for the life of this process (the key ring is fixed at
- * registration), so remembering it changes no answer. Only cookies that passed are kept, so junk cannot fill it.
+ * registration), so remembering it changes no answer. Only cookies that passed, or that this codec signed itself
+ * (the cookie a write hands out is the one the client's next request brings), are kept, so junk cannot fill it.
  */
 const VERIFIED_CACHE_SIZE = 10_000
 
@@ -33,7 +35,7 @@ export function newSessionId (): string {
  */
 export class SessionCookieCodec {
   private readonly signer: Signer
-  private readonly verified = new Map<string, SessionCookie>()
+  private readonly verified = new SignedValues<SessionCookie>(VERIFIED_CACHE_SIZE)
 
   /** `keys`: the ring's subkeys for cookies, newest first (keyRing.derive('cookie')). */
   constructor (keys: Buffer[]) {
@@ -41,7 +43,14 @@ export class SessionCookieCodec {
   }
 
   encode (id: string, version: number): string {
-    return this.signer.sign(`${id}.${version}`)
+    const value = `${id}.${version}`
+    const raw = this.signer.sign(value)
+    // What decode would make of it (signed with the newest key: no renewal), so the next request skips the HMAC.
+    // Checked as decode checks it: only a cookie decode would accept is remembered.
+    if (raw.length <= MAX_COOKIE_LENGTH && ID_PATTERN.test(id) && VERSION_PATTERN.test(value.slice(ID_LENGTH + 1))) {
+      this.verified.remember(raw, Object.freeze({ id, version, renew: false }))
+    }
+    return raw
   }
 
   /** The cookie's id and version, or undefined when it is not a cookie of ours (tampered, retired key, malformed). */
@@ -57,12 +66,7 @@ export class SessionCookieCodec {
     const v = value.slice(ID_LENGTH + 1)
     if (!ID_PATTERN.test(id) || !VERSION_PATTERN.test(v)) return undefined
     const parsed: SessionCookie = Object.freeze({ id, version: Number(v), renew: r.renew })
-    if (this.verified.size >= VERIFIED_CACHE_SIZE) {
-      // Oldest first (Map keeps insertion order): a cheap FIFO is enough for a cache of one HMAC each.
-      const oldest = this.verified.keys().next()
-      if (oldest.done !== true) this.verified.delete(oldest.value)
-    }
-    this.verified.set(raw, parsed)
+    this.verified.remember(raw, parsed)
     return parsed
   }
 }
