@@ -2,8 +2,8 @@ import { Signer } from '@fastify/cookie'
 
 /**
  * Signed cookie values this process already knows to be valid: the raw cookie (value plus signature) mapped to what it
- * says. Filled with cookies that verified, and with cookies this process signed itself (a client sends back the cookie
- * it was just given, so its next request need not compute the HMAC again). Only raw strings that came out of the
+ * says. Filled with cookies that verified, and (for the cart anchor) with cookies this process signed itself: a client
+ * sends back the cookie it was just given, so its next request need not compute the HMAC again. Only raw strings that came out of the
  * signer, or passed its check, are ever stored, so junk cannot fill it and a lookup never accepts anything the HMAC
  * would refuse; it is valid for the life of the signer's key ring (fixed at registration).
  *
@@ -39,29 +39,22 @@ export class SignedValues<V> {
 }
 
 /**
- * A @fastify/cookie Signer (HMAC-SHA256, newest key signs, every key verifies) that remembers what it signed and
- * verified: a value signed again gets the same signature without an HMAC (signing is deterministic), and a signed
- * value this instance made or already verified is not verified again. Renewal (signed with an older key) is not
- * reported: for cookies that are re-signed whenever they change anyway.
+ * A @fastify/cookie Signer (HMAC-SHA256, newest key signs, every key verifies) that remembers the signed values it
+ * made and verified, so that the one a client brings back (the cart anchor a change handed out) is not verified again.
+ * Renewal (signed with an older key) is not reported: for cookies that are re-signed whenever they change anyway.
  */
 export class CachedSigner {
   private readonly signer: Signer
   /** Signed cookie -> value. */
   private readonly verified: SignedValues<string>
-  /** Value -> signed cookie. */
-  private readonly signed: SignedValues<string>
 
   constructor (keys: Buffer[], max: number) {
     this.signer = new Signer(keys)
     this.verified = new SignedValues(max)
-    this.signed = new SignedValues(max)
   }
 
   sign (value: string): string {
-    const known = this.signed.get(value)
-    if (known !== undefined) return known
     const raw = this.signer.sign(value)
-    this.signed.remember(value, raw)
     this.verified.remember(raw, value)
     return raw
   }

@@ -11,8 +11,7 @@ const MAX_COOKIE_LENGTH = 128
 /**
  * Verified cookies remembered per instance. The HMAC check is the largest cost of a warm read (about 2 us of a
  * request's 12); a cookie that verified once verifies for the life of this process (the key ring is fixed at
- * registration), so remembering it changes no answer. Only cookies that passed, or that this codec signed itself
- * (the cookie a write hands out is the one the client's next request brings), are kept, so junk cannot fill it.
+ * registration), so remembering it changes no answer. Only cookies that passed are kept, so junk cannot fill it.
  */
 const VERIFIED_CACHE_SIZE = 10_000
 
@@ -43,14 +42,9 @@ export class SessionCookieCodec {
   }
 
   encode (id: string, version: number): string {
-    const value = `${id}.${version}`
-    const raw = this.signer.sign(value)
-    // What decode would make of it (signed with the newest key: no renewal), so the next request skips the HMAC.
-    // Checked as decode checks it: only a cookie decode would accept is remembered.
-    if (raw.length <= MAX_COOKIE_LENGTH && ID_PATTERN.test(id) && VERSION_PATTERN.test(value.slice(ID_LENGTH + 1))) {
-      this.verified.remember(raw, Object.freeze({ id, version, renew: false }))
-    }
-    return raw
+    // Not remembered for the next request's decode: keeping an entry per write cost more CPU (young objects kept
+    // alive through scavenges) than the HMAC it saves (measured, 1.03-1.05x per write with a fixed cookie).
+    return this.signer.sign(`${id}.${version}`)
   }
 
   /** The cookie's id and version, or undefined when it is not a cookie of ours (tampered, retired key, malformed). */
