@@ -14,11 +14,16 @@ export interface Encoded {
 /** At most one corrupt-entry line per this many ms: another cluster writing under our prefix must not flood the logs. */
 const CORRUPT_LOG_INTERVAL_MS = 60_000
 
-/** Freezes a value and everything in it: values handed out are shared with the local tier. */
+/** Freezes a JSON value and everything in it: values handed out are shared with the local tier. */
 export function deepFreeze<T> (v: T): T {
   if (v !== null && typeof v === 'object' && !Object.isFrozen(v)) {
     Object.freeze(v)
-    for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k])
+    if (Array.isArray(v)) {
+      // By index: Object.keys of an array makes a string per element (a cart's chain and items on every write).
+      for (let i = 0; i < v.length; i++) deepFreeze(v[i])
+    } else {
+      for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k])
+    }
   }
   return v
 }

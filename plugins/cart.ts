@@ -1,12 +1,12 @@
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { Signer } from '@fastify/cookie'
 import { Ajv, type ValidateFunction } from 'ajv'
 import { DEFAULT_CART_LIMITS, type CartChange, type CartItem, type CartLimits, type Order, type PaymentMethod, type PurchaseDetails } from '../lib/cart.js'
 import {
   Carts, type CartMetrics, type CartRequest, type CartView, type CheckoutResult, type LostCheckout, type PaymentProvider
 } from '../lib/checkout.js'
 import { BadInputError, InvalidOptionError, UnavailableError } from '../lib/errors.js'
+import { CachedSigner } from '../lib/signed-values.js'
 import { compileOptions, optionPath, cookieNameSchema, cookieSchema, resolveCookie, type CookieOptions, type OptionsCheck, type ResolvedCookie } from '../lib/options.js'
 import type { Durability } from '../lib/tiered-store.js'
 
@@ -159,6 +159,8 @@ export const SCHEMAS = {
 } as const
 
 const CART_FIELD = 'handoffCart' as const
+/** Anchor cookies remembered per instance (signed or verified here), each one HMAC not computed again. */
+const KNOWN_ANCHORS = 10_000
 
 interface Validators { item: ValidateFunction, details: ValidateFunction, payment: ValidateFunction, idempotencyKey: ValidateFunction }
 
@@ -179,7 +181,7 @@ class RequestCart implements HandoffCart {
   private readonly rq: CartRequest<FastifyRequest>
 
   constructor (private readonly carts: Carts<FastifyRequest>, private readonly validate: Validators, request: FastifyRequest, reply: FastifyReply,
-    cookie: ResolvedCookie, signer: Signer, cartTtlMs: number) {
+    cookie: ResolvedCookie, signer: CachedSigner, cartTtlMs: number) {
     // request.session is read when used, never here: routes without a session (config.handoffSession: false) pass here too.
     const { name, domain, partitioned, ...attributes } = cookie
     this.rq = {
@@ -190,9 +192,7 @@ class RequestCart implements HandoffCart {
       forgetGuestId: () => { request.session.delete(CART_FIELD) },
       anchor: () => {
         const raw = request.cookies?.[name]
-        if (raw === undefined) return undefined
-        const u = signer.unsign(raw)
-        return u.valid && u.value !== null ? u.value : undefined
+        return raw === undefined ? undefined : signer.unsign(raw)
       },
       setAnchor: value => {
         reply.setCookie(name, signer.sign(value), {
@@ -326,8 +326,9 @@ const cartPlugin: FastifyPluginAsync<CartOptions> = async (fastify: FastifyInsta
     ...(opts.onOrderPlaced === undefined ? {} : { onOrderPlaced: opts.onOrderPlaced }),
     ...(opts.onCheckoutLost === undefined ? {} : { onCheckoutLost: opts.onCheckoutLost })
   })
-  // The anchor cookie's MAC is what rotates: signed with the newest key, verified with any in the ring.
-  const signer = new Signer(ring.derive('cart-anchor'))
+  // The anchor cookie's MAC is what rotates: signed with the newest key, verified with any in the ring. The anchor a
+  // change hands out is the one the client's next change brings: remembered, it is not verified again.
+  const signer = new CachedSigner(ring.derive('cart-anchor'), KNOWN_ANCHORS)
   const ajv = new Ajv({ allErrors: false, strict: true })
   const validate: Validators = {
     item: ajv.compile(SCHEMAS.item),

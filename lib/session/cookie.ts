@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { Signer } from '@fastify/cookie'
+import { SignedValues } from '../signed-values.js'
 
 const ID_BYTES = 24
 const ID_LENGTH = 32 // base64url of 24 bytes
@@ -33,7 +34,7 @@ export function newSessionId (): string {
  */
 export class SessionCookieCodec {
   private readonly signer: Signer
-  private readonly verified = new Map<string, SessionCookie>()
+  private readonly verified = new SignedValues<SessionCookie>(VERIFIED_CACHE_SIZE)
 
   /** `keys`: the ring's subkeys for cookies, newest first (keyRing.derive('cookie')). */
   constructor (keys: Buffer[]) {
@@ -41,6 +42,8 @@ export class SessionCookieCodec {
   }
 
   encode (id: string, version: number): string {
+    // Not remembered for the next request's decode: keeping an entry per write cost more CPU (young objects kept
+    // alive through scavenges) than the HMAC it saves (measured, 1.03-1.05x per write with a fixed cookie).
     return this.signer.sign(`${id}.${version}`)
   }
 
@@ -57,12 +60,7 @@ export class SessionCookieCodec {
     const v = value.slice(ID_LENGTH + 1)
     if (!ID_PATTERN.test(id) || !VERSION_PATTERN.test(v)) return undefined
     const parsed: SessionCookie = Object.freeze({ id, version: Number(v), renew: r.renew })
-    if (this.verified.size >= VERIFIED_CACHE_SIZE) {
-      // Oldest first (Map keeps insertion order): a cheap FIFO is enough for a cache of one HMAC each.
-      const oldest = this.verified.keys().next()
-      if (oldest.done !== true) this.verified.delete(oldest.value)
-    }
-    this.verified.set(raw, parsed)
+    this.verified.remember(raw, parsed)
     return parsed
   }
 }
