@@ -90,7 +90,7 @@ export interface StoredCart {
    * Set on a guest cart created in the request that minted its guest id, and dropped by the first checkout that
    * freezes it: no order, checkout record or lost-checkout mark can exist under this owner name yet.
    */
-  pristine?: true
+  pristine?: boolean
   /**
    * Set on a guest cart created in the request that minted its guest id while the client's anchor cookie named
    * another guest's cart with changes (the session was lost, e.g. with Redis's data): `guest` is that guest's id,

@@ -161,7 +161,8 @@ export function parseCart (v: unknown): StoredCart {
   for (const l of c.chain as unknown[]) need(isObj(l) && isInt(l.seq) && isStr(l.digest), 'malformed chain link')
   if (c.payment !== undefined) { checkPayment(c.payment); need(isStr((c.payment as Record<string, unknown>).token), 'payment without token') }
   if (c.movedTo !== undefined) need(isStr(c.movedTo) && NAME.test(c.movedTo), 'malformed movedTo')
-  need(c.pristine === undefined || c.pristine === true, 'malformed pristine')
+  // Only `true` is written; `false` (a later writer's way to say "not pristine") reads as not pristine, not as corrupt.
+  need(c.pristine === undefined || typeof c.pristine === 'boolean', 'malformed pristine')
   const prev = c.previous
   if (prev !== undefined) need(isObj(prev) && isStr(prev.guest) && GUEST_ID.test(prev.guest) && (prev.key === undefined || isStr(prev.key)), 'malformed previous')
   if (c.merged !== undefined) need(isObj(c.merged), 'malformed merged')
