@@ -57,9 +57,14 @@ export function entryKey (prefix: string, partition: number, id: string, kind: s
   return `${prefix}{p${partition}}:${id}:${kind}`
 }
 
+/** What follows the hash tag in a partition's own keys (never an entry's: those are `:<id>:<kind>`). */
+const SEQUENCE_SUFFIX = ':seq'
+const EPOCH_SUFFIX = ':epoch'
+const WITNESS_SUFFIX = ':witness'
+
 /** The partition's sequence counter, bumped with every invalidation it publishes: `<prefix>{p<partition>}:seq`. */
 export function sequenceKey (prefix: string, partition: number): string {
-  return `${prefix}{p${partition}}:seq`
+  return `${prefix}{p${partition}}${SEQUENCE_SUFFIX}`
 }
 
 /**
@@ -68,7 +73,7 @@ export function sequenceKey (prefix: string, partition: number): string {
  * after Redis lost its data are told apart.
  */
 export function epochKey (prefix: string, partition: number): string {
-  return `${prefix}{p${partition}}:epoch`
+  return `${prefix}{p${partition}}${EPOCH_SUFFIX}`
 }
 
 /**
@@ -76,7 +81,7 @@ export function epochKey (prefix: string, partition: number): string {
  * that node in a Cluster). Minted with SET NX by heartbeats; its value changes only when the node lost its data.
  */
 export function witnessKey (prefix: string, partition: number): string {
-  return `${prefix}{p${partition}}:witness`
+  return `${prefix}{p${partition}}${WITNESS_SUFFIX}`
 }
 
 /** The partition's invalidation channel: `<prefix>{p<partition>}:inv`. */
@@ -126,12 +131,23 @@ function throughTag (key: string): string {
 
 /** The sequence counter of the entry key's partition (same string as `sequenceKey(prefix, partition)`). */
 export function sequenceKeyOf (key: string): string {
-  return throughTag(key) + ':seq'
+  return throughTag(key) + SEQUENCE_SUFFIX
 }
 
 /** The epoch key of the entry key's partition (same string as `epochKey(prefix, partition)`). */
 export function epochKeyOf (key: string): string {
-  return throughTag(key) + ':epoch'
+  return throughTag(key) + EPOCH_SUFFIX
+}
+
+/**
+ * Whether `key` is one of a partition's own keys (sequence counter, epoch, witness) rather than an entry: scripts and
+ * heartbeats read them, so client tracking reports their changes too, but no copy of them is ever kept.
+ */
+export function isPartitionKey (key: string): boolean {
+  const close = tagEnd(key)
+  if (close === -1) return false
+  const rest = key.slice(close + 1)
+  return rest === SEQUENCE_SUFFIX || rest === EPOCH_SUFFIX || rest === WITNESS_SUFFIX
 }
 
 /** The invalidation channel of the entry key's partition (same string as `channelName(prefix, partition)`). */

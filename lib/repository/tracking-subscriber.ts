@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis'
 import { UnavailableError } from '../errors.js'
-import { partitionOfKey } from '../partitions.js'
+import { isPartitionKey, partitionOfKey } from '../partitions.js'
 import { subscriberConnection, type RedisSubscriberOptions } from './redis-subscriber.js'
 import type { InvalidationListener, SubscriptionScope } from './types.js'
 import { WitnessCheck } from './witness.js'
@@ -14,13 +14,6 @@ interface Registration {
   listener: InvalidationListener
   witness: WitnessCheck
 }
-
-/**
- * The partition's own keys that the scripts and heartbeats read (so Redis tracks them too): the sequence counter,
- * the epoch and the witness. No copy is ever kept of them, so their invalidations are not passed on (they would
- * only be counted as invalidations). What follows the `{p<n>}` tag.
- */
-const PARTITION_KEYS = new Set([':seq', ':epoch', ':witness'])
 
 /** Redirect set-up retries back off from this, doubling up to SETUP_RETRY_MAX_MS (jittered). */
 const SETUP_RETRY_MS = 50
@@ -267,8 +260,9 @@ export class TrackingSubscriber {
     for (const k of message) {
       const key = Buffer.isBuffer(k) ? k.toString() : String(k)
       const partition = partitionOfKey(key)
-      // A prefix has no '}', so the first one closes the partition tag.
-      if (partition < 0 || PARTITION_KEYS.has(key.slice(key.indexOf('}') + 1))) continue
+      // The partition's own keys (sequence, epoch, witness) are tracked because scripts and heartbeats read them; no
+      // copy of them is kept, so their invalidations are not passed on (they would only be counted).
+      if (partition < 0 || isPartitionKey(key)) continue
       for (const r of this.regs) {
         if (!key.startsWith(r.scope.prefix) || partition >= r.scope.partitions) continue
         // No version: newer than any copy or fill in flight. No sequence: delivery is proven by the heartbeat alone.

@@ -10,12 +10,15 @@ import {
   channelName,
   channelOf,
   entryKey,
+  epochKey,
+  isPartitionKey,
   partitionOf,
   partitionOfChannel,
   partitionOfKey,
   partitionTag,
   sequenceKey,
-  sequenceKeyOf
+  sequenceKeyOf,
+  witnessKey
 } from '../../lib/partitions.js'
 
 const invalidOption = { code: 'FST_HANDOFF_INVALID_OPTION' }
@@ -202,4 +205,17 @@ t.test('rendezvous: invalid nodes and partitions are refused', async (t) => {
   const r = new Rendezvous(FOUR)
   for (const p of [-1, 1.5, MAX_PARTITIONS, Number.NaN]) t.throws(() => r.nodeFor(p), invalidOption, String(p))
   t.throws(() => r.assignment(1000), invalidOption)
+})
+
+t.test('isPartitionKey: the sequence, epoch and witness keys, never an entry (whatever its id and kind)', async t => {
+  for (const p of [0, 7, MAX_PARTITIONS - 1]) {
+    t.ok(isPartitionKey(sequenceKey('app:', p)))
+    t.ok(isPartitionKey(epochKey('app:', p)))
+    t.ok(isPartitionKey(witnessKey('app:', p)))
+    t.notOk(isPartitionKey(channelName('app:', p)), 'a channel is not a key')
+    for (const [id, kind] of [['seq', 'x'], ['a', 'seq'], ['epoch', 'witness'], ['s1', 'session']]) {
+      t.notOk(isPartitionKey(entryKey('app:', p, id as string, kind as string)), `entry ${id}:${kind}`)
+    }
+  }
+  t.notOk(isPartitionKey('no-tag:seq'), 'no partition tag')
 })
