@@ -1,20 +1,12 @@
 import t from 'tap'
 import { RedisRepository } from '../../lib/repository/redis.js'
 import { TieredStore } from '../../lib/tiered-store.js'
-import { startRedis } from '../../scripts/redis-server.js'
-import { waitFor } from '../helpers/wait-for.js'
+import { startPrimaryWithReplica } from '../helpers/replica.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 
 t.test('durability { replicas: 1 }: acknowledged only once a replica has it, a clear 503 when none confirms', async t => {
-  const primary = await startRedis({ private: true, args: ['--repl-diskless-sync-delay', '0'] })
-  t.teardown(async () => await primary.stop())
-  const replica = await startRedis({ private: true, args: ['--replicaof', '127.0.0.1', '0'] })
-  t.teardown(async () => await replica.stop())
-  replica.cli('REPLICAOF', '127.0.0.1', String(primary.port))
-  // In sync on both sides: the replica's link is up and the primary counts it online (WAIT asks only those).
-  await waitFor(() => replica.cli('INFO', 'replication').includes('master_link_status:up') &&
-    /slave0:.*state=online/.test(primary.cli('INFO', 'replication')), { timeoutMs: 10_000, intervalMs: 50 })
+  const { primary, replica } = await startPrimaryWithReplica(t)
   t.match(replica.cli('INFO', 'replication'), /master_link_status:up/, 'replica in sync')
   t.match(primary.cli('INFO', 'replication'), /slave0:.*state=online/, 'primary sees it online')
 

@@ -8,20 +8,14 @@ import fastifyCookie from '@fastify/cookie'
 import { handoffStore } from '../../plugins/store.js'
 import { authSession } from '../../plugins/auth-session.js'
 import { cart } from '../../plugins/cart.js'
-import { startRedis } from '../../scripts/redis-server.js'
 import { waitFor } from '../helpers/wait-for.js'
+import { startPrimaryWithReplica } from '../helpers/replica.js'
 import { Browser, RecordingProvider, startShop } from '../helpers/cart-shop.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 
 t.test('orders and checkout records wait for the replica; with none, checkout fails before charging, carts still work', async t => {
-  const primary = await startRedis({ private: true, args: ['--repl-diskless-sync-delay', '0'] })
-  t.teardown(async () => await primary.stop())
-  const replica = await startRedis({ private: true, args: ['--replicaof', '127.0.0.1', '0'] })
-  t.teardown(async () => await replica.stop())
-  replica.cli('REPLICAOF', '127.0.0.1', String(primary.port))
-  await waitFor(() => replica.cli('INFO', 'replication').includes('master_link_status:up') &&
-    /slave0:.*state=online/.test(primary.cli('INFO', 'replication')), { timeoutMs: 10_000, intervalMs: 50 })
+  const { primary, replica } = await startPrimaryWithReplica(t)
 
   const provider = new RecordingProvider()
   const app = await startShop({
