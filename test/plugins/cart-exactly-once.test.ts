@@ -8,7 +8,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
 import { waitFor } from '../helpers/wait-for.js'
-import { Browser, RecordingProvider, startShop, type InjectResult } from '../helpers/cart-shop.js'
+import { Browser, RecordingProvider, startShop, type InjectResult, type ShopOptions } from '../helpers/cart-shop.js'
 import type { LostCheckout } from '../../plugins/cart.js'
 import { DEFAULT_CART_LIMITS, applyChange, emptyCart } from '../../lib/cart.js'
 
@@ -18,6 +18,15 @@ const K2 = { id: 'k2', secret: 'the-second-secret-of-this-cluster-32-bytes-or-mo
 let redis: RedisHandle
 t.before(async () => { redis = await startRedis({ private: true }) })
 t.teardown(async () => await redis.stop())
+
+/** A shop on its own private redis-server (so a test may wipe or restart it), both closed when the test ends. */
+async function ownShop (t: Test, opts: Omit<ShopOptions, 'redisUrl' | 'secret'>): Promise<{ own: RedisHandle, app: FastifyInstance, b: Browser }> {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const app = await startShop({ redisUrl: own.url, secret: [K1], ...opts })
+  t.teardown(async () => await app.close())
+  return { own, app, b: new Browser(app) }
+}
 
 async function readyToPay (b: Browser, sku: string): Promise<void> {
   t.equal((await b.call('POST', '/items', { sku, qty: 2 })).statusCode, 200)
@@ -91,13 +100,9 @@ function neverEmpty (t: Test, answers: InjectResult[]): void {
 }
 
 t.test('Redis restarted empty right after the charge: with provider.lookup the charge is recovered as the order', async t => {
-  const own = await startRedis({ private: true })
-  t.teardown(async () => await own.stop())
   const provider = new RecordingProvider(true)
   const delivered: Array<{ orderId: string, amount: number, recovered?: boolean }> = []
-  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, cart: { onOrderPlaced: order => { delivered.push(order) } } })
-  t.teardown(async () => await app.close())
-  const b = new Browser(app)
+  const { own, app, b } = await ownShop(t, { provider, cart: { onOrderPlaced: order => { delivered.push(order) } } })
   await b.call('POST', '/login', { user: 'wanda' })
   await readyToPay(b, 'WIPED')
   await chargeThenWipe(t, own, app, b, provider, 'wipe-key-lookup')
@@ -117,13 +122,9 @@ t.test('Redis restarted empty right after the charge: with provider.lookup the c
 })
 
 t.test('Redis restarted empty right after the charge: without lookup the loss is reported once through onCheckoutLost', async t => {
-  const own = await startRedis({ private: true })
-  t.teardown(async () => await own.stop())
   const provider = new RecordingProvider(false)
   const lost: LostCheckout[] = []
-  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
-  t.teardown(async () => await app.close())
-  const b = new Browser(app)
+  const { own, app, b } = await ownShop(t, { provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
   await b.call('POST', '/login', { user: 'xena' })
   await readyToPay(b, 'WIPED')
   await chargeThenWipe(t, own, app, b, provider, 'wipe-key-hook')
@@ -219,11 +220,7 @@ t.test('migration: a cart and an order stored under names derived from the oldes
 })
 
 t.test('a guest add that finds its cart deleted (tombstone: merged by a version without forwarding marks) is refused, not recreated', async t => {
-  const own = await startRedis({ private: true })
-  t.teardown(async () => await own.stop())
-  const app = await startShop({ redisUrl: own.url, secret: [K1], provider: new RecordingProvider() })
-  t.teardown(async () => await app.close())
-  const b = new Browser(app)
+  const { own, app, b } = await ownShop(t, { provider: new RecordingProvider() })
   t.equal((await b.call('POST', '/items', { sku: 'GUEST' })).statusCode, 200)
   const [cartKey] = own.cli('KEYS', '*:cart').trim().split('\n')
   await app.handoff.store.delete(cartKey as string)
@@ -256,11 +253,7 @@ t.test('after sign-out, the cart cookie left in the browser cannot start a check
 
 /** A private Redis and shop; the guest fills a cart ready to pay and the one cart key is returned. */
 async function guestShop (t: Test, provider: RecordingProvider): Promise<{ own: RedisHandle, app: FastifyInstance, b: Browser, cartKey: string }> {
-  const own = await startRedis({ private: true })
-  t.teardown(async () => await own.stop())
-  const app = await startShop({ redisUrl: own.url, secret: [K1], provider })
-  t.teardown(async () => await app.close())
-  const b = new Browser(app)
+  const { own, app, b } = await ownShop(t, { provider })
   await readyToPay(b, 'GUEST')
   const [cartKey] = own.cli('KEYS', '*:cart').trim().split('\n')
   return { own, app, b, cartKey: cartKey as string }
@@ -293,11 +286,7 @@ t.test('a guest checkout held in flight while its cart is merged into the user\'
   let held = false
   const gate = new Promise<void>(resolve => { release = resolve })
   const provider = new RecordingProvider()
-  const own = await startRedis({ private: true })
-  t.teardown(async () => await own.stop())
-  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, hold: async () => { held = true; await gate } })
-  t.teardown(async () => await app.close())
-  const b = new Browser(app)
+  const { app, b } = await ownShop(t, { provider, hold: async () => { held = true; await gate } })
   await readyToPay(b, 'GUEST')
   // The checkout starts as the guest (its session read), then waits while the guest signs in (another tab).
   const late = app.inject({ method: 'POST', url: '/checkout-held', headers: { cookie: b.cookieHeader(), 'idempotency-key': 'moved-key' } })
@@ -404,13 +393,9 @@ t.test('migration: when a racer creates the cart under the stable name first, th
  * the retry of the same Idempotency-Key then comes from a new cart under a new owner, whose order id differs.
  */
 async function wipeThenRefill (t: Test, lookup: boolean): Promise<{ app: FastifyInstance, b: Browser, provider: RecordingProvider, lost: LostCheckout[], answers: InjectResult[], answer: InjectResult }> {
-  const own = await startRedis({ private: true })
-  t.teardown(async () => await own.stop())
   const provider = new RecordingProvider(lookup)
   const lost: LostCheckout[] = []
-  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
-  t.teardown(async () => await app.close())
-  const b = new Browser(app)
+  const { own, app, b } = await ownShop(t, { provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
   await readyToPay(b, 'WIPED')
   await chargeThenWipe(t, own, app, b, provider, 'refill-key')
   // The first write after the reconnect may still find the store unavailable: the client adds again.
