@@ -475,3 +475,63 @@ t.test('only the session lost, the earlier guest cart still there: a new cart\'s
   t.same(lost, [], 'nothing reported')
   t.equal(provider.charges.size, 1)
 })
+
+// Review of 4df54c4 (`previous`): what it still lets through.
+/** A shop on a private redis-server of its own (to be restarted empty), recording lost checkouts. */
+async function ownShop (t: Test, lookup: boolean): Promise<{ own: RedisHandle, provider: RecordingProvider, lost: LostCheckout[], app: FastifyInstance, b: Browser }> {
+  const own = await startRedis({ private: true })
+  t.teardown(async () => await own.stop())
+  const provider = new RecordingProvider(lookup)
+  const lost: LostCheckout[] = []
+  const app = await startShop({ redisUrl: own.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
+  t.teardown(async () => await app.close())
+  return { own, provider, lost, app, b: new Browser(app) }
+}
+t.test('Redis restarted empty with a filled guest cart and no checkout started, refilled: a first checkout without lookup', async t => {
+  const { own, provider, lost, b } = await ownShop(t, false)
+  await readyToPay(b, 'BEFORE')
+  await own.kill()
+  await own.restart()
+  await waitFor(async () => (await b.call('POST', '/items', { sku: 'AFTER', qty: 2 })).statusCode === 200, { timeoutMs: 10_000, intervalMs: 50 })
+  t.equal((await b.call('PUT', '/details')).statusCode, 200)
+  t.equal((await b.call('PUT', '/payment')).statusCode, 200)
+  const r = await retryCheckout(b, 'never-charged-key', [])
+  t.comment(`answer ${r.statusCode} ${r.body}; charges=${provider.charges.size}; lost reports=${lost.length}`)
+  t.equal(r.statusCode, 200, 'nothing was ever charged: placed', { todo: 'review of 4df54c4: 409 FST_HANDOFF_CHECKOUT_LOST' })
+  t.same(lost, [], 'nothing reported', { todo: 'review of 4df54c4: a false onCheckoutLost' })
+})
+
+t.test('a guest\'s charge, Redis restarted empty, an item added, Redis restarted empty again, an item added: the retry (with lookup)', async t => {
+  const { own, provider, app, b } = await ownShop(t, true)
+  await readyToPay(b, 'FIRST')
+  await chargeThenWipe(t, own, app, b, provider, 'chain-key') // cart A charged
+  await waitFor(async () => (await b.call('POST', '/items', { sku: 'SECOND' })).statusCode === 200, { timeoutMs: 10_000, intervalMs: 50 }) // cart B, previous A
+  await own.kill()
+  await own.restart()
+  await waitFor(async () => (await b.call('POST', '/items', { sku: 'THIRD', qty: 2 })).statusCode === 200, { timeoutMs: 10_000, intervalMs: 50 }) // cart C, previous B
+  t.equal((await b.call('PUT', '/details')).statusCode, 200)
+  t.equal((await b.call('PUT', '/payment')).statusCode, 200)
+  const r = await retryCheckout(b, 'chain-key', [])
+  t.comment(`answer ${r.statusCode} ${r.body}; charges=${provider.charges.size}`)
+  t.equal(provider.charges.size, 1, 'not charged again', { todo: 'review of 4df54c4: previous names one guest back only: 2 charges' })
+})
+
+t.test('another browser holding a copy of a guest\'s anchor cookie and its key: the guest\'s pending checkout becomes its order', async t => {
+  const provider = new RecordingProvider(false)
+  const app = await startShop({ redisUrl: redis.url, secret: [K1], provider })
+  t.teardown(async () => await app.close())
+  const victim = new Browser(app)
+  await readyToPay(victim, 'MINE')
+  provider.afterCharge = async () => { throw new Error('the reply is lost') }
+  t.equal((await victim.call('POST', '/checkout', undefined, { 'idempotency-key': 'victim-key-1' })).statusCode, 503)
+  const other = new Browser(app) // its own session; only the (signed) anchor cookie copied
+  other.jar.set('handoff_cart', victim.jar.get('handoff_cart') as string)
+  await readyToPay(other, 'OTHER')
+  const r = await other.call('POST', '/checkout', undefined, { 'idempotency-key': 'victim-key-1' })
+  const orderId = r.json().orderId as string
+  t.comment(`other browser: ${r.statusCode} ${r.body}; reads it: ${(await other.call('GET', `/orders/${orderId}`)).statusCode}`)
+  t.equal(provider.charges.size, 1)
+  t.equal(r.statusCode, 409, 'another session\'s checkout is not finished here', { todo: 'review of 4df54c4: placed, the order tagged to the other browser' })
+  t.equal((await victim.call('POST', '/checkout', undefined, { 'idempotency-key': 'victim-key-1' })).json().orderId, orderId)
+  t.equal((await victim.call('GET', `/orders/${orderId}`)).statusCode, 200, 'the guest whose session is alive reads its order', { todo: 'review of 4df54c4: 404' })
+})

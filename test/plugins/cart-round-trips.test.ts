@@ -266,3 +266,39 @@ t.test('a first checkout charged with its reply lost, then its record and sessio
   t.same(cart.items, [], 'the charged items are not left in an open cart')
   t.match(cart.checkout, { state: 'placed', orderId })
 })
+
+// Review of 4df54c4 (`previous`): a returning guest (session expired, earlier cart placed and still there, nothing lost).
+t.test('a returning guest\'s cart remembers the earlier guest: its checkouts cost more than a pristine cart\'s, every time', async t => {
+  const { app, log } = await shop(t)
+  const b = new Browser(app)
+  await readyToPay(t, b, 'VISIT1')
+  t.match((await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'visit-key-1' })).json(), { status: 'placed' })
+  b.jar.delete('handoff.sid') // the session expires; the anchor cookie (maxAge cartTtlMs) stays
+  await readyToPay(t, b, 'VISIT2')
+  const first = await counted(log, async () => await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'visit-key-2' }))
+  t.match(first.result.json(), { status: 'placed' })
+  t.comment(`first checkout of the new cart: ${first.calls.length} calls ${JSON.stringify(first.calls)}`)
+  t.equal(first.calls.length, 4, 'as a pristine first checkout', { todo: 'review of 4df54c4: 8 (earlier order, own order x2, earlier record)' })
+  await readyToPay(t, b, 'VISIT2B')
+  const second = await counted(log, async () => await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'visit-key-3' }))
+  t.comment(`next checkout of the new cart: ${second.calls.length} calls ${JSON.stringify(second.calls)}`)
+  t.equal(second.calls.length, 6, 'as any later checkout', { todo: 'review of 4df54c4: previous is never dropped, 8' })
+})
+
+t.test('the earlier guest\'s cart expired (cartTtlMs), nothing lost: a returning guest\'s first checkout without lookup', async t => {
+  const provider = new RecordingProvider(false)
+  const lost: unknown[] = []
+  const app = await startShop({ redisUrl: redis.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
+  t.teardown(async () => await app.close())
+  const b = new Browser(app)
+  await readyToPay(t, b, 'VISIT1')
+  t.match((await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'expiry-key-1' })).json(), { status: 'placed' })
+  const earlier = guestName(b)
+  b.jar.delete('handoff.sid')
+  await cartsOf(app).delete(earlier) // what the cart's TTL does (a GET /cart re-sets the anchor cookie's maxAge, not the cart's TTL)
+  await readyToPay(t, b, 'VISIT2')
+  const r = await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'expiry-key-2' })
+  t.comment(`answer ${r.statusCode} ${r.body}; charges=${provider.charges.size}; lost reports=${lost.length}`)
+  t.equal(r.statusCode, 200, 'a checkout that follows nothing lost is placed', { todo: 'review of 4df54c4: 409 FST_HANDOFF_CHECKOUT_LOST' })
+  t.same(lost, [], 'nothing reported', { todo: 'review of 4df54c4: onCheckoutLost for a key that never charged' })
+})
