@@ -303,7 +303,11 @@ export interface CartRequest<R> {
   forgetGuestId: () => void
   /** The anchor cookie's value, its signature checked; undefined when absent or invalid. */
   anchor: () => string | undefined
-  setAnchor: (value: string) => void
+  /**
+   * Sets the anchor cookie. `maxAgeMs`: how long the cart it names still lives (the cookie must not outlive it: an
+   * anchor naming a guest whose cart is gone is taken as a sign of lost data); default the cart lifetime.
+   */
+  setAnchor: (value: string, maxAgeMs?: number) => void
   warn: (obj: object, msg: string) => void
 }
 
@@ -426,7 +430,7 @@ export class Carts<R> {
     const found = await this.load(owner)
     // Gone although this client saw it hold something: rolled back (or expired), flag it for review.
     if (found === undefined) return view(emptyCart(Date.now()), 'new', (this.readAnchor(rq, owner)?.seq ?? 0) > 0)
-    return view(found.value, found.source, !this.advanceAnchor(rq, owner, found.value), found.degraded)
+    return view(found.value, found.source, !this.advanceAnchor(rq, owner, found.value, found.expiresAt), found.degraded)
   }
 
   async acknowledge (rq: CartRequest<R>): Promise<CartView> {
@@ -434,7 +438,7 @@ export class Carts<R> {
     if (owner === undefined) return view(emptyCart(Date.now()), 'new')
     const found = await this.load(owner)
     const cart = found?.value ?? emptyCart(Date.now())
-    this.setAnchor(rq, owner, cart)
+    this.setAnchor(rq, owner, cart, found?.expiresAt)
     return view(cart, found?.source ?? 'new')
   }
 
@@ -480,7 +484,7 @@ export class Carts<R> {
    * The owner's cart; for a user whose cart is not under its stable name, the one under a name from before stable
    * names (derived with any secret of the ring) is moved there first.
    */
-  private async load (owner: OwnerRef): Promise<{ value: StoredCart, source: 'local' | 'repository', degraded: boolean } | undefined> {
+  private async load (owner: OwnerRef): Promise<{ value: StoredCart, source: 'local' | 'repository', degraded: boolean, expiresAt?: number } | undefined> {
     const found = await this.carts.get(owner.name)
     if (found !== undefined || owner.kind !== 'user') return found
     for (const old of this.legacy.owners(owner)) {
@@ -533,18 +537,24 @@ export class Carts<R> {
   // --------------------------------------------------------------------------------------------- the anchor
 
   /** Moves the client's anchor to `cart` if the cart extends what it last saw; otherwise leaves it and says false. */
-  private advanceAnchor (rq: CartRequest<R>, owner: OwnerRef, cart: StoredCart): boolean {
+  private advanceAnchor (rq: CartRequest<R>, owner: OwnerRef, cart: StoredCart, expiresAt?: number): boolean {
     try {
       verifyAnchor(cart, this.readAnchor(rq, owner))
     } catch {
       return false
     }
-    this.setAnchor(rq, owner, cart)
+    this.setAnchor(rq, owner, cart, expiresAt)
     return true
   }
 
-  private setAnchor (rq: CartRequest<R>, owner: OwnerRef, cart: StoredCart): void {
-    rq.setAnchor(`2.${owner.kind === 'user' ? 'u' : 'g'}.${owner.name}.${cart.seq}.${cart.digest.slice(0, 24)}`)
+  /**
+   * `expiresAt`: when the stored cart expires, if this is not a write that just renewed it. A read re-sends the anchor
+   * with what is left of the cart's life, not a full lifetime: a cookie that outlived its cart would name a guest
+   * whose cart is gone, which a later checkout takes for lost data (see earlierGuest).
+   */
+  private setAnchor (rq: CartRequest<R>, owner: OwnerRef, cart: StoredCart, expiresAt?: number): void {
+    const left = expiresAt === undefined || expiresAt <= 0 ? undefined : Math.max(0, expiresAt - Date.now())
+    rq.setAnchor(`2.${owner.kind === 'user' ? 'u' : 'g'}.${owner.name}.${cart.seq}.${cart.digest.slice(0, 24)}`, left)
   }
 
   /** The seq and digest this client last saw of this owner's cart; undefined when absent, foreign or malformed. */

@@ -194,12 +194,12 @@ class RequestCart implements HandoffCart {
         const raw = request.cookies?.[name]
         return raw === undefined ? undefined : signer.unsign(raw)
       },
-      setAnchor: value => {
+      setAnchor: (value, maxAgeMs) => {
         reply.setCookie(name, signer.sign(value), {
           ...attributes,
           ...(domain !== undefined ? { domain } : {}),
           ...(partitioned ? { partitioned } : {}),
-          maxAge: Math.floor(cartTtlMs / 1000)
+          maxAge: Math.floor(Math.min(maxAgeMs ?? cartTtlMs, cartTtlMs) / 1000)
         })
       },
       warn: (obj, msg) => { request.log.warn(obj, msg) }
