@@ -3,6 +3,7 @@ import fc from 'fast-check'
 import { RedisRepository } from '../../lib/repository/redis.js'
 import { TieredStore, type StoreValue } from '../../lib/tiered-store.js'
 import { startRedis, type RedisHandle } from '../../scripts/redis-server.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 interface Counter { [k: string]: StoreValue, n: number }
@@ -42,9 +43,17 @@ t.test('an uncontended update from a warm local copy is exactly one round trip',
   t.teardown(async () => await server.stop())
   const store = await makeStore(t, server.url)
   const k = store.key('rtt', 'session')
-  await store.update(k, inc)
+  // Each update waits until this instance heard its own write (pub/sub message or tracking echo) before the next:
+  // uncontended means no write of the key still in flight. On tracking, echoes of two back-to-back writes can both
+  // arrive before the second's reply and void its local copy (a lost copy, never a stale one; seen under load).
+  const updateAndHearIt = async (): Promise<void> => {
+    const heard = store.counters.invalidations
+    await store.update(k, inc)
+    t.ok(await waitFor(() => store.counters.invalidations > heard), 'its own invalidation was heard')
+  }
+  await updateAndHearIt()
   server.cli('CONFIG', 'RESETSTAT')
-  for (let i = 0; i < 10; i++) await store.update(k, inc)
+  for (let i = 0; i < 10; i++) await updateAndHearIt()
   const stats = server.cli('INFO', 'commandstats')
   const evalsha = Number(/cmdstat_evalsha:calls=(\d+)/.exec(stats)?.[1] ?? 0)
   const hmget = Number(/cmdstat_hmget:calls=(\d+)/.exec(stats)?.[1] ?? 0)
