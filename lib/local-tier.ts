@@ -116,8 +116,12 @@ export class LocalTier implements InvalidationListener {
   private flushes = 0
   private readonly partitionFlushes: Uint32Array
   private readonly tickets = new Map<string, FillTicket>()
-  /** Copies filled by this instance's own writes whose echo has not been heard yet (client tracking). */
-  private readonly echoes = new Map<string, { version: number, epoch: string, generation: number }>()
+  /**
+   * Client tracking, per key: how many of this instance's own acknowledged writes have an echo not heard yet (a lower
+   * bound: never more than are still on their way). While it is above zero, the next invalidation heard was sent
+   * before one of those writes' echoes, so it tells of nothing newer than that write; see `onInvalidation`.
+   */
+  private readonly echoes = new Map<string, { pending: number, partition: number, generation: number }>()
   /**
    * The lease, per partition: when the newest heartbeat that covers it was sent. A node's heartbeat covers the
    * partitions it serves, so one node's lapse or resync suspends only its own partitions' copies.
@@ -308,9 +312,15 @@ export class LocalTier implements InvalidationListener {
       size: fill.bytes + t.key.length + KEY_OVERHEAD,
       generation: t.generation
     }, { ttl })
-    // A write's own echo was sent when it ran, before any later write's invalidation: if none was heard yet, the
-    // first one heard from now on is that echo or an older write's, and must not drop this copy (newer than both).
-    if (t.echo && t.heard === 0) this.echoes.set(t.key, { version: fill.version, epoch: fill.epoch, generation: t.generation })
+    // A write's own echo was sent when it ran (the script read the key, so this connection tracked it when it was
+    // written): if no invalidation of the key was heard while the write was in flight, its echo is still on its way,
+    // and everything sent after the write comes after that echo. Counted only for a copy kept in the generation the
+    // write began in: a lapse or a flush may have lost messages, and a count too low is safe, one too high is not.
+    if (t.echo && t.heard === 0) {
+      const e = this.echoes.get(t.key)
+      if (e !== undefined && e.generation === t.generation) e.pending++
+      else this.echoes.set(t.key, { pending: 1, partition: t.partition, generation: t.generation })
+    }
   }
 
   onHeartbeat (sentAt: number, partitions?: readonly number[]): void {
@@ -345,6 +355,7 @@ export class LocalTier implements InvalidationListener {
       return
     }
     // The same for the partitions of one node (a shard that reconnected): the others keep their lease and copies.
+    for (const [key, e] of this.echoes) if (partitions.includes(e.partition)) this.echoes.delete(key)
     for (const p of partitions) {
       if (p < 0 || p >= this.partitions) continue
       this.lastSequence[p] = 0
@@ -365,26 +376,22 @@ export class LocalTier implements InvalidationListener {
       this.flushPartition(p)
     }
     this.lastSequence[p] = msg.sequence
-    const t = this.tickets.get(msg.key)
     const versionless = msg.version === Number.POSITIVE_INFINITY
+    if (versionless) {
+      const echo = this.echoes.get(msg.key)
+      if (echo !== undefined) {
+        if (--echo.pending === 0) this.echoes.delete(msg.key)
+        // Sent before the echo of an acknowledged write of this instance (it is that echo, or older): it tells of
+        // nothing newer than that write. Every copy of the key since (that write's or a later read's) and every
+        // ticket open now began after the write was acknowledged, so they are at least as new: all stay.
+        if (echo.generation === (this.generation[p] ?? 0)) return
+      }
+    }
+    const t = this.tickets.get(msg.key)
     // An open write's first version-less invalidation may be its own echo (decided in `fill`); any other voids it.
     if (t !== undefined && !(t.echo && versionless && ++t.heard < 2) && msg.version > t.maxNotified) t.maxNotified = msg.version
     const stripe = this.stripeOf(p)
     const copy = stripe?.peek(msg.key, { allowStale: true })
-    const echo = versionless ? this.echoes.get(msg.key) : undefined
-    if (echo !== undefined) {
-      this.echoes.delete(msg.key)
-      // Only the very copy that write filled is kept, in the generation it was filled in; a read in flight may not fill.
-      if (copy !== undefined && copy.version === echo.version && copy.epoch === echo.epoch && copy.generation === echo.generation &&
-        echo.generation === (this.generation[p] ?? 0)) {
-        if (t === undefined) return
-        // A later write of this key is in flight, and the echo used up its `heard`: its fill is skipped, so this copy
-        // (older than what that write stores) must go too, or it would answer after that write is acknowledged.
-        t.maxNotified = Number.POSITIVE_INFINITY
-        stripe?.delete(msg.key)
-        return
-      }
-    }
     if (copy === undefined) return
     // From another epoch, a copy is another value whatever its version; writers older than epochs send none.
     const stale = msg.epoch === '' ? copy.version < msg.version : copy.epoch !== msg.epoch || copy.version < msg.version

@@ -37,3 +37,49 @@ t.test('the echo of a write heard while the same instance\'s next write is in fl
   tier.onInvalidation({ key: 'k', ...ECHO }) // W2's echo
   t.not(tier.get('k', 0, 0)?.version, 6, 'nor after W2\'s echo')
 })
+
+t.test('back-to-back writes of one instance keep the last copy: the first write\'s echo, heard while the next is in flight, tells of nothing newer', async t => {
+  const tier = trackingTier()
+  ack(tier, tier.open('k', 0, true), 6) // W1: v6, echo pending
+  const w2 = tier.open('k', 0, true) // W2 in flight
+  tier.onInvalidation({ key: 'k', ...ECHO }) // W1's echo (sent before W2 ran)
+  ack(tier, w2, 7) // W2 acknowledged at v7, nothing heard that was sent after W1
+  t.equal(tier.get('k', 0, 0)?.version, 7, 'v7 is held: the next write needs no read')
+  tier.onInvalidation({ key: 'k', ...ECHO }) // W2's echo
+  t.equal(tier.get('k', 0, 0)?.version, 7, 'W2\'s own echo does not drop it')
+  tier.onInvalidation({ key: 'k', ...ECHO }) // another instance's write
+  t.equal(tier.get('k', 0, 0), undefined, 'the next invalidation does')
+})
+
+t.test('three acknowledged writes whose echoes all come later: three echoes pass, the fourth invalidation drops', async t => {
+  const tier = trackingTier()
+  for (const v of [6, 7, 8]) ack(tier, tier.open('k', 0, true), v)
+  for (let i = 0; i < 3; i++) {
+    tier.onInvalidation({ key: 'k', ...ECHO })
+    t.equal(tier.get('k', 0, 0)?.version, 8, `echo ${i + 1} of 3 keeps v8`)
+  }
+  tier.onInvalidation({ key: 'k', ...ECHO })
+  t.equal(tier.get('k', 0, 0), undefined, 'the fourth was sent after the last write: v8 is dropped')
+})
+
+t.test('an echo count is never spent on a write still in flight: two more invalidations during it void its fill', async t => {
+  const tier = trackingTier()
+  ack(tier, tier.open('k', 0, true), 6) // W1: v6, one echo pending
+  const w2 = tier.open('k', 0, true)
+  tier.onInvalidation({ key: 'k', ...ECHO }) // W1's echo or older: passes
+  tier.onInvalidation({ key: 'k', ...ECHO }) // W2's echo, or W1's (the first was older)
+  tier.onInvalidation({ key: 'k', ...ECHO }) // then one may be from a write after W2
+  ack(tier, w2, 7)
+  t.equal(tier.get('k', 0, 0), undefined, 'neither v6 nor v7 answers: a read goes to the repository')
+})
+
+t.test('a write whose fill was shared with a read counts no echo: the next invalidation drops its copy', async t => {
+  const tier = trackingTier()
+  const read = tier.open('k', 0)
+  const w = tier.open('k', 0, true) // shares the read's ticket: any invalidation voids it
+  ack(tier, read, 5)
+  ack(tier, w, 6)
+  t.equal(tier.get('k', 0, 0)?.version, 6, 'the write\'s copy is kept')
+  tier.onInvalidation({ key: 'k', ...ECHO })
+  t.equal(tier.get('k', 0, 0), undefined, 'its echo (or anything) drops it: nothing was counted')
+})

@@ -44,8 +44,8 @@ async function readyToPay (t: Test, b: Browser, sku: string): Promise<void> {
   t.equal((await b.call('POST', '/items', { sku, qty: 2 })).statusCode, 200)
   t.equal((await b.call('PUT', '/details')).statusCode, 200)
   t.equal((await b.call('PUT', '/payment')).statusCode, 200)
-  // The counts below are for a cart this instance holds. On tracking, the echoes of back-to-back writes can void the
-  // last write's local copy under load (a lost copy, never a stale one): the client looks at its cart until it is held.
+  // The counts below are for a cart this instance holds. A copy can still be dropped under load (a lease that lapsed
+  // on a busy machine: a lost copy, never a stale one): the client looks at its cart until it is held.
   const name = /^2\.[gu]\.([^.]+)\./.exec(decodeURIComponent(b.jar.get('handoff_cart') ?? ''))?.[1] as string
   t.ok(await waitFor(async () => cartsOf(b.app).getLocal(name) !== undefined || (await b.call('GET', '/cart')).statusCode < 0), 'the cart is held locally')
 }
