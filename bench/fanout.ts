@@ -1,9 +1,13 @@
 /**
  * bench/fanout: what one write costs Redis as the fleet grows. One writer (a RedisRepository, the real write script)
- * and N subscribing instances on one private redis-server (a fresh one per cell), N = 1, 4, 16, 64, each instance
- * holding 1% or 100% of the keys. Per cell: Redis CPU per write (INFO CPU used_cpu_sys + used_cpu_user, before the
- * writes and after every instance has received and re-read what they invalidated, divided by the writes),
+ * and N subscribing instances on one private redis-server (one per cell), N = 1, 4, 16, 64, each instance holding 1%
+ * or 100% of the keys. Per cell: Redis CPU per write (redis-server's time on a CPU from /proc schedstat, across the
+ * writes and until every instance has received and re-read what they invalidated, divided by the writes),
  * invalidation messages delivered per write, and the writer's latency p50/p99.
+ *
+ * Every cell of a held share is set up at once (each on its own redis-server) and the cells take turns writing
+ * FANOUT_BATCH writes at a time, so that the shared machine's drift lands on all of them alike: the ratios between
+ * cells (N=64 over N=1, tracking over pub/sub) come from the same minutes.
  *
  * The subscribing instances are lightweight stand-ins that speak the store's protocol, the same shape for every
  * design: a subscriber connection subscribed exactly as the store's subscriber is, and a command connection whose
@@ -13,18 +17,19 @@
  */
 import { Redis } from 'ioredis'
 import { randomBytes } from 'node:crypto'
+import { readdirSync, readFileSync } from 'node:fs'
 import { RedisRepository } from '../lib/repository/redis.js'
 import { TieredStore } from '../lib/tiered-store.js'
 import { channelName, entryKey, partitionOf, partitionOfChannel } from '../lib/partitions.js'
 import { startRedis, type RedisHandle } from '../scripts/redis-server.js'
-import { fmt, percentile, progress, round, writeResult } from './lib.js'
+import { fmt, median, percentile, progress, round, writeResult } from './lib.js'
 
 const PREFIX = 'handoff:'
 const PARTITIONS = 1024
 const KEYS = 2000
-const WRITES = Number(process.env.FANOUT_WRITES ?? 2000)
+const WRITES = Number(process.env.FANOUT_WRITES ?? 4000)
 const FLEET = (process.env.FANOUT_N ?? '1,4,16,64').split(',').map(Number)
-const ROUNDS = Number(process.env.FANOUT_ROUNDS ?? 7)
+const ROUNDS = Number(process.env.FANOUT_ROUNDS ?? 5)
 const HELD = (process.env.FANOUT_HELD ?? '0.01,1').split(',').map(Number)
 const VALUE = randomBytes(300)
 /** FANOUT_REFILL=0 (diagnosis): holders drop what is invalidated and do not read it again, leaving the transport's own cost. */
@@ -96,24 +101,37 @@ const pubsub: Design = {
   })
 }
 
-/**
- * Client tracking (lib/repository/tracking-subscriber.ts): the command connection has CLIENT TRACKING ON in default
- * mode with REDIRECT to a RESP2 connection subscribed to __redis__:invalidate; Redis tells only the readers of a key.
- */
-const tracking: Design = {
-  name: 'tracking',
-  describe: 'CLIENT TRACKING ON REDIRECT to one subscribed connection',
-  instance: async (port, held, own) => await standIn(port, held, own, async (sub, reader, heard) => {
-    sub.on('messageBuffer', (_channel: Buffer, message: unknown) => {
-      if (Array.isArray(message)) for (const k of message as Buffer[]) heard(k.toString())
+/** A client-tracking stand-in: CLIENT TRACKING ON REDIRECT to a RESP2 connection subscribed to __redis__:invalidate, plus `mode`. */
+function trackingDesign (name: string, describe: string, ...mode: string[]): Design {
+  return {
+    name,
+    describe,
+    instance: async (port, held, own) => await standIn(port, held, own, async (sub, reader, heard) => {
+      sub.on('messageBuffer', (_channel: Buffer, message: unknown) => {
+        if (Array.isArray(message)) for (const k of message as Buffer[]) heard(k.toString())
+      })
+      const id = String(await sub.client('ID'))
+      await sub.subscribe('__redis__:invalidate')
+      await reader.call('CLIENT', 'TRACKING', 'ON', 'REDIRECT', id, ...mode)
     })
-    const id = String(await sub.client('ID'))
-    await sub.subscribe('__redis__:invalidate')
-    await reader.call('CLIENT', 'TRACKING', 'ON', 'REDIRECT', id)
-  })
+  }
 }
 
-const DESIGNS: Design[] = [pubsub, tracking].filter(d => (process.env.FANOUT_DESIGNS ?? 'pubsub,tracking').split(',').includes(d.name))
+/**
+ * Client tracking (lib/repository/tracking-subscriber.ts), in default mode: Redis remembers which instance read which
+ * key and tells only the readers of a key.
+ */
+const tracking = trackingDesign('tracking', 'CLIENT TRACKING ON REDIRECT to one subscribed connection')
+
+/**
+ * Client tracking in broadcasting mode (BCAST PREFIX, the store's key prefix): Redis keeps no per-key table and tells
+ * every such instance of every write under the prefix, as pub/sub does, batched per event-loop turn (each write's
+ * sequence key too, which shares the prefix). Not a store transport: measured beside the others (FANOUT_DESIGNS=
+ * pubsub,tracking,bcast) for fleets whose instances hold every key.
+ */
+const bcast = trackingDesign('bcast', 'CLIENT TRACKING ON REDIRECT BCAST PREFIX <prefix>', 'BCAST', 'PREFIX', PREFIX)
+
+const DESIGNS: Design[] = [pubsub, tracking, bcast].filter(d => (process.env.FANOUT_DESIGNS ?? 'pubsub,tracking').split(',').includes(d.name))
 
 interface Cell {
   design: string
@@ -166,7 +184,42 @@ function pick (share: number): Set<string> {
   return out
 }
 
-async function runCell (design: Design, n: number, share: number): Promise<Cell> {
+/**
+ * Redis's CPU time so far in nanoseconds: the sum over redis-server's threads of /proc/<pid>/task/<tid>/schedstat's
+ * first field (time on a CPU, kept by the scheduler to the nanosecond). Unlike INFO CPU (which the kernel may account
+ * in 4 ms ticks here) it is exact, and reading it sends Redis nothing. Falls back to INFO CPU where /proc lacks it.
+ */
+function cpuNs (server: RedisHandle): number {
+  const pid = server.pid()
+  if (pid !== undefined) {
+    try {
+      let ns = 0
+      for (const tid of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])
+      if (Number.isFinite(ns)) return ns
+    } catch {}
+  }
+  return cpuSeconds(server) * 1e9
+}
+
+/** One cell's fleet, alive for a whole round: its writes are made in batches interleaved with every other cell's. */
+interface Rig {
+  design: Design
+  n: number
+  share: number
+  server: RedisHandle
+  writer: RedisRepository
+  fleet: StandIn[]
+  versions: Map<string, number>
+  lat: number[]
+  cpuNs: number
+  writes: number
+  received0: number
+  stats0: Map<string, [number, number]>
+  fleetMemory: number
+  trackingItems: number
+}
+
+async function setUp (design: Design, n: number, share: number): Promise<Rig> {
   const server = await startRedis({ private: true })
   const writer = new RedisRepository({ url: server.url })
   try {
@@ -182,51 +235,79 @@ async function runCell (design: Design, n: number, share: number): Promise<Cell>
     const fleet: StandIn[] = [await design.instance(server.port, new Set(), writer.client as Redis)]
     for (let i = 0; i < n; i++) fleet.push(await design.instance(server.port, pick(share)))
     await Promise.all(fleet.map(async s => await s.drain()))
-    // What the fleet costs Redis in memory once it holds its share: connections, subscriptions, the tracking table.
-    const fleetMemory = usedMemory(server) - mem0
-    const trackingItems = Number(/tracking_total_items:(\d+)/.exec(server.cli('INFO', 'stats'))?.[1] ?? 0)
-    const receivedBefore = fleet.reduce((a, s) => a + s.received(), 0)
-    const stats0 = commandUsec(server)
-    const cpu0 = cpuSeconds(server)
-    const lat: number[] = []
-    for (let i = 0; i < WRITES; i++) {
-      const k = keys[Math.floor(Math.random() * KEYS)] as string
-      const t0 = performance.now()
-      const r = await writer.compareAndSet(k, versions.get(k) ?? null, VALUE, 3_600_000)
-      lat.push(performance.now() - t0)
-      if (!r.ok) throw new Error(`bench writer lost a compare-and-set on ${k}: it is the only writer`)
-      versions.set(k, r.version)
-    }
-    await Promise.all(fleet.map(async s => await s.drain()))
-    const cpu1 = cpuSeconds(server)
-    const commands: Record<string, [number, number]> = {}
-    for (const [name, [calls, usec]] of commandUsec(server)) {
-      const [c0, u0] = stats0.get(name) ?? [0, 0]
-      if (name !== 'info' && calls > c0) commands[name] = [round((calls - c0) / WRITES, 3), round((usec - u0) / WRITES, 2)]
-    }
-    const received = fleet.reduce((a, s) => a + s.received(), 0) - receivedBefore
-    for (const s of fleet) s.close()
     return {
-      design: design.name,
-      instances: n,
-      heldShare: share,
-      writes: WRITES,
-      redisCpuUsPerWrite: round((cpu1 - cpu0) * 1e6 / WRITES, 1),
-      messagesPerWrite: round(received / WRITES, 3),
-      p50Ms: round(percentile(lat, 0.5), 3),
-      p99Ms: round(percentile(lat, 0.99), 3),
-      fleetMemoryBytes: fleetMemory,
-      trackingItems,
-      commands
+      design,
+      n,
+      share,
+      server,
+      writer,
+      fleet,
+      versions,
+      lat: [],
+      cpuNs: 0,
+      writes: 0,
+      received0: fleet.reduce((a, s) => a + s.received(), 0),
+      stats0: commandUsec(server),
+      // What the fleet costs Redis in memory once it holds its share: connections, subscriptions, the tracking table.
+      fleetMemory: usedMemory(server) - mem0,
+      trackingItems: Number(/tracking_total_items:(\d+)/.exec(server.cli('INFO', 'stats'))?.[1] ?? 0)
     }
-  } finally {
+  } catch (err) {
     await writer.close()
     await server.stop()
+    throw err
   }
 }
 
-// Rounds, each over every cell with the designs side by side; a cell's figures are the round with the median Redis
-// CPU per write (a shared machine's noise lands on single cells).
+/** `count` writes of random keys, then until every instance has heard them and re-read what they invalidated. */
+async function batch (rig: Rig, count: number): Promise<void> {
+  const t0 = cpuNs(rig.server)
+  for (let i = 0; i < count; i++) {
+    const k = keys[Math.floor(Math.random() * KEYS)] as string
+    const w0 = performance.now()
+    const r = await rig.writer.compareAndSet(k, rig.versions.get(k) ?? null, VALUE, 3_600_000)
+    rig.lat.push(performance.now() - w0)
+    if (!r.ok) throw new Error(`bench writer lost a compare-and-set on ${k}: it is the only writer`)
+    rig.versions.set(k, r.version)
+  }
+  await Promise.all(rig.fleet.map(async s => await s.drain()))
+  rig.cpuNs += cpuNs(rig.server) - t0
+  rig.writes += count
+}
+
+async function finish (rig: Rig): Promise<Cell> {
+  try {
+    const commands: Record<string, [number, number]> = {}
+    for (const [name, [calls, usec]] of commandUsec(rig.server)) {
+      const [c0, u0] = rig.stats0.get(name) ?? [0, 0]
+      if (name !== 'info' && calls > c0) commands[name] = [round((calls - c0) / rig.writes, 3), round((usec - u0) / rig.writes, 2)]
+    }
+    const received = rig.fleet.reduce((a, s) => a + s.received(), 0) - rig.received0
+    return {
+      design: rig.design.name,
+      instances: rig.n,
+      heldShare: rig.share,
+      writes: rig.writes,
+      redisCpuUsPerWrite: round(rig.cpuNs / 1e3 / rig.writes, 1),
+      messagesPerWrite: round(received / rig.writes, 3),
+      p50Ms: round(percentile(rig.lat, 0.5), 3),
+      p99Ms: round(percentile(rig.lat, 0.99), 3),
+      fleetMemoryBytes: rig.fleetMemory,
+      trackingItems: rig.trackingItems,
+      commands
+    }
+  } finally {
+    for (const s of rig.fleet) s.close()
+    await rig.writer.close()
+    await rig.server.stop()
+  }
+}
+
+// Rounds. In each, for each held share, every cell's fleet (each N, each design, on its own redis-server) is set up
+// at once and the cells take turns writing BATCH at a time, the order rotating per turn: drift in a shared machine's
+// speed then lands on every cell alike, and the ratios between cells are taken from the same minutes. A cell's
+// figures are the round with the median Redis CPU per write.
+const BATCH = Number(process.env.FANOUT_BATCH ?? 250)
 const rounds: Cell[][] = []
 /** A cell's place in every round's list: held share, then N, then design as listed. */
 const order = (c: Cell): number => (HELD.indexOf(c.heldShare) * FLEET.length + FLEET.indexOf(c.instances)) * DESIGNS.length +
@@ -234,20 +315,39 @@ const order = (c: Cell): number => (HELD.indexOf(c.heldShare) * FLEET.length + F
 for (let round = 0; round < ROUNDS; round++) {
   const cellsOfRound: Cell[] = []
   for (const share of HELD) {
-    for (const n of FLEET) {
-      // Which design runs first alternates per round, so that drift in the machine's load favours neither.
-      for (const design of round % 2 === 0 ? DESIGNS : [...DESIGNS].reverse()) {
-        progress(`fanout: round ${round + 1}/${ROUNDS}, ${design.name}, N=${n}, ${share * 100}% held`)
-        cellsOfRound.push(await runCell(design, n, share))
-        cellsOfRound.sort((a, b) => order(a) - order(b))
+    const rigs: Rig[] = []
+    try {
+      for (const n of FLEET) {
+        for (const design of DESIGNS) {
+          progress(`fanout: round ${round + 1}/${ROUNDS}, ${share * 100}% held, setting up ${design.name} N=${n}`)
+          rigs.push(await setUp(design, n, share))
+        }
       }
+      const turns = Math.ceil(WRITES / BATCH)
+      for (let turn = 0; turn < turns; turn++) {
+        progress(`fanout: round ${round + 1}/${ROUNDS}, ${share * 100}% held, turn ${turn + 1}/${turns}`)
+        const count = Math.min(BATCH, WRITES - turn * BATCH)
+        for (let i = 0; i < rigs.length; i++) await batch(rigs[(i + turn) % rigs.length] as Rig, count)
+      }
+    } finally {
+      for (const rig of rigs) cellsOfRound.push(await finish(rig))
     }
   }
+  cellsOfRound.sort((a, b) => order(a) - order(b))
   rounds.push(cellsOfRound)
 }
+// A cell's figures: each one's median over the rounds (CPU, latencies and messages need not peak in the same round);
+// the rest (commandstats, memory) from the round with the median Redis CPU.
 const cells: Cell[] = (rounds[0] ?? []).map((_, i) => {
   const runs = rounds.map(r => r[i] as Cell).sort((a, b) => a.redisCpuUsPerWrite - b.redisCpuUsPerWrite)
-  return runs[runs.length >> 1] as Cell
+  const of = (f: (c: Cell) => number): number => median(runs.map(f))
+  return {
+    ...runs[runs.length >> 1] as Cell,
+    redisCpuUsPerWrite: round(of(c => c.redisCpuUsPerWrite), 1),
+    messagesPerWrite: round(of(c => c.messagesPerWrite), 3),
+    p50Ms: round(of(c => c.p50Ms), 3),
+    p99Ms: round(of(c => c.p99Ms), 3)
+  }
 })
 
 /** Time Redis spent in the script's HSET and SPUBLISH (commandstats): tracking's invalidations are sent from the HSET, pub/sub's from the SPUBLISH. */
@@ -272,17 +372,17 @@ async function idleCost (transport: 'pubsub' | 'tracking'): Promise<Idle> {
     }
     await new Promise(resolve => setTimeout(resolve, 1000))
     const stats0 = commandUsec(server)
-    const cpu0 = cpuSeconds(server)
+    const cpu0 = cpuNs(server)
     const t0 = performance.now()
     await new Promise(resolve => setTimeout(resolve, IDLE_MS))
-    const cpu1 = cpuSeconds(server)
+    const cpu1 = cpuNs(server)
     const seconds = (performance.now() - t0) / 1000
     const commandsPerStoreSecond: Record<string, number> = {}
     for (const [name, [calls]] of commandUsec(server)) {
       const c0 = stats0.get(name)?.[0] ?? 0
       if (name !== 'info' && calls > c0) commandsPerStoreSecond[name] = round((calls - c0) / IDLE_STORES / seconds, 1)
     }
-    return { transport, stores: IDLE_STORES, redisCpuUsPerStoreSecond: round((cpu1 - cpu0) * 1e6 / IDLE_STORES / seconds, 1), commandsPerStoreSecond }
+    return { transport, stores: IDLE_STORES, redisCpuUsPerStoreSecond: round((cpu1 - cpu0) / 1e3 / IDLE_STORES / seconds, 1), commandsPerStoreSecond }
   } finally {
     for (const { store, repository } of stores) { await store.close(); await repository.close() }
     await server.stop()
@@ -308,7 +408,14 @@ const growth = DESIGNS.map(d => HELD.map(s => {
     heldShare: s,
     ratioTopToOne: one === undefined || top === undefined ? undefined : round(top / one, 2),
     ratioPerRound: perRound,
-    ratioPerRoundMedian: perRound.length === 0 ? undefined : perRound[perRound.length >> 1]
+    ratioPerRoundMedian: perRound.length === 0 ? undefined : perRound[perRound.length >> 1],
+    // Against pub/sub at the largest fleet, within each round (the two ran side by side, batch by batch), sorted.
+    versusPubsubPerRound: rounds.map(r => {
+      const at = (design: string): number | undefined => r.find(c => c.design === design && c.instances === Math.max(...FLEET) && c.heldShare === s)?.redisCpuUsPerWrite
+      const a = at('pubsub')
+      const b = at(d.name)
+      return a === undefined || b === undefined ? NaN : round(b / a, 2)
+    }).filter(x => !Number.isNaN(x)).sort((a, b) => a - b)
   }
 })).flat()
 
@@ -316,8 +423,9 @@ writeResult('fanout', { keys: KEYS, partitions: PARTITIONS, writes: WRITES, roun
 ### Fan-out: Redis CPU per write as the fleet grows (bench/fanout.ts)
 
 One writer (itself subscribed, as a store instance is), N other subscribing instances, one private redis-server per cell, ${KEYS} keys over ${PARTITIONS} partitions,
-${WRITES} sequential writes of random keys through the real write script; each cell is the median of ${ROUNDS} rounds. Redis CPU per write: INFO CPU
-(used_cpu_sys + used_cpu_user) across the writes, until every instance has received them and re-read what they
+${WRITES} sequential writes of random keys through the real write script, made ${BATCH} at a time with every cell of the same held share taking turns
+(all set up at once), so the cells share the machine's drift; each figure is its median over ${ROUNDS} rounds. Redis CPU per write: redis-server's time
+on a CPU (/proc schedstat, to the nanosecond; reading it sends Redis nothing) across the writes, until every instance has received them and re-read what they
 invalidated. Instances are stand-ins speaking the store's protocol (${DESIGNS.map(d => `${d.name}: ${d.describe}`).join('; ')}),
 each holding a random share of the keys. Loopback, a shared 2-core machine: trust ratios within one run.
 
@@ -333,6 +441,7 @@ subscriptions, the tracking table); tracking items: (key, client) pairs in the t
 
 Idle fleet (${IDLE_STORES} real stores, default heartbeat 50 ms, no traffic, ${IDLE_MS / 1000} s): ${idle.map(i => `${i.transport} ${fmt(i.redisCpuUsPerStoreSecond, 1)} us of Redis per store per second (${Object.entries(i.commandsPerStoreSecond).map(([c, n]) => `${c} ${fmt(n, 1)}/s`).join(', ')})`).join('; ')}.
 
-Redis CPU per write at N=${Math.max(...FLEET)} over N=1 (of the medians; within each round, sorted): ${growth.map(g => `${g.design} ${g.heldShare * 100}% held ${g.ratioTopToOne === undefined ? 'n/a' : `${fmt(g.ratioTopToOne)}x`} (${g.ratioPerRound.map(x => `${fmt(x)}`).join(' / ')})`).join(', ')}.${REFILL ? '' : ' FANOUT_REFILL=0: holders did not read invalidated keys again.'}
+Redis CPU per write at N=${Math.max(...FLEET)} over N=1 (of the medians; within each round, sorted): ${growth.map(g => `${g.design} ${g.heldShare * 100}% held ${g.ratioTopToOne === undefined ? 'n/a' : `${fmt(g.ratioTopToOne)}x`} (${g.ratioPerRound.map(x => `${fmt(x)}`).join(' / ')})`).join(', ')}.
+Against pub/sub at N=${Math.max(...FLEET)}, within each round (sorted): ${growth.filter(g => g.design !== 'pubsub').map(g => `${g.design} ${g.heldShare * 100}% held ${g.versusPubsubPerRound.map(x => `${fmt(x)}`).join(' / ')}`).join(', ')}.${REFILL ? '' : ' FANOUT_REFILL=0: holders did not read invalidated keys again.'}
 `)
 process.exit(0)
