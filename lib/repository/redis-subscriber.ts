@@ -1,7 +1,8 @@
 import type { Redis, RedisOptions } from 'ioredis'
-import { channelName, partitionOfChannel, witnessKey } from '../partitions.js'
-import { isEpoch, newEpoch } from './epoch.js'
+import { channelName, partitionOfChannel } from '../partitions.js'
+import { isEpoch } from './epoch.js'
 import type { InvalidationListener, SubscriptionScope } from './types.js'
+import { WitnessCheck } from './witness.js'
 
 export interface RedisSubscriberOptions {
   /** PING the subscriber connection this often, in ms; each answer renews the reader's lease. Default: 50. */
@@ -41,16 +42,8 @@ export class RedisSubscriber {
   private timer: NodeJS.Timeout | undefined
   private pingInFlight = false
   private pingSentAt = 0
-  private witnessInFlight = false
-  private witnessCheckedAt = Number.NEGATIVE_INFINITY
-  /**
-   * When the witness reads started failing (the send time of the first read of the streak that failed or went
-   * unanswered; +Infinity while the latest answered): heartbeats sent a lease interval after it prove nothing.
-   */
-  private witnessFailingSince = Number.POSITIVE_INFINITY
-  /** A witness read unanswered this long counted as failed already (one count per read). */
-  private witnessLateCounted = false
-  private readonly witnessName: string
+  /** This node's witness for this store, read on the command connection `client` (see WitnessCheck). */
+  private readonly witness: WitnessCheck
   private started = false
   private closed = false
   private readonly heartbeatIntervalMs: number
@@ -63,8 +56,6 @@ export class RedisSubscriber {
   private subscribeRetries = 0
   private subscribeFailing = false
   private readonly node: string
-  /** The witness value last read; a change means the node lost its data. */
-  private witness: string | undefined
 
   constructor (
     /** A standalone (or Sentinel) connection; the subscriber opens a duplicate of it. */
@@ -74,7 +65,10 @@ export class RedisSubscriber {
     private readonly opts: RedisSubscriberOptions = {}
   ) {
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 50
-    this.witnessName = witnessKey(scope.prefix, opts.partitions?.[0] ?? 0)
+    // A node that lost its data may still hold the subscriber connection open (behind a proxy): drop it, its 'close'
+    // resyncs and the reconnect subscribes again on whatever server answers now.
+    this.witness = new WitnessCheck(scope, listener, opts.partitions, this.heartbeatIntervalMs, opts.deadAfterMs ?? 3000,
+      () => this.conn?.disconnect(true))
     this.node = `${client.options.host ?? ''}:${client.options.port ?? ''}`
   }
 
@@ -181,85 +175,16 @@ export class RedisSubscriber {
       () => { if (settle() && !this.closed && this.proves(sentAt)) this.listener.onHeartbeat?.(sentAt) },
       () => { settle() }
     )
-    this.checkWitness()
+    this.witness.check(this.client, () => this.closed)
   }
 
   /**
    * Whether a PING sent at `sentAt` and answered proves that nothing published before it was missed and that the
    * node still holds what it held: sent on a live subscription, and not more than a lease interval into a streak of
-   * witness reads that failed (a witness that cannot be read is a node that cannot say it did not lose its data).
+   * witness reads that failed (see WitnessCheck.proves).
    */
   private proves (sentAt: number): boolean {
-    if (sentAt < this.subscribedFrom) return false
-    return sentAt - this.witnessFailingSince <= this.leaseIntervalMs
-  }
-
-  /** The reader's lease, as the scope implies it: witnesses are read twice per lease. */
-  private get leaseIntervalMs (): number {
-    return 2 * (this.scope.witnessIntervalMs ?? this.heartbeatIntervalMs)
-  }
-
-  /**
-   * Confirms with a heartbeat, every `scope.witnessIntervalMs` at most, that this node still holds the data it held:
-   * one read of one witness key per node (O(1), whatever the partition count; GETEX, a command nothing else sends, so it can be told apart
-   * from the data path in INFO commandstats). A FLUSHALL or an empty restart loses the witness; the next check mints
-   * a new one (SET NX GET: whoever comes first wins), and the listener sees another value: a reset, detected without
-   * any write. It runs on the command connection (a subscribed connection takes no GET); one check at a time.
-   */
-  private checkWitness (): void {
-    if (this.listener.onWitness === undefined) return
-    const now = performance.now()
-    if (this.witnessInFlight) {
-      // Unanswered for a lease: a failure (the lease stops being renewed by itself, see proves()). Given up after
-      // deadAfterMs, so that one lost read cannot stop every later check.
-      const age = now - this.witnessCheckedAt
-      if (age > this.leaseIntervalMs && !this.witnessLateCounted) {
-        this.witnessLateCounted = true
-        this.witnessFailed(`witness read unanswered for ${Math.round(age)} ms`, this.witnessCheckedAt)
-      }
-      if (age > (this.opts.deadAfterMs ?? 3000)) this.witnessInFlight = false
-      return
-    }
-    if (this.client.status !== 'ready') {
-      if (now - this.witnessCheckedAt >= this.leaseIntervalMs) {
-        this.witnessCheckedAt = now
-        this.witnessFailed(`command connection ${this.client.status}`, now)
-      }
-      return
-    }
-    if (now - this.witnessCheckedAt < (this.scope.witnessIntervalMs ?? 0)) return
-    this.witnessCheckedAt = now
-    this.witnessInFlight = true
-    this.witnessLateCounted = false
-    const sentAt = now
-    const name = this.witnessName
-    const report = (value: string): void => {
-      if (this.closed) return
-      const before = this.witness
-      this.witness = value
-      this.listener.onWitness?.(name, value, this.opts.partitions)
-      // The node lost its data, maybe without this connection noticing (restarted behind a proxy that kept it open,
-      // an empty failover the connection survived): it may not be subscribed on the server that answers now. Drop
-      // it; its 'close' resyncs and the reconnect subscribes again.
-      if (before !== undefined && before !== value) this.conn?.disconnect(true)
-    }
-    readWitness(this.client, name).then(
-      value => {
-        if (this.witnessCheckedAt === sentAt) this.witnessInFlight = false
-        if (sentAt >= this.witnessFailingSince) this.witnessFailingSince = Number.POSITIVE_INFINITY
-        report(value)
-      },
-      (err: unknown) => {
-        if (this.witnessCheckedAt !== sentAt) return // given up on already
-        this.witnessInFlight = false
-        if (!this.witnessLateCounted) this.witnessFailed(err instanceof Error ? err.message : String(err), sentAt)
-      }
-    )
-  }
-
-  private witnessFailed (reason: string, since: number): void {
-    if (since < this.witnessFailingSince) this.witnessFailingSince = since
-    if (!this.closed) this.listener.onWitnessError?.(this.witnessName, reason, this.opts.partitions)
+    return sentAt >= this.subscribedFrom && this.witness.proves(sentAt)
   }
 
   private onMessage (channel: string, message: string): void {
@@ -281,19 +206,6 @@ export class RedisSubscriber {
     if (!Number.isSafeInteger(version) || !Number.isSafeInteger(sequence) || partition < 0) return
     this.listener.onInvalidation({ key, version, partition, sequence, epoch })
   }
-}
-
-function asText (x: unknown): string {
-  return Buffer.isBuffer(x) ? x.toString() : String(x)
-}
-
-/** A node's witness value (GETEX), minted with SET NX GET when missing: whoever comes first wins. */
-export async function readWitness (client: Redis, name: string): Promise<string> {
-  const value = await client.call('GETEX', name)
-  if (value !== null) return asText(value)
-  const candidate = newEpoch()
-  const previous = await client.call('SET', name, candidate, 'NX', 'GET')
-  return previous === null ? candidate : asText(previous)
 }
 
 /** Options of a connection that receives invalidations (pub/sub or tracking redirect), over `overrides`. */

@@ -1,14 +1,23 @@
 import type { Redis } from 'ioredis'
 import { witnessKey } from '../partitions.js'
-import { readWitness } from './redis-subscriber.js'
+import { newEpoch } from './epoch.js'
 import type { InvalidationListener, SubscriptionScope } from './types.js'
 
 /**
- * One store's witness on one node, for the tracking transport: the same rules as RedisSubscriber's own checks
- * (read every `scope.witnessIntervalMs` on the command connection; a read unanswered for a lease interval, or a
- * command connection that is not ready, is reported with onWitnessError; a heartbeat sent more than a lease
- * interval into a streak of failed reads proves nothing; a changed value is reported and `onChange` drops the redirect
- * connection, which resyncs and sets tracking up again on whatever server answers now).
+ * One store's witness on one node, for both transports (RedisSubscriber per subscription, TrackingSubscriber per
+ * store registration): confirms with a heartbeat, every `scope.witnessIntervalMs` at most, that the node still holds
+ * the data it held. One read of one witness key per node (O(1), whatever the partition count; GETEX, a command nothing
+ * else sends, so it can be told apart from the data path in INFO commandstats). A FLUSHALL or an empty restart loses
+ * the witness; the next check mints a new one (SET NX GET: whoever comes first wins), and the listener sees another
+ * value: a reset, detected without any write. It runs on the command connection (a subscribed connection takes no
+ * GET); one read at a time.
+ * - a read unanswered for a lease interval, or a command connection that is not ready, is reported with
+ *   onWitnessError; a heartbeat sent more than a lease interval into a streak of failed reads proves nothing (a
+ *   witness that cannot be read is a node that cannot say it did not lose its data);
+ * - a changed value is reported, then `onChange` drops the connection that receives invalidations: the node lost its
+ *   data, maybe without that connection noticing (restarted behind a proxy that kept it open, an empty failover the
+ *   connection survived), so it may not be subscribed or tracking on the server that answers now. Its 'close'
+ *   resyncs and the reconnect subscribes (sets tracking up) again.
  */
 export class WitnessCheck {
   readonly name: string
@@ -16,12 +25,15 @@ export class WitnessCheck {
   private checkedAt = Number.NEGATIVE_INFINITY
   /** Send time of the first read of a failing streak (+Infinity while the latest read was answered). */
   private failingSince = Number.POSITIVE_INFINITY
+  /** The read in flight went unanswered for a lease and was counted as failed already (one count per read). */
   private lateCounted = false
+  /** The value last read; a change means the node lost its data. */
   private value: string | undefined
 
   constructor (
     private readonly scope: SubscriptionScope,
     private readonly listener: InvalidationListener,
+    /** The node's partitions, passed to the listener (all when undefined); the first one names the witness key. */
     private readonly partitions: readonly number[] | undefined,
     private readonly heartbeatIntervalMs: number,
     private readonly deadAfterMs: number,
@@ -45,11 +57,13 @@ export class WitnessCheck {
     return sentAt - this.failingSince <= this.leaseIntervalMs
   }
 
-  /** Called with every heartbeat; reads the witness when due. */
+  /** Called with every heartbeat; reads the witness on `client` (the command connection) when due. */
   check (client: Redis, closed: () => boolean): void {
     if (this.listener.onWitness === undefined) return
     const now = performance.now()
     if (this.inFlight) {
+      // Unanswered for a lease: a failure (the lease stops being renewed by itself, see proves()). Given up after
+      // deadAfterMs, so that one lost read cannot stop every later check.
       const age = now - this.checkedAt
       if (age > this.leaseIntervalMs && !this.lateCounted) {
         this.lateCounted = true
@@ -79,7 +93,7 @@ export class WitnessCheck {
       this.listener.onWitness?.(this.name, value, this.partitions)
       if (before !== undefined && before !== value) this.onChange()
     }, (err: unknown) => {
-      if (this.checkedAt !== sentAt) return
+      if (this.checkedAt !== sentAt) return // given up on already
       this.inFlight = false
       if (!this.lateCounted) this.failed(err instanceof Error ? err.message : String(err), sentAt, closed)
     })
@@ -89,4 +103,17 @@ export class WitnessCheck {
     this.failingSince = Math.min(this.failingSince, since)
     if (!closed()) this.listener.onWitnessError?.(this.name, reason, this.partitions)
   }
+}
+
+function asText (x: unknown): string {
+  return Buffer.isBuffer(x) ? x.toString() : String(x)
+}
+
+/** A node's witness value (GETEX), minted with SET NX GET when missing: whoever comes first wins. */
+export async function readWitness (client: Redis, name: string): Promise<string> {
+  const value = await client.call('GETEX', name)
+  if (value !== null) return asText(value)
+  const candidate = newEpoch()
+  const previous = await client.call('SET', name, candidate, 'NX', 'GET')
+  return previous === null ? candidate : asText(previous)
 }
