@@ -238,15 +238,20 @@ const verdict = (ok: boolean | undefined): string => ok === undefined ? 'n/a' : 
   const top = cells.reduce<number | undefined>((m, c) => Math.max(m ?? 0, num(c?.instances) ?? 0), undefined)
   const cpuAt = (d: string, s: number): number | undefined =>
     num(cells.find(c => c?.design === d && c?.heldShare === s && c?.instances === top)?.redisCpuUsPerWrite)
+  // Tracking over pub/sub at the largest fleet, every key held: the median of each round's pair (the two ran side by side).
+  const paired = arr(g.find(o => o?.design === 'tracking' && o?.heldShare === 1)?.versusPubsubPerRound).map(num)
+    .filter((n): n is number => n !== undefined).sort((a, b) => a - b)
+  const pairedMedian = paired.length === 0 ? undefined : paired[paired.length >> 1]
   headlines.push({
     source: 'fanout',
     measure: 'Fan-out: Redis CPU per write, N=64 instances over N=1 (1% / 100% of keys held each)',
     handoff: designs.map(d => `${d} ${x(ratio(d, 0.01))} / ${x(ratio(d, 1))}`).join(', ') +
-      `; at N=${top ?? '?'} with every key held: tracking ${f(cpuAt('tracking', 1), 1)} us vs pubsub ${f(cpuAt('pubsub', 1), 1)} us per write`,
-    target: 'tracking: <= 1.5x at 1% held; 100% held no worse than pubsub (Redis CPU per write at the largest fleet)',
-    // Both halves of the goal: the growth at 1% held, and the absolute cost when every instance holds every key.
+      `; at N=${top ?? '?'} with every key held: tracking ${f(cpuAt('tracking', 1), 1)} us vs pubsub ${f(cpuAt('pubsub', 1), 1)} us per write` +
+      ` (per round ${paired.map(x => f(x)).join(' / ')}x)`,
+    target: 'tracking: <= 1.5x at 1% held; 100% held no worse than pubsub (median of the per-round pairs at the largest fleet <= 1)',
+    // Both halves of the goal: the growth at 1% held, and the cost when every instance holds every key.
     status: designs.includes('tracking')
-      ? verdict((ratio('tracking', 0.01) ?? Infinity) <= 1.5 && (cpuAt('tracking', 1) ?? Infinity) <= (cpuAt('pubsub', 1) ?? -Infinity))
+      ? verdict((ratio('tracking', 0.01) ?? Infinity) <= 1.5 && (pairedMedian ?? Infinity) <= 1)
       : 'n/a',
     peers: '-'
   })
