@@ -235,8 +235,15 @@ export class LocalTier implements InvalidationListener {
     return copy !== undefined && copy.generation === this.generation[partition] ? copy : undefined
   }
 
+  /**
+   * Drop the copy of `key`, and void the fill of any read or write of it in flight: one sent before this instance's
+   * delete or take ran before it on the command connection, so its reply (which may come after the drop) tells of
+   * what the delete or take removed.
+   */
   drop (key: string, partition: number): void {
     this.stripeOf(partition)?.delete(key)
+    const t = this.tickets.get(key)
+    if (t !== undefined) t.maxNotified = Number.POSITIVE_INFINITY
   }
 
   /** The entry's expiry moved (touch): keep the copy's in step. */

@@ -83,3 +83,32 @@ t.test('a write whose fill was shared with a read counts no echo: the next inval
   tier.onInvalidation({ key: 'k', ...ECHO })
   t.equal(tier.get('k', 0, 0), undefined, 'its echo (or anything) drops it: nothing was counted')
 })
+
+t.test('a reconnect forgets the counts: echoes lost with the connection are not waited for after the renewal', async t => {
+  let clock = 1000
+  const tier = new LocalTier({ partitions: 4, stripes: 4, maxBytes: 1 << 20, ttlMs: 60_000, leaseMs: 100, reliable: false, now: Date.now, clock: () => clock, repository: 'test' })
+  tier.onHeartbeat(clock)
+  ack(tier, tier.open('k', 0, true), 6) // W1: v6, one echo counted; then the connection is lost, and the echo with it
+  tier.onResync()
+  clock += 10
+  tier.onHeartbeat(clock) // tracking on again, the lease renewed (a new generation)
+  ack(tier, tier.open('k', 0), 7) // a read after the renewal: v7
+  t.equal(tier.get('k', 0, 0)?.version, 7, 'the read\'s copy answers')
+  tier.onInvalidation({ key: 'k', ...ECHO }) // another instance's write: no echo of W1 can come any more
+  t.equal(tier.get('k', 0, 0), undefined, 'it drops the copy')
+})
+
+t.test('Redis Cluster, a slot migrating (ASK): echoes from two shards are not in one order, and a count from one shard is spent on the other\'s messages', {
+  todo: 'review of b64b234: the tier cannot tell which redirect connection a version-less invalidation came on; the ' +
+    'tracking hub could resync a partition on a message from a shard that does not own it in the plan'
+}, async t => {
+  // W1 ran on the slot's old primary A: its echo is on A's redirect connection, delayed (a lost packet). The key
+  // migrates to B; the next writes and reads of it go there (ASK), and B's redirect connection delivers at once.
+  const tier = trackingTier()
+  ack(tier, tier.open('k', 0, true), 6) // W1 on A: v6, one echo counted (on its way from A)
+  const w2 = tier.open('k', 0, true) // W2 on B (ASK), in flight
+  tier.onInvalidation({ key: 'k', ...ECHO }) // W2's echo, from B: spent against W1's count, W2's ticket untouched
+  ack(tier, w2, 7) // W2 acknowledged at v7: nothing heard, one echo counted
+  tier.onInvalidation({ key: 'k', ...ECHO }) // another instance wrote v8 on B: its invalidation, from B
+  t.equal(tier.get('k', 0, 0), undefined, 'v7 must not answer once v8\'s invalidation has arrived') // v7 does, until A's late echo of W1 arrives
+})
