@@ -23,6 +23,20 @@ export interface ShardSubscriber {
 
 export type ShardFactory = (node: Redis, partitions: number[], listener: InvalidationListener) => ShardSubscriber
 
+/**
+ * What a shard passes on of its invalidations. A version-less one (client tracking) of a partition the shard does not
+ * own in the current plan comes from a slot that is moving (MIGRATE and ASK) or moved before the plan caught up: the
+ * key's messages then arrive on two redirect connections with no order between them, so what the local tier counted
+ * of its own writes' echoes on the old owner's connection (LocalTier.echoes) cannot be matched against this one. The
+ * partition is resynced first: its counts are dropped and its copies stop answering until its owner's next heartbeat.
+ */
+export function fromOwner (owned: ReadonlySet<number>, listener: InvalidationListener): (msg: Invalidation) => void {
+  return msg => {
+    if (msg.version === Number.POSITIVE_INFINITY && !owned.has(msg.partition)) listener.onResync([msg.partition])
+    listener.onInvalidation(msg)
+  }
+}
+
 export class ClusterSubscription {
   private readonly shards = new Map<string, { sub: ShardSubscriber, partitions: number[] }>()
   private timer: NodeJS.Timeout | undefined
@@ -119,7 +133,7 @@ export class ClusterSubscription {
 
   private shardListener (shard: { partitions: readonly number[] }): InvalidationListener {
     return {
-      onInvalidation: (msg: Invalidation) => this.listener.onInvalidation(msg),
+      onInvalidation: fromOwner(new Set(shard.partitions), this.listener),
       onResync: (partitions?: readonly number[]) => this.listener.onResync(partitions ?? shard.partitions),
       onWitness: (name: string, value: string, partitions?: readonly number[]) => {
         this.listener.onWitness?.(name, value, partitions)
