@@ -32,7 +32,9 @@ export function progress (msg: string): void {
 
 export function writeResult (name: string, json: unknown, markdown: string): void {
   mkdirSync('bench/results', { recursive: true })
-  writeFileSync(`bench/results/${name}.json`, JSON.stringify(json, null, 2) + '\n')
+  // Dated, so that a summary written later (or in another checkout, whose file times are its clone's) says when.
+  const dated = typeof json === 'object' && json !== null && !Array.isArray(json) && !('date' in json) ? { date: new Date().toISOString(), ...json } : json
+  writeFileSync(`bench/results/${name}.json`, JSON.stringify(dated, null, 2) + '\n')
   writeFileSync(`bench/results/${name}.md`, markdown.trimEnd() + '\n')
   process.stderr.write('\r\x1b[K')
   console.log(markdown)

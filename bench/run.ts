@@ -6,7 +6,7 @@
  * rewrites the summary from the results on disk (after running one benchmark file by hand). A benchmark that fails or
  * times out is reported and the others still run; the exit code is then 1.
  */
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs'
 import { cpus } from 'node:os'
 
@@ -75,6 +75,17 @@ type Json = Record<string, unknown>
 
 interface Loaded { data: Json, fresh: boolean, date: string }
 
+/** When the commit that last changed `file` was made, or undefined (not in git, or changed since). */
+function committedAt (file: string): number | undefined {
+  try {
+    execFileSync('git', ['diff', '--quiet', 'HEAD', '--', file], { stdio: 'ignore' })
+    const at = Date.parse(execFileSync('git', ['log', '-1', '--format=%cI', '--', file], { encoding: 'utf8' }).trim())
+    return Number.isNaN(at) ? undefined : at
+  } catch {
+    return undefined
+  }
+}
+
 /** A benchmark's JSON result, and whether this run wrote it (else it is left from an earlier run). */
 function load (name: string): Loaded | undefined {
   const file = `${RESULTS}/${name}.json`
@@ -83,8 +94,9 @@ function load (name: string): Loaded | undefined {
     const data = JSON.parse(readFileSync(file, 'utf8')) as Json
     const mtime = statSync(file).mtimeMs
     const ran = outcomes.find(o => o.name === name)
-    // The date the benchmark wrote into its result (a checkout's file times say when it was cloned, not measured).
-    const measured = typeof data.date === 'string' && !Number.isNaN(Date.parse(data.date)) ? Date.parse(data.date) : mtime
+    // The date the benchmark wrote into its result (a checkout's file times say when it was cloned, not measured);
+    // for results written before benchmarks dated them, the commit that last changed the file, if it is unchanged since.
+    const measured = typeof data.date === 'string' && !Number.isNaN(Date.parse(data.date)) ? Date.parse(data.date) : committedAt(file) ?? mtime
     return { data, fresh: ran !== undefined && ran.ok && mtime >= ran.startedAt, date: new Date(measured).toISOString().slice(0, 16).replace('T', ' ') }
   } catch {
     return undefined
