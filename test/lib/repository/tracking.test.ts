@@ -186,6 +186,37 @@ t.test('command connection silently blackholed, its tracking client gone on the 
   t.ok(await waitFor(async () => (await a.get(k))?.version === 22, { timeoutMs: 2000 }), 'and its reads are tracked again')
 })
 
+t.test('a witness read on the command connection stands in for its PING: at most one PING per heartbeat besides', async t => {
+  // The hub on its own Redis, so that Redis's command counts are its own: PINGs on the redirect connection prove
+  // delivery every heartbeat; the command connection is proven by any answer, its witness reads included.
+  const r = await startRedis({ private: true })
+  t.teardown(async () => await r.stop())
+  const main = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  t.teardown(() => { main.disconnect() })
+  let mainPings = 0
+  const ping = main.ping.bind(main)
+  main.ping = (async () => { mainPings++; return await ping() }) as typeof main.ping
+  const hub = new TrackingSubscriber(main, { heartbeatIntervalMs: 50 })
+  t.teardown(async () => await hub.close())
+  const renewals: number[] = []
+  const listener = { onInvalidation: () => {}, onResync: () => {}, onHeartbeat: (sentAt: number) => { renewals.push(sentAt) }, onWitness: () => {} }
+  await hub.add({ prefix: 'hub', partitions: 4, transport: 'tracking', witnessIntervalMs: LEASE / 2 }, listener)
+  await sleep(300)
+  const stats = (): Record<string, number> => Object.fromEntries([...r.cli('INFO', 'commandstats').matchAll(/cmdstat_(\w+):calls=(\d+)/g)].map(m => [m[1], Number(m[2])]))
+  const before = stats()
+  const pingsBefore = mainPings
+  const renewed = renewals.length
+  await sleep(2000)
+  const after = stats()
+  const main2 = mainPings - pingsBefore
+  const all = (after.ping ?? 0) - (before.ping ?? 0)
+  const reads = (after.getex ?? 0) - (before.getex ?? 0)
+  const subPings = all - main2
+  t.ok(reads >= 8, `the witness was read (${reads} reads)`)
+  t.ok(main2 <= subPings - reads + 2, `${main2} PINGs on the command connection, ${subPings} on the redirect, ${reads} witness reads`)
+  t.ok(renewals.length - renewed >= 8, `the lease was renewed all along (${renewals.length - renewed} renewals)`)
+})
+
 t.test('two stores on one repository share one redirect connection', async t => {
   const repository = new RedisRepository({ url: redis.url, commandTimeoutMs: 500 })
   t.teardown(async () => await repository.close())
