@@ -34,6 +34,8 @@ const HELD = (process.env.FANOUT_HELD ?? '0.01,1').split(',').map(Number)
 const VALUE = randomBytes(300)
 /** FANOUT_REFILL=0 (diagnosis): holders drop what is invalidated and do not read it again, leaving the transport's own cost. */
 const REFILL = process.env.FANOUT_REFILL !== '0'
+/** FANOUT_IDLE_ONLY=1: only the idle fleets (FANOUT_IDLE_TRANSPORTS, default both), printed as JSON, no results written. */
+const IDLE_ONLY = process.env.FANOUT_IDLE_ONLY === '1'
 
 /** How an instance hears about writes: each design's stand-in. */
 interface Design {
@@ -312,7 +314,7 @@ const rounds: Cell[][] = []
 /** A cell's place in every round's list: held share, then N, then design as listed. */
 const order = (c: Cell): number => (HELD.indexOf(c.heldShare) * FLEET.length + FLEET.indexOf(c.instances)) * DESIGNS.length +
   DESIGNS.findIndex(d => d.name === c.design)
-for (let round = 0; round < ROUNDS; round++) {
+for (let round = 0; round < (IDLE_ONLY ? 0 : ROUNDS); round++) {
   const cellsOfRound: Cell[] = []
   for (const share of HELD) {
     const rigs: Rig[] = []
@@ -390,7 +392,15 @@ async function idleCost (transport: 'pubsub' | 'tracking'): Promise<Idle> {
 }
 progress('fanout: idle fleets (heartbeats)')
 const idle: Idle[] = []
-for (const transport of ['pubsub', 'tracking'] as const) idle.push(await idleCost(transport))
+for (const transport of ['pubsub', 'tracking'] as const) {
+  if (IDLE_ONLY && !(process.env.FANOUT_IDLE_TRANSPORTS ?? 'pubsub,tracking').split(',').includes(transport)) continue
+  idle.push(await idleCost(transport))
+}
+if (IDLE_ONLY) {
+  process.stderr.write('\r\x1b[K')
+  console.log(JSON.stringify(idle))
+  process.exit(0)
+}
 
 const cell = (d: string, n: number, s: number): Cell | undefined => cells.find(c => c.design === d && c.instances === n && c.heldShare === s)
 const growth = DESIGNS.map(d => HELD.map(s => {

@@ -18,6 +18,9 @@ interface Registration {
 /** Redirect set-up retries back off from this, doubling up to SETUP_RETRY_MAX_MS (jittered). */
 const SETUP_RETRY_MS = 50
 const SETUP_RETRY_MAX_MS = 2000
+/** A beat or a heartbeat answer this late (ms) makes `main` be proven every beat for EAGER_MS (see the class comment). */
+const LATE_MS = 25
+const EAGER_MS = 10_000
 
 /**
  * Invalidations by Redis server-assisted client-side caching: the command connection `main` (the one every read
@@ -34,11 +37,20 @@ const SETUP_RETRY_MAX_MS = 2000
  * and LocalTier lets the one echo of its own write pass; see FillTicket.echo).
  *
  * The same guarantees as the pub/sub subscriber, with one heartbeat per connection whatever the partitions:
- * - a PING answered on the redirect connection proves every invalidation sent before it arrived; a PING answered on
- *   `main` proves the tracking client still exists (a killed command connection loses its tracking state silently).
- *   The lease is renewed only by a heartbeat sent after CLIENT TRACKING was confirmed on the current pair of
- *   connections, so a copy filled by a read that Redis did not track never answers as fresh (the renewal after any
- *   loss starts a new lease generation);
+ * - a PING answered on the redirect connection proves every invalidation sent before it arrived; any command
+ *   answered on `main` proves the tracking client still exists (a killed command connection loses its tracking state
+ *   silently): the witness reads, and a PING on `main` when none was sent lately. The lease is renewed with the older
+ *   of the two proofs' send times, so it never claims more than both prove, and only by proofs sent after CLIENT
+ *   TRACKING was confirmed on the current pair of connections, so a copy filled by a read that Redis did not track
+ *   never answers as fresh (the renewal after any loss starts a new lease generation);
+ * - cadence: the redirect is PINGed every heartbeat. `main` is proven every heartbeat (a PING when no witness read
+ *   goes out) for EAGER_MS after a beat or an answer later than LATE_MS, and otherwise at least every witness interval
+ *   (half a lease), which the witness reads alone supply: an idle store on a punctual machine costs one PING per
+ *   heartbeat plus its witness reads, as on pub/sub, where it cost two PINGs. The price is a lease up to a witness
+ *   interval older between proofs, so a stall of the event loop (or of Redis) longer than a lease minus that interval
+ *   lapses the lease where it took one minus a heartbeat; once anything was late, as on a loaded machine, the
+ *   cadence is every heartbeat again, and under a series of stalls only the first lapsed more often than before
+ *   (figures in docs/scaling.md);
  * - any loss of either connection (close, reconnect, failover: tracking state is per connection and not restored,
  *   and `tracking-redir-broken` is then what Redis would tell a RESP3 client) and the null message FLUSHALL or
  *   FLUSHDB send are a resync: copies stop answering as fresh;
@@ -57,8 +69,24 @@ export class TrackingSubscriber {
   /** The session in which CLIENT TRACKING was last confirmed on `main` with the redirect to the current `sub`. */
   private trackedSession = -1
   private trackingInFlight = false
+  /** The PING on the redirect connection (one at a time): its answer proves delivery of what was sent before it. */
   private pingInFlight = false
   private pingSentAt = 0
+  /** The PING on `main` (one at a time), sent only when no other command proved `main` alive recently. */
+  private mainPingInFlight = false
+  private mainPingSentAt = 0
+  /**
+   * Send times of the newest answered proofs of the current tracked session: on the redirect (its PING), and on `main`
+   * (its PING or a witness read). The lease is renewed with the older of the two, never more than both prove.
+   */
+  private subProvenAt = Number.NEGATIVE_INFINITY
+  private mainProvenAt = Number.NEGATIVE_INFINITY
+  /** Send time of the newest proof asked of `main` in the current tracked session, answered or not. */
+  private mainAskedAt = Number.NEGATIVE_INFINITY
+  private renewedAt = Number.NEGATIVE_INFINITY
+  /** Until then `main` is proven at every beat: a beat or an answer was late lately (see beat()). */
+  private eagerUntil = Number.NEGATIVE_INFINITY
+  private lastBeatAt = Number.POSITIVE_INFINITY
   private starting: Promise<void> | undefined
   private retryTimer: NodeJS.Timeout | undefined
   private setUpRetries = 0
@@ -193,6 +221,12 @@ export class TrackingSubscriber {
     this.trackedSession = -1
     this.pingInFlight = false
     this.pingSentAt = 0
+    this.mainPingInFlight = false
+    this.mainPingSentAt = 0
+    this.subProvenAt = Number.NEGATIVE_INFINITY
+    this.mainProvenAt = Number.NEGATIVE_INFINITY
+    this.mainAskedAt = Number.NEGATIVE_INFINITY
+    this.renewedAt = Number.NEGATIVE_INFINITY
     if (!this.started || this.closed) return
     for (const r of this.regs) r.listener.onResync()
   }
@@ -210,14 +244,21 @@ export class TrackingSubscriber {
   }
 
   private beat (): void {
+    const now = performance.now()
+    // The timer itself late: the event loop stalls (a loaded machine), and the next stall may outlast what is left of the lease.
+    if (now - this.lastBeatAt > this.heartbeatIntervalMs + LATE_MS) this.late(now)
+    this.lastBeatAt = now
     const sub = this.sub
     if (sub === undefined || this.closed || sub.status !== 'ready') return
-    if (this.pingInFlight) {
-      if (performance.now() - this.pingSentAt > (this.opts.deadAfterMs ?? 3000)) {
-        this.pingInFlight = false
-        this.pingSentAt = 0
-        sub.disconnect(true) // its 'close' resyncs
-      }
+    const deadAfterMs = this.opts.deadAfterMs ?? 3000
+    // Either proof unanswered that long: the redirect is dropped, its 'close' resyncs (a dead `main` closes itself or
+    // stays silent: then no proof renews the lease, and each new redirect waits for tracking to be confirmed again).
+    if ((this.pingInFlight && now - this.pingSentAt > deadAfterMs) || (this.mainPingInFlight && now - this.mainPingSentAt > deadAfterMs)) {
+      this.pingInFlight = false
+      this.pingSentAt = 0
+      this.mainPingInFlight = false
+      this.mainPingSentAt = 0
+      sub.disconnect(true)
       return
     }
     if (this.trackedSession !== this.session) {
@@ -226,26 +267,87 @@ export class TrackingSubscriber {
       this.checkWitnesses()
       return
     }
-    this.pingInFlight = true
-    const sentAt = performance.now()
     const session = this.session
-    this.pingSentAt = sentAt
-    // Both connections: the redirect delivered everything sent before its PONG, and the tracking client still exists.
-    Promise.all([sub.ping(), this.main.ping()]).then(
-      () => {
-        if (this.pingSentAt !== sentAt) return
-        this.pingInFlight = false
-        if (session !== this.session || this.trackedSession !== session || this.closed) return
-        for (const r of this.regs) if (r.witness.proves(sentAt)) r.listener.onHeartbeat?.(sentAt)
-      },
-      () => { if (this.pingSentAt === sentAt) this.pingInFlight = false }
-    )
+    if (!this.pingInFlight) {
+      this.pingInFlight = true
+      this.pingSentAt = now
+      const sentAt = now
+      // The redirect delivered everything sent before its PONG.
+      sub.ping().then(
+        () => {
+          if (this.pingSentAt !== sentAt) return
+          this.pingInFlight = false
+          if (session !== this.session) return
+          this.answeredAfter(sentAt)
+          this.subProvenAt = Math.max(this.subProvenAt, sentAt)
+          this.renew()
+        },
+        () => { if (this.pingSentAt === sentAt) this.pingInFlight = false }
+      )
+    }
+    // The tracking client still exists: proven by any command answered on `main`, the witness reads first.
     this.checkWitnesses()
+    if (this.mainPingInFlight || now - this.mainAskedAt < this.mainProofEveryMs(now) || this.main.status !== 'ready') return
+    this.mainPingInFlight = true
+    this.mainPingSentAt = now
+    this.mainAskedAt = now
+    const sentAt = now
+    this.main.ping().then(
+      () => {
+        if (this.mainPingSentAt !== sentAt) return
+        this.mainPingInFlight = false
+        this.mainProven(sentAt, session)
+      },
+      () => { if (this.mainPingSentAt === sentAt) this.mainPingInFlight = false }
+    )
   }
 
-  /** One witness read per store and node every `witnessIntervalMs`, on `main` (see WitnessCheck). */
+  /** A command sent on `main` at `sentAt`, in `session` with tracking confirmed, was answered. */
+  private mainProven (sentAt: number, session: number): void {
+    if (session !== this.session) return
+    this.answeredAfter(sentAt)
+    this.mainProvenAt = Math.max(this.mainProvenAt, sentAt)
+    this.renew()
+  }
+
+  /**
+   * How old the newest proof asked of `main` may get before a PING asks again: every beat (half an interval, so a
+   * beat a little early still asks) while things were late lately, else the shortest witness interval of the stores.
+   */
+  private mainProofEveryMs (now: number): number {
+    const everyBeat = this.heartbeatIntervalMs / 2
+    if (now < this.eagerUntil) return everyBeat
+    let every = Number.POSITIVE_INFINITY
+    for (const r of this.regs) every = Math.min(every, r.scope.witnessIntervalMs ?? everyBeat)
+    return Number.isFinite(every) ? every : everyBeat
+  }
+
+  /** A heartbeat answer that took long: Redis or this process is slow, the next stall may outlast the lease. */
+  private answeredAfter (sentAt: number): void {
+    const now = performance.now()
+    if (now - sentAt > LATE_MS) this.late(now)
+  }
+
+  private late (now: number): void {
+    this.eagerUntil = now + EAGER_MS
+  }
+
+  /** Renews the stores' leases as far as both connections' proofs go. */
+  private renew (): void {
+    const at = Math.min(this.subProvenAt, this.mainProvenAt)
+    if (at <= this.renewedAt || this.trackedSession !== this.session || this.closed) return
+    this.renewedAt = at
+    for (const r of this.regs) if (r.witness.proves(at)) r.listener.onHeartbeat?.(at)
+  }
+
+  /** One witness read per store and node every `witnessIntervalMs`, on `main` (see WitnessCheck); each is a proof of `main`. */
   private checkWitnesses (): void {
-    for (const r of this.regs) r.witness.check(this.main, () => this.closed)
+    const session = this.session
+    const tracked = this.trackedSession === session
+    for (const r of this.regs) {
+      const asked = r.witness.check(this.main, () => this.closed, tracked ? sentAt => this.mainProven(sentAt, session) : undefined)
+      if (asked && tracked) this.mainAskedAt = performance.now()
+    }
   }
 
   private onMessage (channel: Buffer, message: unknown): void {

@@ -57,9 +57,13 @@ export class WitnessCheck {
     return sentAt - this.failingSince <= this.leaseIntervalMs
   }
 
-  /** Called with every heartbeat; reads the witness on `client` (the command connection) when due. */
-  check (client: Redis, closed: () => boolean): void {
-    if (this.listener.onWitness === undefined) return
+  /**
+   * Called with every heartbeat; reads the witness on `client` (the command connection) when due. Returns whether it
+   * sent a read; `answered` is told the read's send time once its answer is handled (the tracking hub counts it as
+   * proof that `client` is alive).
+   */
+  check (client: Redis, closed: () => boolean, answered?: (sentAt: number) => void): boolean {
+    if (this.listener.onWitness === undefined) return false
     const now = performance.now()
     if (this.inFlight) {
       // Unanswered for a lease: a failure (the lease stops being renewed by itself, see proves()). Given up after
@@ -70,16 +74,16 @@ export class WitnessCheck {
         this.failed(`witness read unanswered for ${Math.round(age)} ms`, this.checkedAt, closed)
       }
       if (age > this.deadAfterMs) this.inFlight = false
-      return
+      return false
     }
     if (client.status !== 'ready') {
       if (now - this.checkedAt >= this.leaseIntervalMs) {
         this.checkedAt = now
         this.failed(`command connection ${client.status}`, now, closed)
       }
-      return
+      return false
     }
-    if (now - this.checkedAt < (this.scope.witnessIntervalMs ?? 0)) return
+    if (now - this.checkedAt < (this.scope.witnessIntervalMs ?? 0)) return false
     this.checkedAt = now
     this.inFlight = true
     this.lateCounted = false
@@ -92,11 +96,13 @@ export class WitnessCheck {
       this.value = value
       this.listener.onWitness?.(this.name, value, this.partitions)
       if (before !== undefined && before !== value) this.onChange()
+      answered?.(sentAt)
     }, (err: unknown) => {
       if (this.checkedAt !== sentAt) return // given up on already
       this.inFlight = false
       if (!this.lateCounted) this.failed(err instanceof Error ? err.message : String(err), sentAt, closed)
     })
+    return true
   }
 
   private failed (reason: string, since: number, closed: () => boolean): void {

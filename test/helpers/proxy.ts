@@ -5,6 +5,8 @@
  * With `keepClients`, a lost upstream connection (the server killed) does not close the client's: the next bytes
  * the client sends go over a new upstream connection, as behind a load balancer or a service mesh that keeps
  * client connections open while the server behind it restarts.
+ * With `holdCloses`, a server-side close during a blackhole is held back too (delivered on `restore()`), as a FIN
+ * on a silent path would be: the client keeps a connection whose server side is gone, and does not know it.
  */
 import { createServer, connect, type Socket } from 'node:net'
 
@@ -17,7 +19,7 @@ export interface TcpProxy {
   close: () => Promise<void>
 }
 
-export async function startProxy (targetPort: number, targetHost = '127.0.0.1', opts: { keepClients?: boolean } = {}): Promise<TcpProxy> {
+export async function startProxy (targetPort: number, targetHost = '127.0.0.1', opts: { keepClients?: boolean, holdCloses?: boolean } = {}): Promise<TcpProxy> {
   let holed = false
   // What a blackhole holds back, in order: each delivers one chunk where it goes now (a restored upstream included).
   const held: Array<() => void> = []
@@ -42,7 +44,11 @@ export async function startProxy (targetPort: number, targetHost = '127.0.0.1', 
       const onLost = (): void => {
         if (lost) return
         lost = true
-        if (opts.keepClients !== true) { end(); return }
+        if (opts.keepClients !== true) {
+          if (holed && opts.holdCloses === true) held.push(end)
+          else end()
+          return
+        }
         upstream.destroy()
         pairs.delete(pair)
         // Redial while the client has something to send (the server may still be down).

@@ -13,6 +13,7 @@ import { TieredStore } from '../../../lib/tiered-store.js'
 import { partitionOfKey } from '../../../lib/partitions.js'
 import { checkStoreOptions } from '../../../plugins/store.js'
 import { startRedis, type RedisHandle } from '../../../scripts/redis-server.js'
+import { startProxy } from '../../helpers/proxy.js'
 import { inc, poll, sleep, violations, writeAll } from '../../helpers/staleness.js'
 import { waitFor } from '../../helpers/wait-for.js'
 
@@ -130,6 +131,90 @@ t.test('command connection killed: tracking is re-enabled, no stale read past th
   t.match(info, /flags=[^ ]*t/, 'the new command connection has tracking on')
   await a.update(k, inc)
   t.ok(await waitFor(async () => (await b.get(k))?.version === 22, { timeoutMs: 2000 }), 'and its reads are tracked again')
+})
+
+t.test('command connection silently blackholed, its tracking client gone on the server: copies stop answering as fresh within the lease', async t => {
+  // Only a's command connection goes through the proxy; its redirect connection (opened after it, from
+  // subscriberOptions) goes straight to Redis and keeps answering its PINGs, so only a proof from the command
+  // connection can end the lease. While the path is silent Redis drops that client (its tracking state with it) and the
+  // proxy holds the FIN back: nothing tells a, and no write after it is announced to a's redirect.
+  const HEARTBEAT = 50
+  const proxy = await startProxy(redis.port, redis.host, { holdCloses: true })
+  t.teardown(async () => await proxy.close())
+  const repository = new RedisRepository({
+    url: `redis://${redis.host}:${proxy.port}`, commandTimeoutMs: 500, subscriberOptions: { port: redis.port }, redisOptions: { connectionName: 'blackholed-main' }
+  })
+  const a = await store(t, redis.url, 'tracking', repository)
+  const b = await store(t, redis.url)
+  const k = a.key('main-blackholed', 'cart')
+  await b.update(k, inc)
+  await a.get(k)
+  t.ok(await localAgain(a, k), 'a holds a copy under a live lease')
+  const clients = redis.cli('CLIENT', 'LIST')
+  const mainId = /id=(\d+) [^\n]*name=blackholed-main/.exec(clients)?.[1]
+  t.ok(mainId !== undefined && /name=fastify-handoff:tracking/.test(clients), 'the command connection and its redirect are known')
+  const fresh: Array<{ at: number, version: number }> = []
+  const probing = { on: true }
+  const probe = (async () => {
+    while (probing.on) {
+      const at = performance.now()
+      const copy = a.getLocal(k)
+      if (copy !== undefined) fresh.push({ at, version: copy.version })
+      await sleep(2)
+    }
+  })()
+  const p = poll(a, k)
+  await sleep(HEARTBEAT * 2)
+  const holedAt = performance.now()
+  proxy.blackhole()
+  redis.cli('CLIENT', 'KILL', 'ID', mainId ?? '0')
+  const suspensions = a.counters.leaseSuspensions
+  const acks = await writeAll(b, k, 20, 20)
+  await sleep(LEASE + HEARTBEAT)
+  probing.on = false
+  await probe
+  const reads = await p.stop()
+  t.ok(fresh.some(f => f.at < holedAt), 'the copy answered as fresh before')
+  t.same(fresh.filter(f => f.at > holedAt + LEASE + HEARTBEAT), [], `no copy answered as fresh later than a lease and a heartbeat after the command connection went silent (last at +${Math.round((fresh.at(-1)?.at ?? holedAt) - holedAt)} ms)`)
+  t.same(violations(reads, acks, LEASE + HEARTBEAT), [], `${reads.length} reads, none stale past the lease`)
+  t.ok(a.counters.leaseSuspensions > suspensions, 'the lease lapsed')
+  t.equal(a.health().localReads, false, 'and stays lapsed while the command connection is silent')
+  proxy.restore()
+  t.ok(await waitFor(async () => (await a.get(k))?.version === 21, { timeoutMs: 5000 }), 'once the path delivers (the FIN), a reconnects and reads the writes it missed')
+  t.ok(await localAgain(a, k), 'local reads resume on the new command connection')
+  await b.update(k, inc)
+  t.ok(await waitFor(async () => (await a.get(k))?.version === 22, { timeoutMs: 2000 }), 'and its reads are tracked again')
+})
+
+t.test('a witness read on the command connection stands in for its PING: at most one PING per heartbeat besides', async t => {
+  // The hub on its own Redis, so that Redis's command counts are its own: PINGs on the redirect connection prove
+  // delivery every heartbeat; the command connection is proven by any answer, its witness reads included.
+  const r = await startRedis({ private: true })
+  t.teardown(async () => await r.stop())
+  const main = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  t.teardown(() => { main.disconnect() })
+  let mainPings = 0
+  const ping = main.ping.bind(main)
+  main.ping = (async () => { mainPings++; return await ping() }) as typeof main.ping
+  const hub = new TrackingSubscriber(main, { heartbeatIntervalMs: 50 })
+  t.teardown(async () => await hub.close())
+  const renewals: number[] = []
+  const listener = { onInvalidation: () => {}, onResync: () => {}, onHeartbeat: (sentAt: number) => { renewals.push(sentAt) }, onWitness: () => {} }
+  await hub.add({ prefix: 'hub', partitions: 4, transport: 'tracking', witnessIntervalMs: LEASE / 2 }, listener)
+  await sleep(300)
+  const stats = (): Record<string, number> => Object.fromEntries([...r.cli('INFO', 'commandstats').matchAll(/cmdstat_(\w+):calls=(\d+)/g)].map(m => [m[1], Number(m[2])]))
+  const before = stats()
+  const pingsBefore = mainPings
+  const renewed = renewals.length
+  await sleep(2000)
+  const after = stats()
+  const main2 = mainPings - pingsBefore
+  const all = (after.ping ?? 0) - (before.ping ?? 0)
+  const reads = (after.getex ?? 0) - (before.getex ?? 0)
+  const subPings = all - main2
+  t.ok(reads >= 8, `the witness was read (${reads} reads)`)
+  t.ok(main2 <= subPings - reads + 2, `${main2} PINGs on the command connection, ${subPings} on the redirect, ${reads} witness reads`)
+  t.ok(renewals.length - renewed >= 8, `the lease was renewed all along (${renewals.length - renewed} renewals)`)
 })
 
 t.test('two stores on one repository share one redirect connection', async t => {
