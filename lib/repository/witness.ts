@@ -60,9 +60,9 @@ export class WitnessCheck {
   /**
    * Called with every heartbeat; reads the witness on `client` (the command connection) when due. Returns whether it
    * sent a read; `answered` is told the read's send time once its answer is handled (the tracking hub counts it as
-   * proof that `client` is alive).
+   * proof that `client` is alive), `refused` once it failed instead (it proved nothing: the hub asks `client` again).
    */
-  check (client: Redis, closed: () => boolean, answered?: (sentAt: number) => void): boolean {
+  check (client: Redis, closed: () => boolean, answered?: (sentAt: number) => void, refused?: (sentAt: number) => void): boolean {
     if (this.listener.onWitness === undefined) return false
     const now = performance.now()
     if (this.inFlight) {
@@ -101,6 +101,7 @@ export class WitnessCheck {
       if (this.checkedAt !== sentAt) return // given up on already
       this.inFlight = false
       if (!this.lateCounted) this.failed(err instanceof Error ? err.message : String(err), sentAt, closed)
+      refused?.(sentAt)
     })
     return true
   }

@@ -217,6 +217,41 @@ t.test('a witness read on the command connection stands in for its PING: at most
   t.ok(renewals.length - renewed >= 8, `the lease was renewed all along (${renewals.length - renewed} renewals)`)
 })
 
+t.test('a witness read answered with an error proves nothing of the command connection: a PING does, one failed read does not lapse the lease', async t => {
+  // The witness reads stand in for the PING on `main` only when they are answered. One refused read (GETEX denied by
+  // ACL for that read only) leaves the witness proving the lease for a lease interval, so nothing may lapse; if the
+  // refused read still counted as asked, `main` would go unproven for two witness intervals (300 ms at a 50 ms beat).
+  const r = await startRedis({ private: true })
+  t.teardown(async () => await r.stop())
+  const main = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  const admin = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  t.teardown(() => { main.disconnect(); admin.disconnect() })
+  const hub = new TrackingSubscriber(main, { heartbeatIntervalMs: 50 })
+  t.teardown(async () => await hub.close())
+  const renewals: number[] = []
+  let witnessErrors = 0
+  const listener = {
+    onInvalidation: () => {},
+    onResync: () => {},
+    onHeartbeat: (sentAt: number) => { renewals.push(sentAt) },
+    onWitness: () => {},
+    onWitnessError: () => { witnessErrors++ }
+  }
+  await hub.add({ prefix: 'hub', partitions: 4, transport: 'tracking', witnessIntervalMs: LEASE / 2 }, listener)
+  await sleep(300)
+  const from = renewals.length - 1
+  // Async (not redis-cli, which would block this process and make the hub's beats late, hence eager).
+  await admin.call('ACL', 'SETUSER', 'default', '-getex')
+  const refused = await waitFor(() => witnessErrors > 0, { timeoutMs: 2000, intervalMs: 2 })
+  await admin.call('ACL', 'SETUSER', 'default', '+getex')
+  t.ok(refused, 'one witness read was refused')
+  await sleep(LEASE * 2)
+  const seen = renewals.slice(from)
+  const gaps = seen.slice(1).map((at, i) => at - (seen[i] as number))
+  t.ok(seen.length >= 5, `the lease was renewed around the refused read (${seen.length} renewals)`)
+  t.ok(Math.max(...gaps) <= LEASE, `no two renewals more than a lease apart (gaps ${gaps.map(g => Math.round(g)).join(', ')} ms)`)
+})
+
 t.test('two stores on one repository share one redirect connection', async t => {
   const repository = new RedisRepository({ url: redis.url, commandTimeoutMs: 500 })
   t.teardown(async () => await repository.close())
