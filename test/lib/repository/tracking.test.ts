@@ -10,7 +10,7 @@ import { Redis } from 'ioredis'
 import { RedisRepository, type RepositoryEvent } from '../../../lib/repository/redis.js'
 import { TrackingSubscriber } from '../../../lib/repository/tracking-subscriber.js'
 import { TieredStore } from '../../../lib/tiered-store.js'
-import { partitionOfKey } from '../../../lib/partitions.js'
+import { partitionOfKey, witnessKey } from '../../../lib/partitions.js'
 import { checkStoreOptions } from '../../../plugins/store.js'
 import { startRedis, type RedisHandle } from '../../../scripts/redis-server.js'
 import { startProxy } from '../../helpers/proxy.js'
@@ -250,6 +250,32 @@ t.test('a witness read answered with an error proves nothing of the command conn
   const gaps = seen.slice(1).map((at, i) => at - (seen[i] as number))
   t.ok(seen.length >= 5, `the lease was renewed around the refused read (${seen.length} renewals)`)
   t.ok(Math.max(...gaps) <= LEASE, `no two renewals more than a lease apart (gaps ${gaps.map(g => Math.round(g)).join(', ')} ms)`)
+})
+
+t.test('a witness read that finds the node reset proves nothing: no renewal until the redirect is set up again', async t => {
+  // The read that sees another witness value drops the redirect (the node lost its data, maybe its tracking state with
+  // it); its answer must not renew the lease in the meantime as a proof of the command connection.
+  const r = await startRedis({ private: true })
+  t.teardown(async () => await r.stop())
+  const main = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  const admin = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  t.teardown(() => { main.disconnect(); admin.disconnect() })
+  const hub = new TrackingSubscriber(main, { heartbeatIntervalMs: 50 })
+  t.teardown(async () => await hub.close())
+  const events: string[] = []
+  let value: string | undefined
+  const listener = {
+    onInvalidation: () => {},
+    onResync: () => { events.push('resync') },
+    onHeartbeat: () => { events.push('renewal') },
+    onWitness: (_: string, v: string) => { if (value !== undefined && v !== value) events.push('reset'); value = v }
+  }
+  await hub.add({ prefix: 'hub', partitions: 4, transport: 'tracking', witnessIntervalMs: LEASE / 2 }, listener)
+  await sleep(300)
+  await admin.set(witnessKey('hub', 0), 'another')
+  t.ok(await waitFor(() => events.includes('reset') && events.lastIndexOf('resync') > events.indexOf('reset'), { timeoutMs: 2000 }), 'the reset was seen, then the resync')
+  const between = events.slice(events.indexOf('reset') + 1, events.indexOf('resync', events.indexOf('reset')))
+  t.same(between, [], 'no renewal between the reset and the resync')
 })
 
 t.test('two stores on one repository share one redirect connection', async t => {
