@@ -32,6 +32,18 @@ async function localAgain (s: TieredStore, key: string): Promise<boolean> {
   return await waitFor(async () => (await s.get(key))?.source === 'local', { timeoutMs: 3000 })
 }
 
+/** A hub on its own private Redis (50 ms beat), with a second connection to play the operator. */
+async function privateHub (t: Test): Promise<{ admin: Redis, hub: TrackingSubscriber }> {
+  const r = await startRedis({ private: true })
+  t.teardown(async () => await r.stop())
+  const main = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  const admin = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  t.teardown(() => { main.disconnect(); admin.disconnect() })
+  const hub = new TrackingSubscriber(main, { heartbeatIntervalMs: 50 })
+  t.teardown(async () => await hub.close())
+  return { admin, hub }
+}
+
 let redis: RedisHandle
 t.before(async () => { redis = await startRedis({ private: true }) })
 t.teardown(async () => await redis.stop())
@@ -221,13 +233,7 @@ t.test('a witness read answered with an error proves nothing of the command conn
   // The witness reads stand in for the PING on `main` only when they are answered. One refused read (GETEX denied by
   // ACL for that read only) leaves the witness proving the lease for a lease interval, so nothing may lapse; if the
   // refused read still counted as asked, `main` would go unproven for two witness intervals (300 ms at a 50 ms beat).
-  const r = await startRedis({ private: true })
-  t.teardown(async () => await r.stop())
-  const main = new Redis(r.url, { maxRetriesPerRequest: 0 })
-  const admin = new Redis(r.url, { maxRetriesPerRequest: 0 })
-  t.teardown(() => { main.disconnect(); admin.disconnect() })
-  const hub = new TrackingSubscriber(main, { heartbeatIntervalMs: 50 })
-  t.teardown(async () => await hub.close())
+  const { admin, hub } = await privateHub(t)
   const renewals: number[] = []
   let witnessErrors = 0
   const listener = {
@@ -255,13 +261,7 @@ t.test('a witness read answered with an error proves nothing of the command conn
 t.test('a witness read that finds the node reset proves nothing: no renewal until the redirect is set up again', async t => {
   // The read that sees another witness value drops the redirect (the node lost its data, maybe its tracking state with
   // it); its answer must not renew the lease in the meantime as a proof of the command connection.
-  const r = await startRedis({ private: true })
-  t.teardown(async () => await r.stop())
-  const main = new Redis(r.url, { maxRetriesPerRequest: 0 })
-  const admin = new Redis(r.url, { maxRetriesPerRequest: 0 })
-  t.teardown(() => { main.disconnect(); admin.disconnect() })
-  const hub = new TrackingSubscriber(main, { heartbeatIntervalMs: 50 })
-  t.teardown(async () => await hub.close())
+  const { admin, hub } = await privateHub(t)
   const events: string[] = []
   let value: string | undefined
   const listener = {
