@@ -345,9 +345,19 @@ export class TrackingSubscriber {
     const session = this.session
     const tracked = this.trackedSession === session
     for (const r of this.regs) {
-      const asked = r.witness.check(this.main, () => this.closed, tracked ? sentAt => this.mainProven(sentAt, session) : undefined)
+      const asked = r.witness.check(this.main, () => this.closed,
+        tracked ? sentAt => this.mainProven(sentAt, session) : undefined,
+        tracked ? () => this.mainRefused(session) : undefined)
       if (asked && tracked) this.mainAskedAt = performance.now()
     }
+  }
+
+  /**
+   * A witness read on `main` failed: it proved nothing, so it must not count as asked (else `main` would go unproven
+   * until the next read, two witness intervals, a lapse): the next beat PINGs unless a newer proof came in.
+   */
+  private mainRefused (session: number): void {
+    if (session === this.session) this.mainAskedAt = Math.min(this.mainAskedAt, this.mainProvenAt)
   }
 
   private onMessage (channel: Buffer, message: unknown): void {

@@ -59,10 +59,11 @@ export class WitnessCheck {
 
   /**
    * Called with every heartbeat; reads the witness on `client` (the command connection) when due. Returns whether it
-   * sent a read; `answered` is told the read's send time once its answer is handled (the tracking hub counts it as
-   * proof that `client` is alive).
+   * sent a read; `answered` is told the read's send time once its answer is handled and shows no reset (the tracking
+   * hub counts it as proof that `client` is alive), `refused` once it failed instead (it proved nothing: the hub asks
+   * `client` again).
    */
-  check (client: Redis, closed: () => boolean, answered?: (sentAt: number) => void): boolean {
+  check (client: Redis, closed: () => boolean, answered?: (sentAt: number) => void, refused?: (sentAt: number) => void): boolean {
     if (this.listener.onWitness === undefined) return false
     const now = performance.now()
     if (this.inFlight) {
@@ -95,12 +96,14 @@ export class WitnessCheck {
       const before = this.value
       this.value = value
       this.listener.onWitness?.(this.name, value, this.partitions)
-      if (before !== undefined && before !== value) this.onChange()
+      // A node that lost its data proves nothing of the connection's tracking state (gone with it, maybe): no answer.
+      if (before !== undefined && before !== value) { this.onChange(); return }
       answered?.(sentAt)
     }, (err: unknown) => {
       if (this.checkedAt !== sentAt) return // given up on already
       this.inFlight = false
       if (!this.lateCounted) this.failed(err instanceof Error ? err.message : String(err), sentAt, closed)
+      refused?.(sentAt)
     })
     return true
   }

@@ -10,7 +10,7 @@ import { Redis } from 'ioredis'
 import { RedisRepository, type RepositoryEvent } from '../../../lib/repository/redis.js'
 import { TrackingSubscriber } from '../../../lib/repository/tracking-subscriber.js'
 import { TieredStore } from '../../../lib/tiered-store.js'
-import { partitionOfKey } from '../../../lib/partitions.js'
+import { partitionOfKey, witnessKey } from '../../../lib/partitions.js'
 import { checkStoreOptions } from '../../../plugins/store.js'
 import { startRedis, type RedisHandle } from '../../../scripts/redis-server.js'
 import { startProxy } from '../../helpers/proxy.js'
@@ -30,6 +30,18 @@ async function store (t: Test, url: string, transport: 'tracking' | 'pubsub' = '
 /** Waits until `s` may answer from its local tier again (its lease renewed after a gap). */
 async function localAgain (s: TieredStore, key: string): Promise<boolean> {
   return await waitFor(async () => (await s.get(key))?.source === 'local', { timeoutMs: 3000 })
+}
+
+/** A hub on its own private Redis (50 ms beat), with a second connection to play the operator. */
+async function privateHub (t: Test): Promise<{ admin: Redis, hub: TrackingSubscriber }> {
+  const r = await startRedis({ private: true })
+  t.teardown(async () => await r.stop())
+  const main = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  const admin = new Redis(r.url, { maxRetriesPerRequest: 0 })
+  t.teardown(() => { main.disconnect(); admin.disconnect() })
+  const hub = new TrackingSubscriber(main, { heartbeatIntervalMs: 50 })
+  t.teardown(async () => await hub.close())
+  return { admin, hub }
 }
 
 let redis: RedisHandle
@@ -215,6 +227,55 @@ t.test('a witness read on the command connection stands in for its PING: at most
   t.ok(reads >= 8, `the witness was read (${reads} reads)`)
   t.ok(main2 <= subPings - reads + 2, `${main2} PINGs on the command connection, ${subPings} on the redirect, ${reads} witness reads`)
   t.ok(renewals.length - renewed >= 8, `the lease was renewed all along (${renewals.length - renewed} renewals)`)
+})
+
+t.test('a witness read answered with an error proves nothing of the command connection: a PING does, one failed read does not lapse the lease', async t => {
+  // The witness reads stand in for the PING on `main` only when they are answered. One refused read (GETEX denied by
+  // ACL for that read only) leaves the witness proving the lease for a lease interval, so nothing may lapse; if the
+  // refused read still counted as asked, `main` would go unproven for two witness intervals (300 ms at a 50 ms beat).
+  const { admin, hub } = await privateHub(t)
+  const renewals: number[] = []
+  let witnessErrors = 0
+  const listener = {
+    onInvalidation: () => {},
+    onResync: () => {},
+    onHeartbeat: (sentAt: number) => { renewals.push(sentAt) },
+    onWitness: () => {},
+    onWitnessError: () => { witnessErrors++ }
+  }
+  await hub.add({ prefix: 'hub', partitions: 4, transport: 'tracking', witnessIntervalMs: LEASE / 2 }, listener)
+  await sleep(300)
+  const from = renewals.length - 1
+  // Async (not redis-cli, which would block this process and make the hub's beats late, hence eager).
+  await admin.call('ACL', 'SETUSER', 'default', '-getex')
+  const refused = await waitFor(() => witnessErrors > 0, { timeoutMs: 2000, intervalMs: 2 })
+  await admin.call('ACL', 'SETUSER', 'default', '+getex')
+  t.ok(refused, 'one witness read was refused')
+  await sleep(LEASE * 2)
+  const seen = renewals.slice(from)
+  const gaps = seen.slice(1).map((at, i) => at - (seen[i] as number))
+  t.ok(seen.length >= 5, `the lease was renewed around the refused read (${seen.length} renewals)`)
+  t.ok(Math.max(...gaps) <= LEASE, `no two renewals more than a lease apart (gaps ${gaps.map(g => Math.round(g)).join(', ')} ms)`)
+})
+
+t.test('a witness read that finds the node reset proves nothing: no renewal until the redirect is set up again', async t => {
+  // The read that sees another witness value drops the redirect (the node lost its data, maybe its tracking state with
+  // it); its answer must not renew the lease in the meantime as a proof of the command connection.
+  const { admin, hub } = await privateHub(t)
+  const events: string[] = []
+  let value: string | undefined
+  const listener = {
+    onInvalidation: () => {},
+    onResync: () => { events.push('resync') },
+    onHeartbeat: () => { events.push('renewal') },
+    onWitness: (_: string, v: string) => { if (value !== undefined && v !== value) events.push('reset'); value = v }
+  }
+  await hub.add({ prefix: 'hub', partitions: 4, transport: 'tracking', witnessIntervalMs: LEASE / 2 }, listener)
+  await sleep(300)
+  await admin.set(witnessKey('hub', 0), 'another')
+  t.ok(await waitFor(() => events.includes('reset') && events.lastIndexOf('resync') > events.indexOf('reset'), { timeoutMs: 2000 }), 'the reset was seen, then the resync')
+  const between = events.slice(events.indexOf('reset') + 1, events.indexOf('resync', events.indexOf('reset')))
+  t.same(between, [], 'no renewal between the reset and the resync')
 })
 
 t.test('two stores on one repository share one redirect connection', async t => {
