@@ -21,6 +21,8 @@ const SETUP_RETRY_MAX_MS = 2000
 /** A beat or a heartbeat answer this late (ms) makes `main` be proven every beat for EAGER_MS (see the class comment). */
 const LATE_MS = 25
 const EAGER_MS = 10_000
+/** How often `main` is asked whether it still tracks, with its redirect to the current `sub` (CLIENT TRACKINGINFO). */
+const TRACKING_CHECK_MS = 1000
 
 /**
  * Invalidations by Redis server-assisted client-side caching: the command connection `main` (the one every read
@@ -84,6 +86,9 @@ export class TrackingSubscriber {
   /** Send time of the newest proof asked of `main` in the current tracked session, answered or not. */
   private mainAskedAt = Number.NEGATIVE_INFINITY
   private renewedAt = Number.NEGATIVE_INFINITY
+  /** The CLIENT TRACKINGINFO in flight (one at a time) was sent then; see checkTracking(). */
+  private infoInFlight = false
+  private infoAskedAt = Number.NEGATIVE_INFINITY
   /** Until then `main` is proven at every beat: a beat or an answer was late lately (see beat()). */
   private eagerUntil = Number.NEGATIVE_INFINITY
   private lastBeatAt = Number.POSITIVE_INFINITY
@@ -227,6 +232,8 @@ export class TrackingSubscriber {
     this.mainProvenAt = Number.NEGATIVE_INFINITY
     this.mainAskedAt = Number.NEGATIVE_INFINITY
     this.renewedAt = Number.NEGATIVE_INFINITY
+    this.infoInFlight = false
+    this.infoAskedAt = Number.NEGATIVE_INFINITY
     if (!this.started || this.closed) return
     for (const r of this.regs) r.listener.onResync()
   }
@@ -287,6 +294,7 @@ export class TrackingSubscriber {
     }
     // The tracking client still exists: proven by any command answered on `main`, the witness reads first.
     this.checkWitnesses()
+    this.checkTracking(now, session)
     if (this.mainPingInFlight || now - this.mainAskedAt < this.mainProofEveryMs(now) || this.main.status !== 'ready') return
     this.mainPingInFlight = true
     this.mainPingSentAt = now
@@ -300,6 +308,33 @@ export class TrackingSubscriber {
       },
       () => { if (this.mainPingSentAt === sentAt) this.mainPingInFlight = false }
     )
+  }
+
+  /**
+   * Every TRACKING_CHECK_MS, asks `main` itself whether it still tracks with its redirect to `sub`. A proxy that keeps
+   * client connections open can replace the server side of either connection while Redis keeps its data: PINGs and
+   * witness reads go on answering (the witness is unchanged), but the new server-side client tracks nothing, or
+   * redirects to a client that is gone, and no invalidation would ever come. Then the redirect connection is dropped:
+   * its 'close' resyncs, and its reconnect sets tracking up again. An answer that confirms tracking proves `main` too.
+   */
+  private checkTracking (now: number, session: number): void {
+    if (this.infoInFlight || now - this.infoAskedAt < TRACKING_CHECK_MS || this.main.status !== 'ready') return
+    this.infoInFlight = true
+    this.infoAskedAt = now
+    const sentAt = now
+    this.main.call('CLIENT', 'TRACKINGINFO').then(reply => {
+      if (this.infoAskedAt !== sentAt) return
+      this.infoInFlight = false
+      if (session !== this.session || this.closed) return
+      const seen = trackingInfo(reply)
+      if (seen.on && !seen.brokenRedirect && seen.redirect === this.subId) { this.mainProven(sentAt, session); return }
+      this.opts.onEvent?.({
+        type: 'error',
+        error: new UnavailableError(`client tracking lost on the command connection to ${this.node} (flags ${seen.flags.join(',')}, ` +
+          `redirect ${seen.redirect ?? 'none'}, expected ${this.subId ?? 'none'}): resyncing`)
+      })
+      this.sub?.disconnect(true)
+    }, () => { if (this.infoAskedAt === sentAt) this.infoInFlight = false })
   }
 
   /** A command sent on `main` at `sentAt`, in `session` with tracking confirmed, was answered. */
@@ -381,6 +416,24 @@ export class TrackingSubscriber {
         r.listener.onInvalidation({ key, version: Number.POSITIVE_INFINITY, partition, sequence: 0, epoch: '' })
       }
     }
+  }
+}
+
+/** CLIENT TRACKINGINFO's answer (RESP2: flags, redirect, prefixes as a flat list of names and values). */
+function trackingInfo (reply: unknown): { flags: string[], on: boolean, brokenRedirect: boolean, redirect: string | undefined } {
+  const fields = Array.isArray(reply) ? reply : []
+  const at = (name: string): unknown => {
+    for (let i = 0; i + 1 < fields.length; i += 2) if (String(fields[i]) === name) return fields[i + 1]
+    return undefined
+  }
+  const flagsField = at('flags')
+  const flags = Array.isArray(flagsField) ? flagsField.map(String) : []
+  const redirect = at('redirect')
+  return {
+    flags,
+    on: flags.includes('on'),
+    brokenRedirect: flags.includes('broken_redirect'),
+    redirect: typeof redirect === 'number' || typeof redirect === 'string' ? String(redirect) : undefined
   }
 }
 

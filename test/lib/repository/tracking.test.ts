@@ -19,6 +19,8 @@ import { waitFor } from '../../helpers/wait-for.js'
 
 const SECRET = 'a-test-secret-that-is-at-least-32-bytes-long'
 const LEASE = 250
+/** How often the tracking hub asks CLIENT TRACKINGINFO (lib/repository/tracking-subscriber.ts). */
+const TRACKING_CHECK_MS = 1000
 
 async function store (t: Test, url: string, transport: 'tracking' | 'pubsub' = 'tracking', repository = new RedisRepository({ url, commandTimeoutMs: 500 })): Promise<TieredStore> {
   const s = new TieredStore({ repository, secret: SECRET, partitions: 64, coherence: { leaseMs: LEASE, transport } })
@@ -196,6 +198,33 @@ t.test('command connection silently blackholed, its tracking client gone on the 
   t.ok(await localAgain(a, k), 'local reads resume on the new command connection')
   await b.update(k, inc)
   t.ok(await waitFor(async () => (await a.get(k))?.version === 22, { timeoutMs: 2000 }), 'and its reads are tracked again')
+})
+
+t.test('behind a proxy that keeps client connections open, the command connection\'s server side replaced (data kept): the lost tracking is found within a tracking check, copies stop answering', async t => {
+  // A load balancer or mesh that reconnects its server side while the client's connection stays: the command
+  // connection goes on answering PINGs and witness reads (Redis kept its data, so the witness is unchanged), but its
+  // new server-side client tracks nothing, and no invalidation would ever come. CLIENT TRACKINGINFO finds it.
+  const proxy = await startProxy(redis.port, '127.0.0.1', { keepClients: true })
+  t.teardown(async () => await proxy.close())
+  const a = await store(t, redis.url)
+  const b = await store(t, `redis://127.0.0.1:${proxy.port}`)
+  const k = a.key('proxy-replaced', 'cart')
+  await a.update(k, inc)
+  t.match(await b.get(k), { version: 1 })
+  t.ok(await localAgain(b, k), 'b answers from its copy')
+  const mainId = String(await (b.repository as RedisRepository).client.client('ID'))
+  const resyncs = b.counters.resyncs
+  redis.cli('CLIENT', 'KILL', 'ID', mainId) // the proxy keeps b's socket and dials again on its next command
+  const p = poll(b, k)
+  const acks = await writeAll(a, k, 20, 100)
+  await sleep(TRACKING_CHECK_MS + LEASE * 2)
+  const reads = await p.stop()
+  const bound = TRACKING_CHECK_MS + LEASE + 100
+  t.same(violations(reads, acks, bound), [], `${reads.length} reads, none stale past a tracking check and a lease (${bound} ms)`)
+  t.ok(b.counters.resyncs > resyncs, 'the lost tracking was a resync')
+  t.ok(await localAgain(b, k), 'local reads resume')
+  await a.update(k, inc)
+  t.ok(await waitFor(async () => (await b.get(k))?.version === 22, { timeoutMs: 3000 }), 'and b hears of writes again')
 })
 
 t.test('a witness read on the command connection stands in for its PING: at most one PING per heartbeat besides', async t => {
