@@ -46,6 +46,17 @@ async function privateHub (t: Test): Promise<{ admin: Redis, hub: TrackingSubscr
   return { admin, hub }
 }
 
+/** `a` (on `repository`) holds a copy, under a live lease, of a key that `b` (its own repository) wrote. */
+async function holding (t: Test, repository: RedisRepository, name: string): Promise<{ a: TieredStore, b: TieredStore, k: string }> {
+  const a = await store(t, redis.url, 'tracking', repository)
+  const b = await store(t, redis.url)
+  const k = a.key(name, 'cart')
+  await b.update(k, inc)
+  await a.get(k)
+  t.ok(await localAgain(a, k), 'a holds a copy under a live lease')
+  return { a, b, k }
+}
+
 let redis: RedisHandle
 t.before(async () => { redis = await startRedis({ private: true }) })
 t.teardown(async () => await redis.stop())
@@ -158,12 +169,7 @@ t.test('command connection silently blackholed, its tracking client gone on the 
   const repository = new RedisRepository({
     url: `redis://${redis.host}:${proxy.port}`, commandTimeoutMs: 500, subscriberOptions: { port: redis.port }, redisOptions: { connectionName: 'blackholed-main' }
   })
-  const a = await store(t, redis.url, 'tracking', repository)
-  const b = await store(t, redis.url)
-  const k = a.key('main-blackholed', 'cart')
-  await b.update(k, inc)
-  await a.get(k)
-  t.ok(await localAgain(a, k), 'a holds a copy under a live lease')
+  const { a, b, k } = await holding(t, repository, 'main-blackholed')
   const clients = redis.cli('CLIENT', 'LIST')
   const mainId = /id=(\d+) [^\n]*name=blackholed-main/.exec(clients)?.[1]
   t.ok(mainId !== undefined && /name=fastify-handoff:tracking/.test(clients), 'the command connection and its redirect are known')
@@ -365,12 +371,7 @@ t.test('a redirect set-up refused after a reconnect keeps the lease void while P
   const repository = new RedisRepository({
     url: redis.url, commandTimeoutMs: 500, subscriberOptions: { username: 'trk', password: 'trk-password' }, onEvent: e => { if (e.type !== 'error') events.push(e) }
   })
-  const a = await store(t, redis.url, 'tracking', repository)
-  const b = await store(t, redis.url)
-  const k = a.key('setup-refused', 'cart')
-  await b.update(k, inc)
-  await a.get(k)
-  t.ok(await localAgain(a, k), 'a holds a copy under a live lease')
+  const { a, b, k } = await holding(t, repository, 'setup-refused')
   redis.cli('ACL', 'SETUSER', 'trk', 'resetchannels')
   redis.cli('CLIENT', 'KILL', 'USER', 'trk')
   t.ok(await waitFor(() => events.some(e => e.type === 'subscribe-failed'), { timeoutMs: 10_000 }), 'the re-subscription was refused and reported')
