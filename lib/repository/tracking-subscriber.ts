@@ -89,6 +89,8 @@ export class TrackingSubscriber {
   /** The CLIENT TRACKINGINFO in flight (one at a time) was sent then; see checkTracking(). */
   private infoInFlight = false
   private infoAskedAt = Number.NEGATIVE_INFINITY
+  /** CLIENT TRACKINGINFO refused since its last answer (reported once per streak). */
+  private infoRefused = false
   /** Until then `main` is proven at every beat: a beat or an answer was late lately (see beat()). */
   private eagerUntil = Number.NEGATIVE_INFINITY
   private lastBeatAt = Number.POSITIVE_INFINITY
@@ -326,6 +328,7 @@ export class TrackingSubscriber {
       if (this.infoAskedAt !== sentAt) return
       this.infoInFlight = false
       if (session !== this.session || this.closed) return
+      this.infoRefused = false
       const seen = trackingInfo(reply)
       if (seen.on && !seen.brokenRedirect && seen.redirect === this.subId) { this.mainProven(sentAt, session); return }
       this.opts.onEvent?.({
@@ -334,7 +337,19 @@ export class TrackingSubscriber {
           `redirect ${seen.redirect ?? 'none'}, expected ${this.subId ?? 'none'}): resyncing`)
       })
       this.sub?.disconnect(true)
-    }, () => { if (this.infoAskedAt === sentAt) this.infoInFlight = false })
+    }, (err: unknown) => {
+      if (this.infoAskedAt !== sentAt) return
+      this.infoInFlight = false
+      // Refused (an ACL without it, a proxy): the lease goes on as before, but a tracking state lost behind a proxy
+      // would go unnoticed. Said once per streak.
+      if (this.infoRefused || this.closed || !isReplyError(err)) return
+      this.infoRefused = true
+      this.opts.onEvent?.({
+        type: 'error',
+        error: new UnavailableError(`CLIENT TRACKINGINFO refused on ${this.node} (${err.message}): tracking lost behind a ` +
+          'proxy that replaces server connections would not be noticed; allow the command (ACL +client|trackinginfo)')
+      })
+    })
   }
 
   /** A command sent on `main` at `sentAt`, in `session` with tracking confirmed, was answered. */
@@ -417,6 +432,11 @@ export class TrackingSubscriber {
       }
     }
   }
+}
+
+/** An error Redis answered with (not a timeout or a lost connection). */
+function isReplyError (err: unknown): err is Error {
+  return err instanceof Error && err.name === 'ReplyError'
 }
 
 /** CLIENT TRACKINGINFO's answer (RESP2: flags, redirect, prefixes as a flat list of names and values). */

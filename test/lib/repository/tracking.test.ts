@@ -233,6 +233,21 @@ t.test('behind a proxy that keeps client connections open, the command connectio
   t.ok(await waitFor(async () => (await b.get(k))?.version === 22, { timeoutMs: 3000 }), 'and b hears of writes again')
 })
 
+t.test('CLIENT TRACKINGINFO refused by an ACL: said once, and the lease goes on', async t => {
+  redis.cli('ACL', 'SETUSER', 'noinfo', 'on', '>noinfo-password', '~*', '&*', '+@all', '-client|trackinginfo')
+  t.teardown(() => { redis.cli('ACL', 'DELUSER', 'noinfo') })
+  const events: RepositoryEvent[] = []
+  const repository = new RedisRepository({
+    url: `redis://noinfo:noinfo-password@${redis.host}:${redis.port}`, commandTimeoutMs: 500, onEvent: e => { events.push(e) }
+  })
+  const { a, k } = await holding(t, repository, 'trackinginfo-refused')
+  await sleep(TRACKING_CHECK_MS * 3)
+  const said = events.filter(e => e.type === 'error' && /TRACKINGINFO refused/.test(e.error.message))
+  t.equal(said.length, 1, 'the refusal is reported once, not every second')
+  t.match(said[0]?.type === 'error' ? said[0].error.message : '', /\+client\|trackinginfo/, 'naming what to allow')
+  t.equal((await a.get(k))?.source, 'local', 'copies still answer: the lease is renewed by the heartbeat as before')
+})
+
 t.test('a witness read on the command connection stands in for its PING: at most one PING per heartbeat besides', async t => {
   // The hub on its own Redis, so that Redis's command counts are its own: PINGs on the redirect connection prove
   // delivery every heartbeat; the command connection is proven by any answer, its witness reads included.
