@@ -2,6 +2,7 @@ import type { Redis, RedisOptions } from 'ioredis'
 import { channelName, partitionOfChannel } from '../partitions.js'
 import { isEpoch } from './epoch.js'
 import type { InvalidationListener, SubscriptionScope } from './types.js'
+import { RetryStreak } from './retry-streak.js'
 import { WitnessCheck } from './witness.js'
 
 export interface RedisSubscriberOptions {
@@ -26,10 +27,6 @@ export type SubscriberEvent =
   /** Subscribed again after 'subscribe-failed'. */
   | { type: 'subscribed', node: string }
 
-/** Re-subscription retries back off from this, doubling up to SUBSCRIBE_RETRY_MAX_MS (jittered). */
-const SUBSCRIBE_RETRY_MS = 50
-const SUBSCRIBE_RETRY_MAX_MS = 2000
-
 /**
  * Follows the invalidation shard channels of every partition on a dedicated RESP2 connection (ioredis 6 speaks
  * RESP3 by default and drops push messages it does not expect; RESP2 is the known-good setting). ioredis
@@ -52,10 +49,8 @@ export class RedisSubscriber {
    * PING sent after them proves delivery: a PING answered on a connection whose subscription failed proves nothing.
    */
   private subscribedFrom = Number.POSITIVE_INFINITY
-  private retryTimer: NodeJS.Timeout | undefined
-  private subscribeRetries = 0
-  private subscribeFailing = false
   private readonly node: string
+  private readonly retries: RetryStreak
 
   constructor (
     /** A standalone (or Sentinel) connection; the subscriber opens a duplicate of it. */
@@ -70,6 +65,7 @@ export class RedisSubscriber {
     this.witness = new WitnessCheck(scope, listener, opts.partitions, this.heartbeatIntervalMs, opts.deadAfterMs ?? 3000,
       () => this.conn?.disconnect(true))
     this.node = `${client.options.host ?? ''}:${client.options.port ?? ''}`
+    this.retries = new RetryStreak(this.node, opts.onEvent)
   }
 
   async start (): Promise<void> {
@@ -83,8 +79,7 @@ export class RedisSubscriber {
       this.pingInFlight = false
       this.pingSentAt = 0
       this.subscribedFrom = Number.POSITIVE_INFINITY
-      if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
-      this.retryTimer = undefined
+      this.retries.cancel()
       if (this.started && !this.closed) this.listener.onResync()
     })
     conn.on('ready', () => {
@@ -122,22 +117,11 @@ export class RedisSubscriber {
     this.subscribeAll(conn).then(() => {
       if (this.closed || conn !== this.conn || conn.status !== 'ready') return
       this.subscribedFrom = sentAt
-      this.subscribeRetries = 0
-      if (this.subscribeFailing) {
-        this.subscribeFailing = false
-        this.opts.onEvent?.({ type: 'subscribed', node: this.node })
-      }
+      this.retries.succeeded()
     }, (err: unknown) => {
       // A connection lost meanwhile re-subscribes on its next 'ready'.
       if (this.closed || conn !== this.conn || conn.status !== 'ready') return
-      if (!this.subscribeFailing) {
-        this.subscribeFailing = true
-        this.opts.onEvent?.({ type: 'subscribe-failed', node: this.node, reason: err instanceof Error ? err.message : String(err) })
-      }
-      const cap = Math.min(SUBSCRIBE_RETRY_MAX_MS, SUBSCRIBE_RETRY_MS * 2 ** Math.min(this.subscribeRetries++, 10))
-      if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
-      this.retryTimer = setTimeout(() => { this.retryTimer = undefined; this.resubscribe(conn) }, cap / 2 + Math.random() * cap / 2)
-      this.retryTimer.unref()
+      this.retries.failed(err, () => this.resubscribe(conn))
     })
   }
 
@@ -145,7 +129,7 @@ export class RedisSubscriber {
     if (this.closed) return
     this.closed = true
     if (this.timer !== undefined) clearInterval(this.timer)
-    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
+    this.retries.cancel()
     // disconnect, not quit: a blackholed connection would never answer QUIT.
     this.conn?.disconnect()
   }

@@ -3,6 +3,7 @@ import { UnavailableError } from '../errors.js'
 import { isPartitionKey, partitionOfKey } from '../partitions.js'
 import { subscriberConnection, type RedisSubscriberOptions } from './redis-subscriber.js'
 import type { InvalidationListener, SubscriptionScope } from './types.js'
+import { RetryStreak } from './retry-streak.js'
 import { WitnessCheck } from './witness.js'
 
 /** The channel Redis delivers tracking invalidations on to a RESP2 redirect connection. */
@@ -15,9 +16,6 @@ interface Registration {
   witness: WitnessCheck
 }
 
-/** Redirect set-up retries back off from this, doubling up to SETUP_RETRY_MAX_MS (jittered). */
-const SETUP_RETRY_MS = 50
-const SETUP_RETRY_MAX_MS = 2000
 /** A beat or a heartbeat answer this late (ms) makes `main` be proven every beat for EAGER_MS (see the class comment). */
 const LATE_MS = 25
 const EAGER_MS = 10_000
@@ -95,9 +93,7 @@ export class TrackingSubscriber {
   private eagerUntil = Number.NEGATIVE_INFINITY
   private lastBeatAt = Number.POSITIVE_INFINITY
   private starting: Promise<void> | undefined
-  private retryTimer: NodeJS.Timeout | undefined
-  private setUpRetries = 0
-  private setUpFailing = false
+  private readonly retries: RetryStreak
   private readonly node: string
   private started = false
   private closed = false
@@ -108,6 +104,7 @@ export class TrackingSubscriber {
   constructor (private readonly main: Redis, private readonly opts: RedisSubscriberOptions = {}) {
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 50
     this.node = `${main.options.host ?? ''}:${main.options.port ?? ''}`
+    this.retries = new RetryStreak(this.node, opts.onEvent)
   }
 
   /** How many stores follow this connection. */
@@ -182,23 +179,10 @@ export class TrackingSubscriber {
    * (no tracking confirmed, so no heartbeat renews it) and is retried with jittered backoff, reported once per streak.
    */
   private retrySetUp (sub: Redis): void {
-    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
-    this.retryTimer = undefined
-    this.setUpRedirect(sub).then(() => {
-      this.setUpRetries = 0
-      if (this.setUpFailing) {
-        this.setUpFailing = false
-        this.opts.onEvent?.({ type: 'subscribed', node: this.node })
-      }
-    }, (err: unknown) => {
+    this.retries.cancel()
+    this.setUpRedirect(sub).then(() => this.retries.succeeded(), (err: unknown) => {
       if (this.closed || sub !== this.sub || sub.status !== 'ready') return // a new connection sets up on 'ready'
-      if (!this.setUpFailing) {
-        this.setUpFailing = true
-        this.opts.onEvent?.({ type: 'subscribe-failed', node: this.node, reason: err instanceof Error ? err.message : String(err) })
-      }
-      const cap = Math.min(SETUP_RETRY_MAX_MS, SETUP_RETRY_MS * 2 ** Math.min(this.setUpRetries++, 10))
-      this.retryTimer = setTimeout(() => { this.retryTimer = undefined; this.retrySetUp(sub) }, cap / 2 + Math.random() * cap / 2)
-      this.retryTimer.unref()
+      this.retries.failed(err, () => this.retrySetUp(sub))
     })
   }
 
@@ -244,7 +228,7 @@ export class TrackingSubscriber {
     if (this.closed) return
     this.closed = true
     if (this.timer !== undefined) clearInterval(this.timer)
-    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer)
+    this.retries.cancel()
     this.main.off('close', this.onMainClose)
     this.main.off('ready', this.onMainReady)
     // disconnect, not quit: a blackholed connection would never answer QUIT. Tracking on `main` is left on: its
