@@ -436,12 +436,17 @@ t.test('Redis restarted empty after a guest\'s charge, an item added, the same k
   t.equal(lost.length, 1, 'a new key reports nothing')
 })
 
-t.test('only the session lost after a guest\'s charge, an item added, the same key retried: resumed from the earlier guest\'s record', async t => {
+/** A shop on the file's shared redis-server, recording lost checkouts; its provider has no lookup. */
+async function sharedShopRecordingLost (t: Test): Promise<{ provider: RecordingProvider, lost: LostCheckout[], b: Browser }> {
   const provider = new RecordingProvider(false)
   const lost: LostCheckout[] = []
   const app = await startShop({ redisUrl: redis.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
   t.teardown(async () => await app.close())
-  const b = new Browser(app)
+  return { provider, lost, b: new Browser(app) }
+}
+
+t.test('only the session lost after a guest\'s charge, an item added, the same key retried: resumed from the earlier guest\'s record', async t => {
+  const { provider, lost, b } = await sharedShopRecordingLost(t)
   await readyToPay(b, 'FIRST')
   provider.afterCharge = async () => { throw new Error('the reply is lost') }
   t.equal((await b.call('POST', '/checkout', undefined, { 'idempotency-key': 'session-key' })).statusCode, 503, 'charged, the reply lost')
@@ -462,11 +467,7 @@ t.test('only the session lost after a guest\'s charge, an item added, the same k
 })
 
 t.test('only the session lost, the earlier guest cart still there: a new cart\'s new key is no retry, nothing reported', async t => {
-  const provider = new RecordingProvider(false)
-  const lost: LostCheckout[] = []
-  const app = await startShop({ redisUrl: redis.url, secret: [K1], provider, cart: { onCheckoutLost: l => { lost.push(l) } } })
-  t.teardown(async () => await app.close())
-  const b = new Browser(app)
+  const { provider, lost, b } = await sharedShopRecordingLost(t)
   await readyToPay(b, 'LEFT')
   b.jar.delete('handoff.sid')
   await readyToPay(b, 'AFTER')
