@@ -34,7 +34,8 @@ const TRACKING_CHECK_MS = 1000
  * triggered the eviction (it counts as "modified by itself"), so that client would keep copies nobody tracks any
  * more. Without NOLOOP every eviction reaches every holder. The price: one message per write to its writer, which
  * keeps what it wrote all the same (the write script reads the key again after writing it, so the writer tracks it,
- * and LocalTier lets the one echo of its own write pass; see FillTicket.echo).
+ * and LocalTier counts per key the echoes of its acknowledged writes still on their way and lets them pass; see
+ * LocalTier.echoes and FillTicket.echo).
  *
  * The same guarantees as the pub/sub subscriber, with one heartbeat per connection whatever the partitions:
  * - a PING answered on the redirect connection proves every invalidation sent before it arrived; any command
@@ -56,7 +57,9 @@ const TRACKING_CHECK_MS = 1000
  *   FLUSHDB send are a resync: copies stop answering as fresh;
  * - an invalidation names a key, not a version: it voids any fill of that key in flight (the read that fills runs on
  *   `main`, so it is what Redis tracks);
- * - resets (FLUSHALL, an empty restart) are confirmed by the node's witness, checked with the heartbeat as before.
+ * - resets (FLUSHALL, an empty restart) are confirmed by the node's witness, checked with the heartbeat as before;
+ * - once a second `main` is asked CLIENT TRACKINGINFO: tracking lost without either connection noticing (behind a
+ *   proxy that replaces server-side connections and keeps the client's) is a resync too (see checkTracking).
  * Several stores on one repository share the connection (tracking redirects to one client): one hub per connection.
  */
 export class TrackingSubscriber {
